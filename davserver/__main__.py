@@ -1,0 +1,5 @@
+import sys
+
+from davserver.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Authentication: local users (passlib hashes), LDAP (ldap3), throttling, HTTP Basic."""

@@ -1,0 +1,142 @@
+"""Local user accounts: the service the CLI, the web pages and HTTP auth all call.
+
+Passwords are stored as Argon2id hashes (passlib). Checking one costs tens of
+milliseconds by design, and WebDAV clients send Basic credentials with every request, so a
+successful check is remembered as ``HMAC(process key, user, password)`` for a while: the
+password itself is never kept, and the process key dies with the process.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable
+
+from passlib.context import CryptContext
+
+from davserver.errors import Conflict, NotFound, UserError
+from davserver.meta.db import MetaDB, UserRecord
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9_@][A-Za-z0-9_.@-]{0,63}$")
+MIN_PASSWORD_LENGTH = 8
+
+_context = CryptContext(schemes=["argon2"], deprecated="auto")
+
+
+def validate_name(name: str) -> str:
+    if not _NAME_RE.match(name or ""):
+        raise UserError(f"invalid user name {name!r}: use 1-64 letters, digits, _ . @ - "
+                        "(not starting with . or -)")
+    return name
+
+
+def new_password() -> str:
+    return secrets.token_urlsafe(18)
+
+
+def parse_size(text: str | int | None) -> int | None:
+    """'10GB', '500 MiB', '1024', 'none'/'unlimited' -> bytes (powers of 1024) or None."""
+    if text is None:
+        return None
+    if isinstance(text, int):
+        return text
+    t = text.strip().lower().replace(" ", "")
+    if t in ("", "none", "unlimited", "default"):
+        return None
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([kmgtp]?i?b?)", t)
+    if not m:
+        raise UserError(f"invalid size {text!r} (examples: 500MB, 10GB, 1073741824, none)")
+    unit = m.group(2).rstrip("b").rstrip("i")
+    power = " kmgtp".index(unit) if unit else 0
+    return int(float(m.group(1)) * (1024 ** power))
+
+
+class UserService:
+    def __init__(self, db: MetaDB, *, cache_seconds: float = 300.0,
+                 on_create: Callable[[str], None] | None = None,
+                 on_delete: Callable[[str], None] | None = None) -> None:
+        self.db = db
+        self.cache_seconds = cache_seconds
+        self._cache_key = os.urandom(32)
+        self._verified: dict[bytes, tuple[str, float]] = {}
+        self._lock = threading.Lock()
+        self._on_create = on_create
+        self._on_delete = on_delete
+        self.hash_checks = 0  # counted so tests can prove the cache works
+
+    def get(self, name: str) -> UserRecord | None:
+        return self.db.get_user(name)
+
+    def require(self, name: str) -> UserRecord:
+        u = self.db.get_user(name)
+        if u is None:
+            raise NotFound(f"user {name}")
+        return u
+
+    def list(self) -> list[UserRecord]:
+        return self.db.list_users()
+
+    def add(self, name: str, password: str, *, is_admin: bool = False,
+            quota_bytes: int | None = None) -> UserRecord:
+        validate_name(name)
+        self._check_password(password)
+        if self.db.get_user(name) is not None:
+            raise Conflict(f"user {name} already exists")
+        self.db.add_user(name, _context.hash(password), is_admin=is_admin,
+                         quota_bytes=quota_bytes)
+        if self._on_create:
+            self._on_create(name)
+        return self.require(name)
+
+    def delete(self, name: str) -> None:
+        self.require(name)
+        if self._on_delete:
+            self._on_delete(name)
+        self.db.delete_user(name)
+        self._forget(name)
+
+    def reset_password(self, name: str, password: str) -> None:
+        self.require(name)
+        self._check_password(password)
+        self.db.update_user(name, password_hash=_context.hash(password))
+        self._forget(name)
+
+    def set_quota(self, name: str, quota_bytes: int | None) -> None:
+        self.require(name)
+        self.db.update_user(name, quota_bytes=quota_bytes)
+
+    def verify(self, name: str, password: str) -> bool:
+        """True if ``password`` is the user's; cheap when recently verified."""
+        if not name or not password:
+            return False
+        tag = hmac.new(self._cache_key, f"{name}\0{password}".encode(), "sha256").digest()
+        now = time.monotonic()
+        with self._lock:
+            hit = self._verified.get(tag)
+            if hit and hit[1] > now:
+                return True
+        user = self.db.get_user(name)
+        if user is None or not user.password_hash:
+            _context.dummy_verify()  # same cost as a real check: no user enumeration by timing
+            return False
+        self.hash_checks += 1
+        ok = _context.verify(password, user.password_hash)
+        if ok:
+            with self._lock:
+                if len(self._verified) > 10000:
+                    self._verified = {k: v for k, v in self._verified.items() if v[1] > now}
+                self._verified[tag] = (name, now + self.cache_seconds)
+        return ok
+
+    def _forget(self, name: str) -> None:
+        with self._lock:
+            self._verified = {k: v for k, v in self._verified.items() if v[0] != name}
+
+    @staticmethod
+    def _check_password(password: str) -> None:
+        if not password or len(password) < MIN_PASSWORD_LENGTH:
+            raise UserError(f"password must have at least {MIN_PASSWORD_LENGTH} characters")

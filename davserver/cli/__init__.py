@@ -1,0 +1,1 @@
+"""Command line: occ-style ``davserver NAMESPACE:VERB`` commands, one module per namespace."""

@@ -1,0 +1,101 @@
+"""``init`` and ``serve``: create an instance, run the HTTP server."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+
+from davserver import config as config_mod
+from davserver.cli.common import add_command
+from davserver.instance import InitResult, Instance, init_instance
+
+log = logging.getLogger("davserver")
+
+
+def _url(cfg, user: str = "admin") -> str:
+    scheme = "https" if cfg.certfile else "http"
+    host = cfg.host if cfg.host not in ("0.0.0.0", "::") else "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{scheme}://{host}:{cfg.port}/remote.php/dav/files/{user}/"
+
+
+def _announce(cfg, res: InitResult) -> None:
+    if res.admin_password:
+        print("davserver: created a new instance", file=sys.stderr)
+        print(f"  config:          {res.config_path}")
+        print(f"  instance secret: {res.secret_file}  (back it up; files cannot be "
+              "decrypted without it)")
+        print(f"  data directory:  {cfg.data_dir}")
+        print(f"  URL:             {_url(cfg, res.admin_user)}")
+        print(f"  admin user:      {res.admin_user}")
+        print(f"  admin password:  {res.admin_password}  (shown once; change it with "
+              "'davserver user:resetpassword')")
+        sys.stdout.flush()
+
+
+def _load(args):
+    cfg = config_mod.load(args.config, args.data_dir)
+    if getattr(args, "host", None):
+        cfg.host = args.host
+    if getattr(args, "port", None):
+        cfg.port = args.port
+    if getattr(args, "certfile", None):
+        cfg.certfile, cfg.keyfile = args.certfile, args.keyfile
+    return cfg
+
+
+def cmd_init(args) -> int:
+    """Create config, instance secret, database, master key and the first admin.
+
+    Safe to run again: what exists is kept, and the admin password is printed only when
+    the admin account is created.
+    """
+    cfg = _load(args)
+    res = init_instance(cfg)
+    if res.admin_password:
+        _announce(cfg, res)
+    else:
+        print(f"davserver: instance in {cfg.data_dir} already exists; nothing to do")
+        print(f"  URL: {_url(cfg)}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    """Run the WebDAV server (creating the instance on first start)."""
+    from davserver.dav.app import make_server
+
+    cfg = _load(args)
+    logging.getLogger().setLevel(cfg.log_level.upper())
+    _announce(cfg, init_instance(cfg))
+    inst = Instance(cfg)
+    inst.vault.recover()
+    server = make_server(inst)
+
+    def stop(signum, frame):
+        log.info("stopping (signal %d)", signum)
+        server.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    server.prepare()
+    host, port = server.bind_addr[:2]
+    cfg.port = port
+    log.info("davserver listening on %s", _url(cfg, "USER"))
+    print(f"davserver: serving on {_url(cfg, 'USER')}", flush=True)
+    try:
+        server.serve()
+    finally:
+        inst.close()
+    return 0
+
+
+def register(sub, common) -> None:
+    for name, func, action in (("init", cmd_init, "initialise the instance"),
+                               ("serve", cmd_serve, "serve")):
+        p = add_command(sub, common, name, func, func.__doc__, action)
+        p.add_argument("--host", help="listen address (default from config: 127.0.0.1)")
+        p.add_argument("--port", type=int, help="listen port (default from config: 8080)")
+        p.add_argument("--certfile", help="PEM certificate for HTTPS")
+        p.add_argument("--keyfile", help="PEM private key for HTTPS")

@@ -1,0 +1,156 @@
+"""Configuration: where things live and how the server listens.
+
+State that admin commands change at run time (encryption on/off, mode, maintenance) lives
+in the metadata DB instead, so every node of a cluster sees one truth. This file holds what
+must be known before the DB can be opened. Defaults make ``davserver serve`` work with no
+file at all; the first start writes one that documents every key.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from davserver.errors import UserError
+
+
+def default_config_path() -> str:
+    env = os.environ.get("DAVSERVER_CONFIG")
+    if env:
+        return env
+    if os.geteuid() == 0:
+        return "/etc/davserver/davserver.toml"
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
+    return os.path.join(base, "davserver", "davserver.toml")
+
+
+def default_data_dir() -> str:
+    env = os.environ.get("DAVSERVER_DATA_DIR")
+    if env:
+        return env
+    if os.geteuid() == 0:
+        return "/var/lib/davserver"
+    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return os.path.join(base, "davserver")
+
+
+@dataclass
+class Config:
+    path: str
+    data_dir: str
+    host: str = "127.0.0.1"
+    port: int = 8080
+    certfile: str = ""
+    keyfile: str = ""
+    threads: int = 16
+    socket_timeout: float = 300.0
+    block_size: int = 256 * 1024
+    secret_file: str = ""
+    key_storage_root: str = ""
+    fsync: bool = True
+    throttle_max_failures: int = 5
+    throttle_window_seconds: float = 300.0
+    auth_cache_seconds: float = 300.0
+    log_level: str = "info"
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def files_dir(self) -> str:
+        return os.path.join(self.data_dir, "files")
+
+    @property
+    def tmp_dir(self) -> str:
+        return os.path.join(self.data_dir, "tmp")
+
+    @property
+    def db_path(self) -> str:
+        return os.path.join(self.data_dir, "davserver.db")
+
+    @property
+    def default_key_root(self) -> str:
+        return os.path.join(self.data_dir, "keys")
+
+
+def load(path: str | None = None, data_dir: str | None = None) -> Config:
+    """Read the config file if it exists; command-line values win over the file."""
+    path = path or default_config_path()
+    doc: dict = {}
+    if os.path.exists(path):
+        try:
+            with open(path, "rb") as f:
+                doc = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise UserError(f"cannot read config {path}: {e}") from None
+    server = doc.get("server", {})
+    storage = doc.get("storage", {})
+    enc = doc.get("encryption", {})
+    auth = doc.get("auth", {})
+    cfg = Config(
+        path=path,
+        data_dir=data_dir or os.environ.get("DAVSERVER_DATA_DIR") or storage.get("data_dir")
+        or default_data_dir(),
+        host=server.get("host", "127.0.0.1"),
+        port=int(server.get("port", 8080)),
+        certfile=server.get("certfile", ""),
+        keyfile=server.get("keyfile", ""),
+        threads=int(server.get("threads", 16)),
+        socket_timeout=float(server.get("socket_timeout", 300)),
+        block_size=int(server.get("block_size", 256 * 1024)),
+        secret_file=enc.get("secret_file", ""),
+        key_storage_root=enc.get("key_storage_root", ""),
+        fsync=bool(storage.get("fsync", True)),
+        throttle_max_failures=int(auth.get("throttle_max_failures", 5)),
+        throttle_window_seconds=float(auth.get("throttle_window_seconds", 300)),
+        auth_cache_seconds=float(auth.get("cache_seconds", 300)),
+        log_level=doc.get("logging", {}).get("level", "info"),
+        extra={k: v for k, v in doc.items()
+               if k not in ("server", "storage", "encryption", "auth", "logging")},
+    )
+    cfg.data_dir = os.path.abspath(cfg.data_dir)
+    if not cfg.secret_file:
+        cfg.secret_file = os.path.join(os.path.dirname(os.path.abspath(path)), "secret")
+    return cfg
+
+
+TEMPLATE = """\
+# davserver configuration. Every key is optional; the values shown are the defaults
+# unless noted. Run-time state (encryption on/off, key mode, maintenance) is in the
+# database and changed with `davserver encryption:*` / `maintenance:mode`.
+
+[server]
+host = "{host}"          # address to listen on
+port = {port}                 # TCP port
+certfile = ""               # PEM certificate: set both to serve HTTPS
+keyfile = ""                # PEM private key
+threads = 16                # worker threads (concurrent requests)
+socket_timeout = 300        # seconds a client may stay silent (large uploads on slow links)
+block_size = 262144         # bytes per read/write step of a transfer
+
+[storage]
+data_dir = "{data_dir}"   # files/, keys/, davserver.db and tmp/ live here
+fsync = true                # flush every committed upload to disk before answering
+
+[encryption]
+secret_file = "{secret_file}"   # instance secret, 0600, keep it OUTSIDE the data dir
+key_storage_root = ""       # default: <data_dir>/keys (encryption:change-key-storage-root)
+
+[auth]
+throttle_max_failures = 5   # failed logins per user / per client address ...
+throttle_window_seconds = 300   # ... within this window, then 429 until it passes
+cache_seconds = 300         # a verified password is remembered (as a keyed hash) this long
+
+[logging]
+level = "info"              # debug, info, warning, error; keys/passwords/contents never logged
+"""
+
+
+def write_default(cfg: Config) -> None:
+    p = Path(cfg.path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    text = TEMPLATE.format(host=cfg.host, port=cfg.port, data_dir=cfg.data_dir,
+                           secret_file=cfg.secret_file)
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)

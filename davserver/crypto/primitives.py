@@ -1,0 +1,136 @@
+"""The one module that touches ``cryptography.hazmat``.
+
+Everything above this module speaks in terms of recipes (seal a chunk, derive a subkey,
+wrap a key for a recipient); only here do we pick primitives and their parameters. Keeping
+the boundary narrow means a reviewer audits one file to know which algorithms we run.
+
+Caveat (nonce reuse): :func:`seal_chunk` takes a nonce from the caller. It is safe only
+because every file gets a fresh random data key and the stream module derives nonces from
+the chunk index, so a (key, nonce) pair is never used twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes, hpke
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from davserver.errors import FormatError, IntegrityError
+
+KEY_BYTES = 32
+TAG_BYTES = 16
+NONCE_BYTES = 12
+
+#: HPKE suites we accept, by the name stored next to each wrapped key.
+SUITE_NAMES = ("x25519", "mlkem768-x25519")
+
+
+def random_bytes(n: int) -> bytes:
+    return os.urandom(n)
+
+
+def hkdf_sha256(ikm: bytes, *, salt: bytes, info: bytes, length: int = KEY_BYTES) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(ikm)
+
+
+def hmac_sha256(key: bytes, data: bytes) -> bytes:
+    return hmac.new(key, data, hashlib.sha256).digest()
+
+
+def constant_time_equal(a: bytes, b: bytes) -> bool:
+    return hmac.compare_digest(a, b)
+
+
+class ChunkCipher:
+    """AES-256-GCM bound to one payload key; one instance per open file."""
+
+    __slots__ = ("_aead",)
+
+    def __init__(self, key: bytes) -> None:
+        self._aead = AESGCM(key)
+
+    def seal(self, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
+        return self._aead.encrypt(nonce, plaintext, aad)
+
+    def open(self, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytes:
+        try:
+            return self._aead.decrypt(nonce, ciphertext, aad)
+        except InvalidTag:
+            raise IntegrityError() from None
+
+
+def aead_seal(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
+    """One-shot AES-256-GCM with a random nonce prefixed: for small secrets at rest."""
+    nonce = os.urandom(NONCE_BYTES)
+    return nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
+
+
+def aead_open(key: bytes, sealed: bytes, aad: bytes) -> bytes:
+    if len(sealed) < NONCE_BYTES + TAG_BYTES:
+        raise IntegrityError()
+    try:
+        return AESGCM(key).decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], aad)
+    except InvalidTag:
+        raise IntegrityError() from None
+
+
+# --- HPKE key wrapping (RFC 9180, base mode) ------------------------------------------------
+
+
+def _suite(name: str) -> hpke.Suite:
+    if name == "x25519":
+        kem = hpke.KEM.X25519
+    elif name == "mlkem768-x25519":
+        kem = hpke.KEM.MLKEM768_X25519
+    else:
+        raise FormatError(f"unknown HPKE suite {name!r}")
+    return hpke.Suite(kem, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
+
+
+def generate_keypair(suite: str) -> tuple[bytes, bytes]:
+    """Return (private, public) as raw bytes for the named suite."""
+    if suite == "x25519":
+        priv = X25519PrivateKey.generate()
+        return priv.private_bytes_raw(), priv.public_key().public_bytes_raw()
+    if suite == "mlkem768-x25519":
+        priv = hpke.MLKEM768X25519PrivateKey.generate()
+        return priv.private_bytes_raw(), priv.public_key().public_bytes_raw()
+    raise FormatError(f"unknown HPKE suite {suite!r}")
+
+
+def _load_private(suite: str, raw: bytes):
+    if suite == "x25519":
+        return X25519PrivateKey.from_private_bytes(raw)
+    return hpke.MLKEM768X25519PrivateKey.from_private_bytes(raw)
+
+
+def _load_public(suite: str, raw: bytes):
+    if suite == "x25519":
+        return X25519PublicKey.from_public_bytes(raw)
+    return hpke.MLKEM768X25519PublicKey.from_public_bytes(raw)
+
+
+def public_from_private(suite: str, raw_private: bytes) -> bytes:
+    return _load_private(suite, raw_private).public_key().public_bytes_raw()
+
+
+def hpke_seal(suite: str, public: bytes, plaintext: bytes, info: bytes) -> bytes:
+    try:
+        pub = _load_public(suite, public)
+    except ValueError as e:
+        raise FormatError(f"bad public key: {e}") from None
+    return _suite(suite).encrypt(plaintext, pub, info=info)
+
+
+def hpke_open(suite: str, private: bytes, sealed: bytes, info: bytes) -> bytes:
+    try:
+        priv = _load_private(suite, private)
+        return _suite(suite).decrypt(sealed, priv, info=info)
+    except (InvalidTag, ValueError):
+        raise IntegrityError() from None

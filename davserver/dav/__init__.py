@@ -1,0 +1,1 @@
+"""WebDAV adapter: WsgiDAV provider, resources, middleware; a thin caller of the vault."""

@@ -1,0 +1,164 @@
+"""The WSGI application and the cheroot server around it.
+
+Request path, outermost first:
+
+    Guard        status.php, maintenance 503, last-resort 500 without a traceback
+    WsgiDAV      ErrorPrinter -> BasicAuth (ours) -> dir browser -> RequestResolver
+    HomeProvider resources -> vault
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import time
+
+from cheroot import wsgi
+from wsgidav.dir_browser import WsgiDavDirBrowser
+from wsgidav.error_printer import ErrorPrinter
+from wsgidav.mw.base_mw import BaseMiddleware
+from wsgidav.request_resolver import RequestResolver
+from wsgidav.wsgidav_app import WsgiDAVApp
+
+from davserver import __version__
+from davserver.dav.locks import DbLockStorage
+from davserver.dav.provider import HomeProvider
+from davserver.instance import Instance
+
+log = logging.getLogger("davserver.http")
+
+FILES_PREFIX = "/remote.php/dav/files"
+WEBDAV_PREFIX = "/remote.php/webdav"
+REALM = "davserver"
+
+
+def _plain(start_response, status: str, text: str, headers: list | None = None):
+    body = (text.rstrip("\n") + "\n").encode()
+    start_response(status, [("Content-Type", "text/plain; charset=utf-8"),
+                            ("Content-Length", str(len(body)))] + (headers or []))
+    return [body]
+
+
+class BasicAuth(BaseMiddleware):
+    """HTTP Basic against the user service, with throttling per user and per address.
+
+    Digest is not offered: it would need the plaintext password (or an MD5 of it) on the
+    server, and in user-key mode only the password itself can unlock a user's key.
+    """
+
+    def __init__(self, wsgidav_app, next_app, config):
+        super().__init__(wsgidav_app, next_app, config)
+        self.instance: Instance = config["davserver.instance"]
+
+    def __call__(self, environ, start_response):
+        header = environ.get("HTTP_AUTHORIZATION", "")
+        if not header.lower().startswith("basic "):
+            return self._challenge(start_response, "authentication required")
+        try:
+            raw = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+            user, _, password = raw.partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return _plain(start_response, "400 Bad Request", "malformed Authorization header")
+        addr = environ.get("REMOTE_ADDR", "")
+        keys = (f"user:{user}", f"addr:{addr}")
+        throttle = self.instance.throttle
+        wait = throttle.retry_after(*keys)
+        if wait:
+            log.warning("login throttled for user %r from %s", user, addr)
+            return _plain(start_response, "429 Too Many Requests",
+                          f"too many failed logins; try again in {wait} seconds",
+                          [("Retry-After", str(wait))])
+        if not self.instance.users.verify(user, password):
+            throttle.failed(*keys)
+            log.warning("failed login for user %r from %s", user, addr)
+            return self._challenge(start_response, "wrong user name or password")
+        throttle.succeeded(keys[0])
+        environ["wsgidav.auth.realm"] = REALM
+        environ["wsgidav.auth.user_name"] = user
+        environ["wsgidav.auth.roles"] = ()
+        environ["wsgidav.auth.permissions"] = ()
+        return self.next_app(environ, start_response)
+
+    @staticmethod
+    def _challenge(start_response, text: str):
+        return _plain(start_response, "401 Unauthorized", text,
+                      [("WWW-Authenticate", f'Basic realm="{REALM}", charset="UTF-8"')])
+
+
+class Guard:
+    """Outermost layer: answers what needs no login and catches what nothing else did."""
+
+    def __init__(self, app, instance: Instance) -> None:
+        self.app = app
+        self.instance = instance
+        self._maint = (0.0, False)
+
+    def _maintenance(self) -> bool:
+        now = time.monotonic()
+        if now - self._maint[0] > 1.0:
+            self._maint = (now, self.instance.maintenance())
+        return self._maint[1]
+
+    def __call__(self, environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if path == "/status.php":
+            body = json.dumps({
+                "installed": True, "maintenance": self._maintenance(),
+                "needsDbUpgrade": False, "version": "30.0.0.0", "versionstring": "30.0.0",
+                "edition": "", "productname": "davserver", "davserver": __version__,
+                "extendedSupport": False,
+            }).encode()
+            start_response("200 OK", [("Content-Type", "application/json"),
+                                      ("Content-Length", str(len(body)))])
+            return [body]
+        if self._maintenance():
+            return _plain(start_response, "503 Service Unavailable",
+                          "davserver is in maintenance mode; try again later",
+                          [("Retry-After", "120")])
+        try:
+            return self.app(environ, start_response)
+        except Exception:
+            log.exception("unhandled error for %s %s", environ.get("REQUEST_METHOD"), path)
+            return _plain(start_response, "500 Internal Server Error",
+                          "internal error; the server log has details")
+
+
+def build_app(instance: Instance):
+    cfg = instance.config
+    files = HomeProvider(instance, user_in_path=True)
+    webdav = HomeProvider(instance, user_in_path=False)
+    dav_config = {
+        "provider_mapping": {FILES_PREFIX: files, WEBDAV_PREFIX: webdav},
+        "davserver.instance": instance,
+        "middleware_stack": [ErrorPrinter, BasicAuth, WsgiDavDirBrowser, RequestResolver],
+        "lock_storage": DbLockStorage(instance.db),
+        "property_manager": None,
+        "block_size": cfg.block_size,
+        "honor_mtime_header": True,
+        "verbose": 1,
+        "suppress_version_info": True,
+        "add_header_MS_Author_Via": True,
+        "logging": {"enable": False, "enable_loggers": []},
+        "dir_browser": {"enable": True, "response_trailer": "davserver", "show_user": True,
+                        "davmount": False, "ms_sharepoint_support": False},
+        "http_authenticator": {"accept_basic": True, "accept_digest": False,
+                               "default_to_digest": False, "domain_controller": None},
+        "simple_dc": {"user_mapping": {}},
+    }
+    return Guard(WsgiDAVApp(dav_config), instance)
+
+
+def make_server(instance: Instance) -> wsgi.Server:
+    cfg = instance.config
+    server = wsgi.Server(
+        (cfg.host, cfg.port), build_app(instance), numthreads=cfg.threads,
+        timeout=int(cfg.socket_timeout), server_name="davserver",
+    )
+    server.max_request_body_size = 0
+    if cfg.certfile and cfg.keyfile:
+        from cheroot.ssl.builtin import BuiltinSSLAdapter
+
+        server.ssl_adapter = BuiltinSSLAdapter(cfg.certfile, cfg.keyfile)
+    return server

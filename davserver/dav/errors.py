@@ -1,0 +1,42 @@
+"""The one table from our errors to HTTP: DavServerError.HTTP_STATUS, wrapped as DAVError.
+
+Messages are the errors' user-facing text; internals (paths on disk, tracebacks, which
+check failed) stay in the log.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+from wsgidav.dav_error import DAVError
+
+from davserver.errors import DavServerError, VersionMismatch
+
+log = logging.getLogger("davserver.dav")
+
+
+def to_dav_error(e: DavServerError) -> DAVError:
+    if isinstance(e, VersionMismatch):
+        msg = ("the stored file does not match the server's index and was not served; "
+               "an administrator can inspect it with 'davserver encryption:fix-encrypted-version'")
+    elif e.HTTP_STATUS >= 500 and e.HTTP_STATUS != 507 and e.HTTP_STATUS != 503:
+        msg = "the stored file could not be read safely; the server log has details"
+    else:
+        msg = str(e)
+    return DAVError(e.HTTP_STATUS, context_info=msg)
+
+
+def dav_errors(fn):
+    """Translate our errors raised inside a WsgiDAV callback into DAVErrors."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except DavServerError as e:
+            if e.HTTP_STATUS >= 500:
+                log.error("%s: %s", fn.__qualname__, e)
+            raise to_dav_error(e) from None
+
+    return wrapper

@@ -1,0 +1,113 @@
+"""Errors every layer may raise, each with the HTTP status and CLI exit code it maps to.
+
+Why one module: the DAV adapter, the web pages and the CLI all translate the same failures,
+so the translation lives next to the classes (``HTTP_STATUS`` / ``EXIT_CODE``) and nowhere
+else. The docstring of each class is the message users see; it never says which
+cryptographic check failed, so a forger learns nothing from it.
+"""
+
+from __future__ import annotations
+
+
+class DavServerError(Exception):
+    """failed: {detail}"""
+
+    HTTP_STATUS = 500
+    EXIT_CODE = 1
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+    def __str__(self) -> str:
+        template = (self.__doc__ or "{detail}").strip().splitlines()[0]
+        try:
+            return template.format(detail=self.detail)
+        except (KeyError, IndexError):
+            return self.detail or template
+
+
+class IntegrityError(DavServerError):
+    """stored data failed authentication{detail}"""
+
+    HTTP_STATUS = 500
+    EXIT_CODE = 3
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(f": {detail}" if detail else "")
+
+
+class FormatError(DavServerError):
+    """not a davserver encrypted file or unsupported format: {detail}"""
+
+    HTTP_STATUS = 500
+    EXIT_CODE = 3
+
+
+class KeyNotFound(DavServerError):
+    """no key for file {detail} in the key store (run encryption:fix-key-location)"""
+
+    HTTP_STATUS = 500
+    EXIT_CODE = 4
+
+
+class WrongPassword(DavServerError):
+    """wrong password{detail}"""
+
+    HTTP_STATUS = 403
+    EXIT_CODE = 5
+
+
+class VersionMismatch(DavServerError):
+    """stored file does not match the index (swapped or rolled back): {detail}"""
+
+    HTTP_STATUS = 500
+    EXIT_CODE = 6
+
+
+class QuotaExceeded(DavServerError):
+    """quota exceeded: {detail}"""
+
+    HTTP_STATUS = 507
+    EXIT_CODE = 7
+
+
+class NotFound(DavServerError):
+    """not found: {detail}"""
+
+    HTTP_STATUS = 404
+    EXIT_CODE = 2
+
+
+class Conflict(DavServerError):
+    """conflict: {detail}"""
+
+    HTTP_STATUS = 409
+    EXIT_CODE = 8
+
+
+class UserError(DavServerError):
+    """{detail}"""
+
+    HTTP_STATUS = 400
+    EXIT_CODE = 2
+
+
+class StorageError(DavServerError):
+    """storage failed: {detail}"""
+
+    HTTP_STATUS = 500
+    EXIT_CODE = 9
+
+
+class StorageNotFound(StorageError, NotFound):
+    """not found in storage: {detail}"""
+
+    HTTP_STATUS = 404
+
+
+class MaintenanceMode(DavServerError):
+    """server is in maintenance mode{detail}"""
+
+    HTTP_STATUS = 503
+    EXIT_CODE = 10

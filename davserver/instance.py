@@ -1,0 +1,170 @@
+"""One davserver instance: its config, secret, stores and services, wired together.
+
+The CLI, the HTTP app and the tests all get their services from :func:`open_instance`,
+so there is exactly one way a vault is assembled.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+from dataclasses import dataclass
+
+from davserver import config as config_mod
+from davserver.auth.throttle import Throttle
+from davserver.auth.users import UserService, new_password
+from davserver.config import Config
+from davserver.errors import DavServerError, UserError
+from davserver.meta.db import MetaDB
+from davserver.storage.local import LocalStorage
+from davserver.vault.files import Vault, ensure_home, remove_home
+from davserver.vault.keystore import Identity, KeyStore, Recipient
+
+log = logging.getLogger("davserver")
+
+SECRET_PREFIX = "davserver-secret-v1:"
+MODULE_ID = "DAVSERVER_AEAD_V1"
+
+# Settings keys in the DB (shared by every node).
+S_ENABLED = "encryption.enabled"
+S_MODE = "encryption.mode"
+S_MODULE = "encryption.module"
+S_KEY_ROOT = "encryption.key_storage_root"
+S_MAINTENANCE = "maintenance"
+
+
+def read_secret(path: str) -> bytes:
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except FileNotFoundError:
+        raise UserError(f"instance secret {path} not found (run 'davserver init' or restore "
+                        "a backup)") from None
+    except PermissionError:
+        raise UserError(f"cannot read instance secret {path}: permission denied") from None
+    if not text.startswith(SECRET_PREFIX):
+        raise UserError(f"{path} is not a davserver secret file")
+    return base64.b64decode(text[len(SECRET_PREFIX):])
+
+
+def write_secret(path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(SECRET_PREFIX + base64.b64encode(os.urandom(32)).decode() + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+class Instance:
+    def __init__(self, cfg: Config) -> None:
+        self.config = cfg
+        if not os.path.exists(cfg.db_path):
+            raise UserError(f"no davserver instance in {cfg.data_dir} (run 'davserver init' "
+                            "or 'davserver serve' once)")
+        self.db = MetaDB(cfg.db_path)
+        self.storage = LocalStorage(cfg.files_dir, cfg.tmp_dir, fsync=cfg.fsync)
+        self.keys = KeyStore(self.key_root, fsync=cfg.fsync)
+        self._master: Identity | None = None
+        self.users = UserService(self.db, cache_seconds=cfg.auth_cache_seconds,
+                                 on_create=lambda u: ensure_home(self.vault, u),
+                                 on_delete=lambda u: remove_home(self.vault, u))
+        self.throttle = Throttle(cfg.throttle_max_failures, cfg.throttle_window_seconds)
+        self.vault = Vault(self.storage, self.keys, self.db,
+                           identities=self.identities, recipients=self.recipients,
+                           encryption_enabled=self.encryption_enabled)
+
+    # --- settings ----------------------------------------------------------------------
+
+    @property
+    def key_root(self) -> str:
+        return self.db.get_setting(S_KEY_ROOT) or self.config.key_storage_root \
+            or self.config.default_key_root
+
+    def encryption_enabled(self) -> bool:
+        return self.db.get_setting(S_ENABLED, "0") == "1"
+
+    def mode(self) -> str:
+        return self.db.get_setting(S_MODE, "master") or "master"
+
+    def maintenance(self) -> bool:
+        return self.db.get_setting(S_MAINTENANCE, "0") == "1"
+
+    # --- keys --------------------------------------------------------------------------
+
+    @property
+    def secret(self) -> bytes:
+        return read_secret(self.config.secret_file)
+
+    def master(self) -> Identity:
+        if self._master is None:
+            self._master = self.keys.load_master(self.secret)
+        return self._master
+
+    def identities(self) -> list[Identity]:
+        return [self.master()]
+
+    def recipients(self, user: str) -> list[Recipient]:
+        m = self.master()
+        return [Recipient(m.recipient, m.suite, m.public)]
+
+    def close(self) -> None:
+        self.db.close()
+
+
+@dataclass
+class InitResult:
+    created: bool
+    admin_user: str | None
+    admin_password: str | None
+    config_path: str
+    secret_file: str
+
+
+def init_instance(cfg: Config, *, admin: str = "admin",
+                  admin_password: str | None = None) -> InitResult:
+    """Create whatever of config, secret, DB, key store and first admin is missing.
+
+    Safe to run again: existing pieces are kept, and a password is only made (and shown)
+    when the admin account is created.
+    """
+    created = False
+    if not os.path.exists(cfg.path):
+        config_mod.write_default(cfg)
+        created = True
+    if not os.path.exists(cfg.secret_file):
+        if os.path.exists(cfg.db_path):
+            raise DavServerError(f"the instance in {cfg.data_dir} exists but its secret "
+                                 f"{cfg.secret_file} is missing: restore it from a backup")
+        write_secret(cfg.secret_file)
+        created = True
+    for d in (cfg.data_dir, cfg.files_dir, cfg.tmp_dir):
+        os.makedirs(d, mode=0o700, exist_ok=True)
+    new_db = not os.path.exists(cfg.db_path)
+    db = MetaDB(cfg.db_path)
+    if new_db:
+        db.set_setting(S_ENABLED, "1")
+        db.set_setting(S_MODE, "master")
+        db.set_setting(S_MODULE, MODULE_ID)
+        created = True
+    db.close()
+    inst = Instance(cfg)
+    try:
+        if not inst.keys.master_files():
+            inst.keys.create_master(inst.secret)
+            created = True
+        inst.master()  # proves the secret opens the master key
+        password = None
+        if not inst.users.list():
+            password = admin_password or new_password()
+            inst.users.add(admin, password, is_admin=True)
+            created = True
+        return InitResult(created, admin if password else None, password, cfg.path,
+                          cfg.secret_file)
+    finally:
+        inst.close()
+
+
+def open_instance(config_path: str | None = None, data_dir: str | None = None) -> Instance:
+    return Instance(config_mod.load(config_path, data_dir))

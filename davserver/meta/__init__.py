@@ -1,0 +1,1 @@
+"""Metadata database: users, file index, properties, locks, settings."""

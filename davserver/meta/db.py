@@ -1,0 +1,349 @@
+"""SQLite metadata store (the embedded default).
+
+What lives here and why: the file index (path -> file ID, generation, plaintext size) is
+what lets us refuse a swapped or rolled-back file; the pending table makes a commit that
+spans storage, key store and DB crash-safe; properties and locks must survive restarts.
+Keys never live here: the key store is a directory of files that an offline recovery can
+read without this database.
+
+One connection per thread (SQLite connections are not shareable), WAL journal so readers
+never block the writer.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS settings(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS users(
+    name TEXT PRIMARY KEY,
+    password_hash TEXT,
+    backend TEXT NOT NULL DEFAULT 'local',
+    display_name TEXT,
+    email TEXT,
+    quota_bytes INTEGER,
+    is_admin INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS files(
+    path TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    parent TEXT NOT NULL,
+    file_id BLOB,
+    generation INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    mtime REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS files_parent ON files(parent);
+CREATE INDEX IF NOT EXISTS files_owner ON files(owner);
+CREATE INDEX IF NOT EXISTS files_file_id ON files(file_id);
+CREATE TABLE IF NOT EXISTS pending(
+    file_id BLOB PRIMARY KEY,
+    path TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS props(
+    path TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value BLOB,
+    PRIMARY KEY(path, name)
+);
+CREATE TABLE IF NOT EXISTS locks(key TEXT PRIMARY KEY, value BLOB NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """One indexed file. ``file_id`` is None for a plaintext (not yet encrypted) file."""
+
+    path: str
+    file_id: bytes | None
+    generation: int
+    size: int
+    mtime: float
+
+    @property
+    def encrypted(self) -> bool:
+        return self.file_id is not None
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    name: str
+    password_hash: str | None
+    backend: str
+    display_name: str | None
+    email: str | None
+    quota_bytes: int | None
+    is_admin: bool
+    created: float
+
+
+def parent_of(path: str) -> str:
+    i = path.rfind("/")
+    return path[:i] if i >= 0 else ""
+
+
+def owner_of(path: str) -> str:
+    return path.split("/", 1)[0]
+
+
+def _under(column: str) -> str:
+    """SQL for 'column is path or below path' without LIKE (names may contain % and _)."""
+    return f"({column} = ? OR substr({column}, 1, length(?) + 1) = ? || '/')"
+
+
+class MetaDB:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._local = threading.local()
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self._conn().executescript(SCHEMA)
+
+    # --- connections -------------------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        c = getattr(self._local, "conn", None)
+        if c is None:
+            c = sqlite3.connect(self.path, timeout=30, isolation_level=None,
+                                check_same_thread=False)
+            c.execute("PRAGMA journal_mode=WAL")
+            c.execute("PRAGMA synchronous=NORMAL")
+            c.execute("PRAGMA foreign_keys=ON")
+            self._local.conn = c
+        return c
+
+    class _Tx:
+        def __init__(self, conn: sqlite3.Connection) -> None:
+            self.conn = conn
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.conn.execute("BEGIN IMMEDIATE")
+            return self.conn
+
+        def __exit__(self, exc_type, exc, tb) -> None:
+            if exc_type is None:
+                self.conn.execute("COMMIT")
+            else:
+                self.conn.execute("ROLLBACK")
+
+    def tx(self) -> MetaDB._Tx:
+        return MetaDB._Tx(self._conn())
+
+    def query(self, sql: str, args: Iterable = ()) -> list[tuple]:
+        return self._conn().execute(sql, tuple(args)).fetchall()
+
+    def close(self) -> None:
+        c = getattr(self._local, "conn", None)
+        if c is not None:
+            c.close()
+            self._local.conn = None
+
+    def backup_to(self, dest: str) -> None:
+        """Consistent online snapshot (SQLite backup API)."""
+        target = sqlite3.connect(dest)
+        try:
+            self._conn().backup(target)
+        finally:
+            target.close()
+
+    # --- settings ----------------------------------------------------------------------
+
+    def get_setting(self, key: str, default: str | None = None) -> str | None:
+        rows = self.query("SELECT value FROM settings WHERE key = ?", (key,))
+        return rows[0][0] if rows else default
+
+    def set_setting(self, key: str, value: str) -> None:
+        with self.tx() as c:
+            c.execute("INSERT INTO settings(key, value) VALUES(?, ?) "
+                      "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+
+    def delete_setting(self, key: str) -> None:
+        with self.tx() as c:
+            c.execute("DELETE FROM settings WHERE key = ?", (key,))
+
+    # --- users -------------------------------------------------------------------------
+
+    _USER_COLS = "name, password_hash, backend, display_name, email, quota_bytes, is_admin, created"
+
+    def _user(self, row: tuple) -> UserRecord:
+        return UserRecord(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]), row[7])
+
+    def add_user(self, name: str, password_hash: str | None, *, backend: str = "local",
+                 is_admin: bool = False, quota_bytes: int | None = None) -> None:
+        with self.tx() as c:
+            c.execute(
+                "INSERT INTO users(name, password_hash, backend, quota_bytes, is_admin, created) "
+                "VALUES(?, ?, ?, ?, ?, ?)",
+                (name, password_hash, backend, quota_bytes, int(is_admin), time.time()),
+            )
+
+    def get_user(self, name: str) -> UserRecord | None:
+        rows = self.query(f"SELECT {self._USER_COLS} FROM users WHERE name = ?", (name,))
+        return self._user(rows[0]) if rows else None
+
+    def list_users(self) -> list[UserRecord]:
+        return [self._user(r) for r in self.query(f"SELECT {self._USER_COLS} FROM users "
+                                                  "ORDER BY name")]
+
+    def update_user(self, name: str, **fields) -> None:
+        allowed = {"password_hash", "display_name", "email", "quota_bytes", "is_admin"}
+        if not fields or set(fields) - allowed:
+            raise ValueError(f"bad user fields {sorted(fields)}")
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        with self.tx() as c:
+            c.execute(f"UPDATE users SET {sets} WHERE name = ?", (*fields.values(), name))
+
+    def delete_user(self, name: str) -> None:
+        with self.tx() as c:
+            c.execute("DELETE FROM users WHERE name = ?", (name,))
+            c.execute(f"DELETE FROM files WHERE {_under('path')}", (name, name, name))
+            c.execute(f"DELETE FROM props WHERE {_under('path')}", (name, name, name))
+
+    # --- file index --------------------------------------------------------------------
+
+    _FILE_COLS = "path, file_id, generation, size, mtime"
+
+    def get_file(self, path: str) -> FileRecord | None:
+        rows = self.query(f"SELECT {self._FILE_COLS} FROM files WHERE path = ?", (path,))
+        return FileRecord(*rows[0]) if rows else None
+
+    def children(self, parent: str) -> dict[str, FileRecord]:
+        rows = self.query(f"SELECT {self._FILE_COLS} FROM files WHERE parent = ?", (parent,))
+        return {r[0].rsplit("/", 1)[-1]: FileRecord(*r) for r in rows}
+
+    def files_by_id(self, file_id: bytes) -> list[FileRecord]:
+        rows = self.query(f"SELECT {self._FILE_COLS} FROM files WHERE file_id = ?", (file_id,))
+        return [FileRecord(*r) for r in rows]
+
+    def iter_files(self, under: str | None = None) -> Iterator[FileRecord]:
+        if under is None:
+            rows = self.query(f"SELECT {self._FILE_COLS} FROM files ORDER BY path")
+        else:
+            rows = self.query(f"SELECT {self._FILE_COLS} FROM files WHERE {_under('path')} "
+                              "ORDER BY path", (under, under, under))
+        for r in rows:
+            yield FileRecord(*r)
+
+    def put_file(self, rec: FileRecord, *, conn: sqlite3.Connection | None = None) -> None:
+        sql = ("INSERT INTO files(path, owner, parent, file_id, generation, size, mtime) "
+               "VALUES(?, ?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET "
+               "file_id = excluded.file_id, generation = excluded.generation, "
+               "size = excluded.size, mtime = excluded.mtime")
+        args = (rec.path, owner_of(rec.path), parent_of(rec.path), rec.file_id,
+                rec.generation, rec.size, rec.mtime)
+        if conn is not None:
+            conn.execute(sql, args)
+        else:
+            with self.tx() as c:
+                c.execute(sql, args)
+
+    def delete_files(self, path: str, *, conn: sqlite3.Connection | None = None) -> None:
+        """Forget ``path`` and everything below it."""
+        if conn is None:
+            with self.tx() as c:
+                self.delete_files(path, conn=c)
+            return
+        conn.execute(f"DELETE FROM files WHERE {_under('path')}", (path, path, path))
+
+    def move_files(self, src: str, dst: str, *, conn: sqlite3.Connection) -> None:
+        n = len(src)
+        conn.execute(f"DELETE FROM files WHERE {_under('path')}", (dst, dst, dst))
+        conn.execute(
+            f"UPDATE files SET path = ? || substr(path, ?), parent = ? || substr(parent, ?), "
+            f"owner = ? WHERE {_under('path')}",
+            (dst, n + 1, dst, n + 1, owner_of(dst), src, src, src),
+        )
+        # The moved root's parent is the destination's parent, not a rewrite of the old one.
+        conn.execute("UPDATE files SET parent = ? WHERE path = ?", (parent_of(dst), dst))
+
+    def usage(self, owner: str) -> int:
+        rows = self.query("SELECT COALESCE(SUM(size), 0) FROM files WHERE owner = ?", (owner,))
+        return int(rows[0][0])
+
+    # --- pending commits ---------------------------------------------------------------
+
+    def add_pending(self, file_id: bytes, path: str) -> None:
+        with self.tx() as c:
+            c.execute("INSERT INTO pending(file_id, path, created) VALUES(?, ?, ?)",
+                      (file_id, path, time.time()))
+
+    def pending_for(self, path: str) -> list[bytes]:
+        return [r[0] for r in self.query("SELECT file_id FROM pending WHERE path = ?", (path,))]
+
+    def list_pending(self) -> list[tuple[bytes, str]]:
+        return [(r[0], r[1]) for r in self.query("SELECT file_id, path FROM pending")]
+
+    def remove_pending(self, file_id: bytes, *, conn: sqlite3.Connection | None = None) -> None:
+        if conn is not None:
+            conn.execute("DELETE FROM pending WHERE file_id = ?", (file_id,))
+        else:
+            with self.tx() as c:
+                c.execute("DELETE FROM pending WHERE file_id = ?", (file_id,))
+
+    # --- dead properties ---------------------------------------------------------------
+
+    def get_props(self, path: str) -> dict[str, bytes]:
+        return {r[0]: r[1] for r in self.query("SELECT name, value FROM props WHERE path = ?",
+                                               (path,))}
+
+    def set_prop(self, path: str, name: str, value: bytes) -> None:
+        with self.tx() as c:
+            c.execute("INSERT INTO props(path, name, value) VALUES(?, ?, ?) "
+                      "ON CONFLICT(path, name) DO UPDATE SET value = excluded.value",
+                      (path, name, value))
+
+    def remove_prop(self, path: str, name: str) -> None:
+        with self.tx() as c:
+            c.execute("DELETE FROM props WHERE path = ? AND name = ?", (path, name))
+
+    def remove_props(self, path: str, *, tree: bool = False) -> None:
+        with self.tx() as c:
+            if tree:
+                c.execute(f"DELETE FROM props WHERE {_under('path')}", (path, path, path))
+            else:
+                c.execute("DELETE FROM props WHERE path = ?", (path,))
+
+    def copy_props(self, src: str, dst: str) -> None:
+        with self.tx() as c:
+            c.execute("DELETE FROM props WHERE path = ?", (dst,))
+            c.execute("INSERT INTO props(path, name, value) SELECT ?, name, value FROM props "
+                      "WHERE path = ?", (dst, src))
+
+    def move_props(self, src: str, dst: str, *, conn: sqlite3.Connection | None = None) -> None:
+        if conn is None:
+            with self.tx() as c:
+                self.move_props(src, dst, conn=c)
+            return
+        n = len(src)
+        conn.execute(f"DELETE FROM props WHERE {_under('path')}", (dst, dst, dst))
+        conn.execute(f"UPDATE props SET path = ? || substr(path, ?) WHERE {_under('path')}",
+                     (dst, n + 1, src, src, src))
+
+    # --- lock storage (key/value, used by dav.lockstore) -------------------------------
+
+    def kv_get(self, key: str) -> bytes | None:
+        rows = self.query("SELECT value FROM locks WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
+
+    def kv_set(self, key: str, value: bytes) -> None:
+        with self.tx() as c:
+            c.execute("INSERT INTO locks(key, value) VALUES(?, ?) "
+                      "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+
+    def kv_delete(self, key: str) -> None:
+        with self.tx() as c:
+            c.execute("DELETE FROM locks WHERE key = ?", (key,))
+
+    def kv_keys(self) -> list[str]:
+        return [r[0] for r in self.query("SELECT key FROM locks")]
+
+    def kv_clear(self) -> None:
+        with self.tx() as c:
+            c.execute("DELETE FROM locks")

@@ -1,0 +1,101 @@
+"""The storage interface: opaque blobs and folders addressed by '/'-separated keys.
+
+Storage sees ciphertext (or plaintext placed there by hand) and nothing else: it imports
+nothing from crypto or DAV. Every backend passes the same conformance suite
+(tests/test_storage_conformance.py). Writes are atomic: a blob is either the old one or the
+complete new one, never a mix, whatever happens to the process.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    is_dir: bool
+    size: int
+    mtime: float
+
+
+class BlobReader(ABC):
+    """An open blob; ``read_at`` is positional so one reader serves any access pattern."""
+
+    size: int
+
+    @abstractmethod
+    def read_at(self, offset: int, length: int) -> bytes: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> BlobReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class BlobWriter(ABC):
+    """A pending blob: invisible until :meth:`commit`, gone after :meth:`abort`."""
+
+    @abstractmethod
+    def write(self, data: bytes) -> None: ...
+
+    @abstractmethod
+    def commit(self) -> None: ...
+
+    @abstractmethod
+    def abort(self) -> None: ...
+
+
+class Storage(ABC):
+    @abstractmethod
+    def stat(self, key: str) -> Entry | None: ...
+
+    @abstractmethod
+    def list_dir(self, key: str) -> list[Entry]: ...
+
+    @abstractmethod
+    def open_reader(self, key: str) -> BlobReader: ...
+
+    @abstractmethod
+    def writer(self, key: str) -> BlobWriter: ...
+
+    @abstractmethod
+    def delete(self, key: str) -> None: ...
+
+    @abstractmethod
+    def make_dir(self, key: str) -> None: ...
+
+    @abstractmethod
+    def remove_dir(self, key: str) -> None:
+        """Remove an empty folder."""
+
+    @abstractmethod
+    def rename(self, src: str, dst: str) -> None:
+        """Move a blob or a whole folder; ``dst`` must not exist."""
+
+    def walk(self, key: str) -> Iterator[tuple[str, Entry]]:
+        """Yield (key, entry) for every blob and folder below ``key``, parents first."""
+        for e in self.list_dir(key):
+            child = f"{key}/{e.name}" if key else e.name
+            yield child, e
+            if e.is_dir:
+                yield from self.walk(child)
+
+    def cleanup(self) -> int:
+        """Remove leftovers of interrupted writes; return how many were removed."""
+        return 0
+
+
+def split_key(key: str) -> list[str]:
+    """Validate a key and return its parts: no empty, '.', '..' or NUL components."""
+    parts = [p for p in key.split("/") if p != ""]
+    for p in parts:
+        if p in (".", "..") or "\x00" in p:
+            raise ValueError(f"invalid storage key component {p!r}")
+    return parts

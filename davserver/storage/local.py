@@ -1,0 +1,186 @@
+"""Local filesystem backend: blobs are files under one root, written via temp + rename.
+
+Temp files live in a sibling folder on the same filesystem so the final rename is atomic,
+and are never visible under the root. ``fsync`` (on by default) makes a committed blob
+survive power loss, not only a process crash.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+import uuid
+from pathlib import Path
+
+from davserver.errors import Conflict, StorageError, StorageNotFound
+from davserver.storage.base import BlobReader, BlobWriter, Entry, Storage, split_key
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _FileReader(BlobReader):
+    __slots__ = ("_fd", "size")
+
+    def __init__(self, path: str) -> None:
+        try:
+            self._fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise StorageNotFound(path) from None
+        except IsADirectoryError:
+            raise StorageNotFound(path) from None
+        self.size = os.fstat(self._fd).st_size
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        return os.pread(self._fd, length, offset)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class _FileWriter(BlobWriter):
+    def __init__(self, final: str, tmp: str, fsync: bool) -> None:
+        self._final = final
+        self._tmp = tmp
+        self._fsync = fsync
+        self._f = open(tmp, "xb", buffering=0)  # noqa: SIM115 - closed in commit/abort
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = self._f.write(view)
+            view = view[n:]
+
+    def commit(self) -> None:
+        try:
+            if self._fsync:
+                os.fsync(self._f.fileno())
+            self._f.close()
+            parent = os.path.dirname(self._final)
+            if not os.path.isdir(parent):
+                raise Conflict("parent folder does not exist")
+            os.replace(self._tmp, self._final)
+            if self._fsync:
+                _fsync_dir(parent)
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        if not self._f.closed:
+            self._f.close()
+        try:
+            os.unlink(self._tmp)
+        except FileNotFoundError:
+            pass
+
+
+class LocalStorage(Storage):
+    def __init__(self, root: str | Path, tmp_dir: str | Path, *, fsync: bool = True) -> None:
+        self.root = str(root)
+        self.tmp_dir = str(tmp_dir)
+        self.fsync = fsync
+        os.makedirs(self.root, exist_ok=True)
+        os.makedirs(self.tmp_dir, exist_ok=True)
+
+    def _path(self, key: str) -> str:
+        try:
+            parts = split_key(key)
+        except ValueError as e:
+            raise StorageError(str(e)) from None
+        return os.path.join(self.root, *parts)
+
+    def stat(self, key: str) -> Entry | None:
+        p = self._path(key)
+        try:
+            st = os.lstat(p)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if stat.S_ISLNK(st.st_mode):
+            return None  # links placed by hand could point outside the root: not served
+        is_dir = stat.S_ISDIR(st.st_mode)
+        return Entry(os.path.basename(p), is_dir, 0 if is_dir else st.st_size, st.st_mtime)
+
+    def list_dir(self, key: str) -> list[Entry]:
+        p = self._path(key)
+        out = []
+        try:
+            with os.scandir(p) as it:
+                for de in it:
+                    try:
+                        if de.is_symlink():
+                            continue
+                        st = de.stat()
+                        is_dir = de.is_dir()
+                    except FileNotFoundError:
+                        continue
+                    out.append(Entry(de.name, is_dir, 0 if is_dir else st.st_size, st.st_mtime))
+        except (FileNotFoundError, NotADirectoryError):
+            raise StorageNotFound(key) from None
+        return out
+
+    def open_reader(self, key: str) -> BlobReader:
+        return _FileReader(self._path(key))
+
+    def writer(self, key: str) -> BlobWriter:
+        final = self._path(key)
+        tmp = os.path.join(self.tmp_dir, f"put-{uuid.uuid4().hex}")
+        return _FileWriter(final, tmp, self.fsync)
+
+    def delete(self, key: str) -> None:
+        try:
+            os.unlink(self._path(key))
+        except FileNotFoundError:
+            raise StorageNotFound(key) from None
+
+    def make_dir(self, key: str) -> None:
+        try:
+            os.mkdir(self._path(key))
+        except FileExistsError:
+            raise Conflict(f"{key} exists") from None
+        except FileNotFoundError:
+            raise Conflict("parent folder does not exist") from None
+
+    def remove_dir(self, key: str) -> None:
+        try:
+            os.rmdir(self._path(key))
+        except FileNotFoundError:
+            raise StorageNotFound(key) from None
+        except OSError as e:
+            if e.errno == errno.ENOTEMPTY:
+                raise Conflict(f"{key} is not empty") from None
+            raise
+
+    def remove_tree(self, key: str) -> None:
+        shutil.rmtree(self._path(key), ignore_errors=True)
+
+    def rename(self, src: str, dst: str) -> None:
+        s, d = self._path(src), self._path(dst)
+        if os.path.lexists(d):
+            raise Conflict(f"{dst} exists")
+        try:
+            os.rename(s, d)
+        except FileNotFoundError:
+            raise StorageNotFound(src) from None
+        if self.fsync:
+            _fsync_dir(os.path.dirname(d))
+
+    def cleanup(self) -> int:
+        n = 0
+        for name in os.listdir(self.tmp_dir):
+            if name.startswith("put-"):
+                try:
+                    os.unlink(os.path.join(self.tmp_dir, name))
+                    n += 1
+                except FileNotFoundError:
+                    pass
+        return n

@@ -1,0 +1,450 @@
+"""The vault: the one place that combines storage, key store and file index.
+
+Every caller (WebDAV, CLI, web pages) reads and writes files through :class:`Vault`, so
+the rules below hold whatever the entry point:
+
+* A write is invisible until committed, and the commit is crash-safe across three stores.
+  Order: ciphertext to a temp blob -> key file (fsync) -> ``pending`` row -> atomic rename
+  -> index row + pending row removed in one transaction -> old key deleted. A crash at any
+  point leaves either the old version or the new one; :meth:`Vault.recover` (run at start)
+  finishes or rolls back what a crash interrupted.
+* A stored file must match the index: same file ID (fresh for every write) and same
+  plaintext size. Otherwise it was swapped, rolled back, truncated or extended, and it is
+  refused with a log line naming the path. A file the index does not know (placed or moved
+  by hand) is adopted if its key is found and no other live path claims its file ID.
+* Keys are found by file ID only, so moves never touch keys.
+
+Paths are storage keys: ``"<user>/<path inside the home>"``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from davserver.crypto import header as hdr
+from davserver.crypto import keywrap, stream
+from davserver.errors import (
+    Conflict,
+    FormatError,
+    IntegrityError,
+    KeyNotFound,
+    NotFound,
+    QuotaExceeded,
+    StorageNotFound,
+    VersionMismatch,
+)
+from davserver.meta.db import FileRecord, MetaDB
+from davserver.storage.base import BlobReader, Entry, Storage
+from davserver.vault.keystore import Identity, KeyStore, Recipient
+
+log = logging.getLogger("davserver.vault")
+
+
+@dataclass(frozen=True)
+class Node:
+    """What a listing needs about one file or folder; never requires decryption."""
+
+    path: str
+    name: str
+    is_dir: bool
+    size: int
+    mtime: float
+    etag: str
+    encrypted: bool
+
+
+class RawFile:
+    """Seekable read-only view of a plaintext blob (files not encrypted, e.g. placed by hand)."""
+
+    def __init__(self, reader: BlobReader) -> None:
+        self._r = reader
+        self._pos = 0
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._r.size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            size = self._r.size - self._pos
+        data = self._r.read_at(self._pos, size)
+        self._pos += len(data)
+        return data
+
+    def close(self) -> None:
+        self._r.close()
+
+
+class Upload:
+    """A write in progress; see the module docstring for the commit protocol."""
+
+    def __init__(self, vault: Vault, path: str, *, limit: int | None, encrypt: bool,
+                 recipients: list[Recipient]) -> None:
+        self._vault = vault
+        self.path = path
+        self._limit = limit
+        self._blob = vault.storage.writer(path)
+        self._done = False
+        self.encrypted = encrypt
+        self.size = 0
+        if encrypt:
+            self.file_id = keywrap.new_file_id()
+            self._data_key = keywrap.new_data_key()
+            self._recipients = recipients
+            self._stream = stream.StreamWriter(self._blob.write, self._data_key, self.file_id)
+        else:
+            self.file_id = None
+            self._stream = None
+
+    def write(self, data: bytes) -> None:
+        self.size += len(data)
+        if self._limit is not None and self.size > self._limit:
+            self.abort()
+            raise QuotaExceeded(f"upload to {self.path} exceeds the available space")
+        if self._stream is not None:
+            self._stream.write(data)
+        else:
+            self._blob.write(data)
+
+    def commit(self, mtime: float | None = None) -> FileRecord:
+        if self._done:
+            raise Conflict("upload already finished")
+        try:
+            if self._stream is not None:
+                self._stream.finish()
+            return self._vault._commit(self, mtime)
+        finally:
+            self._done = True
+            self._data_key = None
+
+    def abort(self) -> None:
+        if not self._done:
+            self._done = True
+            self._data_key = None
+            self._blob.abort()
+
+
+class Vault:
+    def __init__(self, storage: Storage, keys: KeyStore, db: MetaDB, *,
+                 identities: Callable[[], list[Identity]],
+                 recipients: Callable[[str], list[Recipient]],
+                 encryption_enabled: Callable[[], bool]) -> None:
+        self.storage = storage
+        self.keys = keys
+        self.db = db
+        self._identities = identities
+        self._recipients = recipients
+        self._encryption_enabled = encryption_enabled
+        self._path_locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+
+    # --- start-up ----------------------------------------------------------------------
+
+    def recover(self) -> dict[str, int]:
+        """Finish or roll back commits a crash interrupted; remove temp blobs."""
+        finished = rolled_back = 0
+        for file_id, path in self.db.list_pending():
+            stored = self._stored_file_id(path)
+            if stored == file_id:
+                self._finish_commit(path, file_id)
+                finished += 1
+            else:
+                self.keys.delete(file_id)
+                self.db.remove_pending(file_id)
+                rolled_back += 1
+        temps = self.storage.cleanup()
+        if finished or rolled_back or temps:
+            log.info("recovered after crash: %d commits finished, %d rolled back, "
+                     "%d temp blobs removed", finished, rolled_back, temps)
+        return {"finished": finished, "rolled_back": rolled_back, "temps": temps}
+
+    def _stored_file_id(self, path: str) -> bytes | None:
+        try:
+            with self.storage.open_reader(path) as r:
+                raw = r.read_at(0, hdr.HEADER_BYTES)
+            return hdr.parse(raw).file_id
+        except (StorageNotFound, FormatError):
+            return None
+
+    # --- queries -----------------------------------------------------------------------
+
+    def _node(self, path: str, e: Entry, rec: FileRecord | None) -> Node:
+        name = path.rsplit("/", 1)[-1]
+        if e.is_dir:
+            return Node(path, name, True, 0, e.mtime, f"d-{int(e.mtime * 1e6):x}", False)
+        if rec is not None:
+            if rec.file_id is not None:
+                return Node(path, name, False, rec.size, rec.mtime, rec.file_id.hex(), True)
+            if rec.size == e.size:
+                return Node(path, name, False, rec.size, e.mtime,
+                            f"p-{rec.generation}-{int(e.mtime * 1e6):x}", False)
+        # Not indexed (placed by hand): sniff the header, never decrypt.
+        size, encrypted, etag = e.size, False, f"p-{int(e.mtime * 1e6):x}-{e.size:x}"
+        try:
+            with self.storage.open_reader(path) as r:
+                raw = r.read_at(0, hdr.HEADER_BYTES)
+            if hdr.is_encrypted(raw):
+                h = hdr.parse(raw)
+                size = stream.plaintext_size(e.size, h.chunk_shift)
+                encrypted, etag = True, h.file_id.hex()
+        except (FormatError, StorageNotFound):
+            pass
+        return Node(path, name, False, size, e.mtime, etag, encrypted)
+
+    def stat(self, path: str) -> Node | None:
+        e = self.storage.stat(path)
+        if e is None:
+            return None
+        return self._node(path, e, None if e.is_dir else self.db.get_file(path))
+
+    def list_dir(self, path: str) -> list[Node]:
+        entries = self.storage.list_dir(path)
+        records = self.db.children(path)
+        return [self._node(f"{path}/{e.name}", e, records.get(e.name)) for e in entries]
+
+    def usage(self, user: str) -> int:
+        return self.db.usage(user)
+
+    # --- reading -----------------------------------------------------------------------
+
+    def open_read(self, path: str):
+        """Open for reading: a seekable file of verified plaintext (or a plaintext blob)."""
+        reader = self.storage.open_reader(path)
+        try:
+            return self._open_checked(path, reader)
+        except BaseException:
+            reader.close()
+            raise
+
+    def _open_checked(self, path: str, reader: BlobReader):
+        rec = self.db.get_file(path)
+        raw = reader.read_at(0, hdr.HEADER_BYTES)
+        if not hdr.is_encrypted(raw):
+            if rec is not None and rec.encrypted:
+                self._refuse(path, "an encrypted file was replaced by unencrypted data")
+            return RawFile(reader)
+        h = hdr.parse(raw)
+        if rec is None or not rec.encrypted:
+            rec = self._adopt(path, h.file_id, reader.size, h.chunk_shift, rec)
+        elif rec.file_id != h.file_id:
+            if h.file_id in self.db.pending_for(path):
+                rec = self._finish_commit(path, h.file_id)
+            else:
+                self._refuse(path, f"stored file ID {h.file_id.hex()} is not the indexed "
+                             f"{rec.file_id.hex()} (swapped or rolled back)")
+        try:
+            data_key = self.keys.unwrap(h.file_id, self._identities())
+        except KeyNotFound:
+            log.error("no key for %s (file ID %s)", path, h.file_id.hex())
+            raise
+        try:
+            cr = stream.ChunkReader(reader.read_at, reader.size, data_key)
+        except (IntegrityError, FormatError):
+            self._refuse(path, "header or size failed authentication")
+        if cr.plain_size != rec.size:
+            self._refuse(path, f"size {cr.plain_size} differs from the indexed {rec.size} "
+                         "(truncated or extended)")
+        return stream.PlaintextFile(cr, on_close=reader.close)
+
+    def _refuse(self, path: str, why: str):
+        log.error("refusing %s: %s; see 'davserver encryption:fix-encrypted-version'", path, why)
+        raise VersionMismatch(path)
+
+    def _adopt(self, path: str, file_id: bytes, cipher_size: int, shift: int,
+               old: FileRecord | None) -> FileRecord:
+        """Index a file found in storage that the index does not know (moved or placed
+        by hand). Refused when another live path holds the same file ID: that is a copy
+        or a swap, not a move."""
+        for other in self.db.files_by_id(file_id):
+            if other.path != path and self._stored_file_id(other.path) == file_id:
+                self._refuse(path, f"file ID {file_id.hex()} also belongs to {other.path}")
+        if not self.keys.exists(file_id):
+            raise KeyNotFound(file_id.hex())
+        try:
+            size = stream.plaintext_size(cipher_size, shift)
+        except FormatError:
+            self._refuse(path, "impossible ciphertext size")
+        rec = FileRecord(path, file_id, (old.generation + 1) if old else 1, size, time.time())
+        with self.db.tx() as c:
+            for other in self.db.files_by_id(file_id):
+                if other.path != path:
+                    c.execute("DELETE FROM files WHERE path = ?", (other.path,))
+            self.db.put_file(rec, conn=c)
+        log.info("indexed %s (file ID %s) found in storage", path, file_id.hex())
+        return rec
+
+    def read_all(self, path: str) -> bytes:
+        f = self.open_read(path)
+        try:
+            return f.read()
+        finally:
+            f.close()
+
+    # --- writing -----------------------------------------------------------------------
+
+    def _lock_for(self, path: str) -> threading.Lock:
+        with self._locks_guard:
+            lk = self._path_locks.get(path)
+            if lk is None:
+                lk = self._path_locks[path] = threading.Lock()
+            return lk
+
+    def available(self, user: str, quota: int | None, replacing: str | None = None) -> int | None:
+        """Bytes the user may still store (None: unlimited), not counting ``replacing``."""
+        if quota is None:
+            return None
+        used = self.db.usage(user)
+        if replacing:
+            rec = self.db.get_file(replacing)
+            if rec is not None:
+                used -= rec.size
+        return max(0, quota - used)
+
+    def begin_write(self, path: str, *, quota: int | None = None,
+                    expected_size: int | None = None) -> Upload:
+        user = path.split("/", 1)[0]
+        limit = self.available(user, quota, replacing=path)
+        if limit is not None and expected_size is not None and expected_size > limit:
+            raise QuotaExceeded(f"{expected_size} bytes do not fit in the {limit} available")
+        encrypt = self._encryption_enabled()
+        return Upload(self, path, limit=limit, encrypt=encrypt,
+                      recipients=self._recipients(user) if encrypt else [])
+
+    def _commit(self, up: Upload, mtime: float | None) -> FileRecord:
+        path = up.path
+        mtime = time.time() if mtime is None else mtime
+        with self._lock_for(path):
+            old = self.db.get_file(path)
+            gen = (old.generation + 1) if old else 1
+            rec = FileRecord(path, up.file_id, gen, up.size, mtime)
+            if up.file_id is None:
+                up._blob.commit()
+                self.db.put_file(rec)
+            else:
+                self.keys.wrap_new(up.file_id, up._data_key, up._recipients)
+                self.db.add_pending(up.file_id, path)
+                try:
+                    up._blob.commit()
+                except BaseException:
+                    self.keys.delete(up.file_id)
+                    self.db.remove_pending(up.file_id)
+                    raise
+                with self.db.tx() as c:
+                    self.db.put_file(rec, conn=c)
+                    self.db.remove_pending(up.file_id, conn=c)
+            if old is not None and old.file_id is not None and old.file_id != up.file_id:
+                self.keys.delete(old.file_id)
+            return rec
+
+    def _finish_commit(self, path: str, file_id: bytes) -> FileRecord:
+        """Complete a commit whose rename happened but whose index update did not."""
+        with self.storage.open_reader(path) as r:
+            size = stream.plaintext_size(r.size, hdr.parse(r.read_at(0, 64)).chunk_shift)
+        old = self.db.get_file(path)
+        rec = FileRecord(path, file_id, (old.generation + 1) if old else 1, size, time.time())
+        with self.db.tx() as c:
+            self.db.put_file(rec, conn=c)
+            self.db.remove_pending(file_id, conn=c)
+        if old is not None and old.file_id not in (None, file_id):
+            self.keys.delete(old.file_id)
+        return rec
+
+    def write_bytes(self, path: str, data: bytes, *, quota: int | None = None) -> FileRecord:
+        up = self.begin_write(path, quota=quota, expected_size=len(data))
+        try:
+            up.write(data)
+        except BaseException:
+            up.abort()
+            raise
+        return up.commit()
+
+    # --- namespace ---------------------------------------------------------------------
+
+    def make_dir(self, path: str) -> None:
+        self.storage.make_dir(path)
+
+    def delete(self, path: str) -> None:
+        e = self.storage.stat(path)
+        if e is None:
+            raise NotFound(path)
+        if e.is_dir:
+            file_ids = [r.file_id for r in self.db.iter_files(path) if r.file_id]
+            for key, child in sorted(self.storage.walk(path), key=lambda x: x[0], reverse=True):
+                if child.is_dir:
+                    self.storage.remove_dir(key)
+                else:
+                    self.storage.delete(key)
+            self.storage.remove_dir(path)
+        else:
+            rec = self.db.get_file(path)
+            file_ids = [rec.file_id] if rec and rec.file_id else []
+            self.storage.delete(path)
+        self.db.delete_files(path)
+        self.db.remove_props(path, tree=True)
+        for fid in file_ids:
+            self.keys.delete(fid)
+
+    def move(self, src: str, dst: str) -> None:
+        """Rename a file or folder; ``dst`` must not exist. Keys do not move."""
+        self.storage.rename(src, dst)
+        with self.db.tx() as c:
+            self.db.move_files(src, dst, conn=c)
+            self.db.move_props(src, dst, conn=c)
+
+    def copy_file(self, src: str, dst: str, *, quota: int | None = None) -> FileRecord:
+        """Copy by re-encrypting under a fresh key: one file ID always means one path."""
+        node = self.stat(src)
+        if node is None or node.is_dir:
+            raise NotFound(src)
+        f = self.open_read(src)
+        try:
+            up = self.begin_write(dst, quota=quota, expected_size=node.size)
+            try:
+                while True:
+                    block = f.read(1 << 20)
+                    if not block:
+                        break
+                    up.write(block)
+            except BaseException:
+                up.abort()
+                raise
+        finally:
+            f.close()
+        return up.commit()
+
+    def set_mtime(self, path: str, mtime: float) -> None:
+        """Record a client-supplied modification time (X-OC-Mtime, PROPPATCH)."""
+        rec = self.db.get_file(path)
+        if rec is not None:
+            self.db.put_file(FileRecord(rec.path, rec.file_id, rec.generation, rec.size, mtime))
+
+    def iter_paths(self, path: str) -> Iterator[tuple[str, Entry]]:
+        yield from self.storage.walk(path)
+
+
+def ensure_home(vault: Vault, user: str) -> None:
+    if vault.storage.stat(user) is None:
+        try:
+            vault.storage.make_dir(user)
+        except Conflict:
+            pass
+
+
+def remove_home(vault: Vault, user: str) -> None:
+    if vault.storage.stat(user) is not None:
+        vault.delete(user)
+    vault.db.delete_files(user)
+
+
+def storage_path(user: str, rel: str) -> str:
+    rel = rel.strip("/")
+    return f"{user}/{rel}" if rel else user
+

@@ -1,0 +1,233 @@
+"""The key store: a directory of small JSON files, readable without the database.
+
+Layout under the key storage root::
+
+    master-<key_id>.json          the master key pair, private half sealed under the
+                                  instance secret (keywrap.master_kek)
+    files/<id[0:2]>/<id>.json     wrapped data keys of one file, found by file ID (hex)
+
+A key file lists one wrap per recipient ("master:<key_id>", later users and the recovery
+key). Keys are addressed by the file ID that the encrypted file's header carries, never by
+path, so a rename or move (through the server or behind its back) cannot orphan a key.
+JSON rather than a binary format so an operator can inspect and back it up with ordinary
+tools; every secret in it is wrapped.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import threading
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from davserver.crypto import keywrap
+from davserver.errors import DavServerError, FormatError, IntegrityError, KeyNotFound
+
+KEY_FILE_FORMAT = "davserver-key/1"
+MASTER_FILE_FORMAT = "davserver-master/1"
+
+
+def _b64(b: bytes) -> str:
+    return base64.b64encode(b).decode()
+
+
+def _unb64(s: str) -> bytes:
+    return base64.b64decode(s.encode(), validate=True)
+
+
+@dataclass(frozen=True)
+class Wrap:
+    recipient: str
+    suite: str
+    sealed: bytes
+
+
+@dataclass(frozen=True)
+class Identity:
+    """An unlocked private key able to open wraps addressed to ``recipient``."""
+
+    recipient: str
+    suite: str
+    private: bytes
+    public: bytes
+
+
+@dataclass(frozen=True)
+class Recipient:
+    recipient: str
+    suite: str
+    public: bytes
+
+
+def write_atomic(path: str, data: bytes, *, fsync: bool = True, mode: int = 0o600) -> None:
+    """Write a small file so that readers see the old or the new content, never a mix."""
+    d = os.path.dirname(path)
+    os.makedirs(d, exist_ok=True)
+    tmp = os.path.join(d, f".tmp-{uuid.uuid4().hex}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        os.write(fd, data)
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    if fsync:
+        dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+class KeyStore:
+    def __init__(self, root: str, *, fsync: bool = True, cache_size: int = 4096) -> None:
+        self.root = root
+        self.fsync = fsync
+        os.makedirs(os.path.join(root, "files"), mode=0o700, exist_ok=True)
+        self._cache: OrderedDict[tuple, bytes] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+
+    # --- master key --------------------------------------------------------------------
+
+    def master_files(self) -> list[str]:
+        return sorted(
+            os.path.join(self.root, n) for n in os.listdir(self.root)
+            if n.startswith("master-") and n.endswith(".json")
+        )
+
+    def create_master(self, instance_secret: bytes, suite: str = "x25519") -> Identity:
+        private, public = keywrap.new_keypair(suite)
+        kid = keywrap.key_id(public)
+        doc = {
+            "format": MASTER_FILE_FORMAT,
+            "id": kid,
+            "suite": suite,
+            "public": _b64(public),
+            "private_sealed": _b64(
+                keywrap.seal_private_key(keywrap.master_kek(instance_secret), private, kid)
+            ),
+        }
+        write_atomic(os.path.join(self.root, f"master-{kid}.json"),
+                     json.dumps(doc, indent=1).encode(), fsync=self.fsync)
+        return Identity(f"master:{kid}", suite, private, public)
+
+    def load_master(self, instance_secret: bytes, kid: str | None = None) -> Identity:
+        """Unlock the master key; with several, ``kid`` picks one (else the only one)."""
+        files = self.master_files()
+        if kid is not None:
+            files = [f for f in files if os.path.basename(f) == f"master-{kid}.json"]
+        if not files:
+            raise KeyNotFound("master key")
+        if len(files) > 1:
+            raise DavServerError("several master keys in the key store; name one")
+        with open(files[0], "rb") as f:
+            doc = json.load(f)
+        if doc.get("format") != MASTER_FILE_FORMAT:
+            raise FormatError(f"{files[0]}: not a master key file")
+        public = _unb64(doc["public"])
+        try:
+            private = keywrap.open_private_key(
+                keywrap.master_kek(instance_secret), _unb64(doc["private_sealed"]), doc["id"]
+            )
+        except IntegrityError:
+            raise IntegrityError(
+                "the instance secret does not unlock the master key (wrong secret file?)"
+            ) from None
+        return Identity(f"master:{doc['id']}", doc["suite"], private, public)
+
+    # --- per-file wraps ----------------------------------------------------------------
+
+    def _path(self, file_id: bytes) -> str:
+        h = file_id.hex()
+        return os.path.join(self.root, "files", h[:2], f"{h}.json")
+
+    def save(self, file_id: bytes, wraps: list[Wrap]) -> None:
+        doc = {
+            "format": KEY_FILE_FORMAT,
+            "file_id": file_id.hex(),
+            "wraps": [{"to": w.recipient, "suite": w.suite, "sealed": _b64(w.sealed)}
+                      for w in wraps],
+        }
+        write_atomic(self._path(file_id), json.dumps(doc).encode(), fsync=self.fsync)
+
+    def load(self, file_id: bytes) -> list[Wrap]:
+        try:
+            with open(self._path(file_id), "rb") as f:
+                doc = json.load(f)
+        except FileNotFoundError:
+            raise KeyNotFound(file_id.hex()) from None
+        except ValueError:
+            raise FormatError(f"key file of {file_id.hex()} is not valid JSON") from None
+        if doc.get("format") != KEY_FILE_FORMAT or doc.get("file_id") != file_id.hex():
+            raise FormatError(f"key file of {file_id.hex()} does not belong to it")
+        return [Wrap(w["to"], w["suite"], _unb64(w["sealed"])) for w in doc["wraps"]]
+
+    def exists(self, file_id: bytes) -> bool:
+        return os.path.exists(self._path(file_id))
+
+    def delete(self, file_id: bytes) -> None:
+        with self._lock:
+            for ck in [k for k in self._cache if k[0] == file_id]:
+                del self._cache[ck]
+        try:
+            os.unlink(self._path(file_id))
+        except FileNotFoundError:
+            pass
+
+    def iter_file_ids(self) -> Iterator[bytes]:
+        base = os.path.join(self.root, "files")
+        for sub in sorted(os.listdir(base)):
+            d = os.path.join(base, sub)
+            if not os.path.isdir(d):
+                continue
+            for name in sorted(os.listdir(d)):
+                if name.endswith(".json") and not name.startswith("."):
+                    try:
+                        yield bytes.fromhex(name[:-5])
+                    except ValueError:
+                        continue
+
+    # --- recipes -----------------------------------------------------------------------
+
+    def wrap_new(self, file_id: bytes, data_key: bytes, recipients: list[Recipient]) -> None:
+        self.save(file_id, [
+            Wrap(r.recipient, r.suite,
+                 keywrap.wrap_data_key(r.suite, r.public, data_key, file_id))
+            for r in recipients
+        ])
+
+    def unwrap(self, file_id: bytes, identities: list[Identity]) -> bytes:
+        """Return the data key of ``file_id`` using the first identity that has a wrap."""
+        ck = (file_id, tuple(i.recipient for i in identities))
+        with self._lock:
+            cached = self._cache.get(ck)
+            if cached is not None:
+                self._cache.move_to_end(ck)
+                return cached
+        wraps = self.load(file_id)
+        by_recipient = {w.recipient: w for w in wraps}
+        for ident in identities:
+            w = by_recipient.get(ident.recipient)
+            if w is not None:
+                key = keywrap.unwrap_data_key(w.suite, ident.private, w.sealed, file_id)
+                self._remember(ck, key)
+                return key
+        raise KeyNotFound(f"{file_id.hex()} (no wrap for this principal)")
+
+    def _remember(self, ck: tuple, key: bytes) -> None:
+        if not self._cache_size:
+            return
+        with self._lock:
+            self._cache[ck] = key
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
