@@ -6,7 +6,6 @@ so there is exactly one way a vault is assembled.
 
 from __future__ import annotations
 
-import base64
 import logging
 import os
 from dataclasses import dataclass
@@ -16,45 +15,22 @@ from davserver.auth.throttle import Throttle
 from davserver.auth.users import UserService, new_password
 from davserver.config import Config
 from davserver.errors import DavServerError, UserError
+from davserver.meta import settings
 from davserver.meta.db import MetaDB
 from davserver.storage.local import LocalStorage
 from davserver.vault.files import Vault, ensure_home, remove_home
 from davserver.vault.keystore import Identity, KeyStore, Recipient
+from davserver.vault.secret import read_secret, write_secret
 
 log = logging.getLogger("davserver")
 
-SECRET_PREFIX = "davserver-secret-v1:"
 MODULE_ID = "DAVSERVER_AEAD_V1"
 
-# Settings keys in the DB (shared by every node).
-S_ENABLED = "encryption.enabled"
-S_MODE = "encryption.mode"
-S_MODULE = "encryption.module"
-S_KEY_ROOT = "encryption.key_storage_root"
-S_MAINTENANCE = "maintenance"
-
-
-def read_secret(path: str) -> bytes:
-    try:
-        with open(path) as f:
-            text = f.read().strip()
-    except FileNotFoundError:
-        raise UserError(f"instance secret {path} not found (run 'davserver init' or restore "
-                        "a backup)") from None
-    except PermissionError:
-        raise UserError(f"cannot read instance secret {path}: permission denied") from None
-    if not text.startswith(SECRET_PREFIX):
-        raise UserError(f"{path} is not a davserver secret file")
-    return base64.b64decode(text[len(SECRET_PREFIX):])
-
-
-def write_secret(path: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(SECRET_PREFIX + base64.b64encode(os.urandom(32)).decode() + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+S_ENABLED = settings.ENABLED
+S_MODE = settings.MODE
+S_MODULE = settings.MODULE
+S_KEY_ROOT = settings.KEY_ROOT
+S_MAINTENANCE = settings.MAINTENANCE
 
 
 class Instance:
@@ -90,6 +66,13 @@ class Instance:
 
     def maintenance(self) -> bool:
         return self.db.get_setting(S_MAINTENANCE, "0") == "1"
+
+    def refresh(self) -> None:
+        """Pick up settings other processes changed (admin commands, other nodes)."""
+        root = self.key_root
+        if root != self.keys.root:
+            log.info("key storage root is now %s", root)
+            self.keys.set_root(root)
 
     # --- keys --------------------------------------------------------------------------
 

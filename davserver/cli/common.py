@@ -13,7 +13,8 @@ from davserver.instance import Instance, open_instance
 
 def add_command(sub, common, name: str, func, doc: str, action: str) -> argparse.ArgumentParser:
     """Register ``name``; the first docstring line is the summary, the whole is --help."""
-    p = sub.add_parser(name, parents=[common], help=doc.strip().splitlines()[0],
+    summary = " ".join(doc.strip().split("\n\n")[0].split())
+    p = sub.add_parser(name, parents=[common], help=summary,
                        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.set_defaults(func=func, action=action)
     return p

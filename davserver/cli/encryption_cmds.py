@@ -1,18 +1,240 @@
-"""``encryption:*`` and ``maintenance:*`` commands (occ names, so runbooks carry over)."""
+"""``encryption:*`` and ``maintenance:*`` commands (occ names, so runbooks carry over).
+
+Exit codes: 0 done; 1 failed; 2 usage or refused (the message says what to do);
+3 integrity problem found (scan, recover); see docs/ADMIN.md for the full table.
+"""
 
 from __future__ import annotations
 
+import sys
+
 from davserver.cli.common import add_command, emit, instance_from
-from davserver.instance import S_MAINTENANCE
+from davserver.cli.progress import progress_bar
+from davserver.crypto import header as hdr
+from davserver.errors import UserError
+from davserver.instance import MODULE_ID, S_ENABLED, S_MAINTENANCE, S_MODULE
+from davserver.meta import settings
+from davserver.vault import check, convert, keyroot
+
+EXIT_PROBLEMS = 3
+
+
+def _users(inst, user: str | None) -> list[str]:
+    if user:
+        inst.users.require(user)
+        return [user]
+    return [u.name for u in inst.users.list()]
+
+
+def _confirm(args, question: str) -> None:
+    if args.yes:
+        return
+    if not sys.stdin.isatty():
+        raise UserError(f"{question} — pass --yes to confirm non-interactively")
+    if input(f"{question} [y/N] ").strip().lower() not in ("y", "yes"):
+        raise UserError("cancelled")
+
+
+def _count_files(inst) -> tuple[int, int]:
+    enc = plain = 0
+    for path, _size in convert.plan(inst.vault, [u.name for u in inst.users.list()]):
+        with inst.storage.open_reader(path) as r:
+            if hdr.is_encrypted(r.read_at(0, hdr.HEADER_BYTES)):
+                enc += 1
+            else:
+                plain += 1
+    return enc, plain
 
 
 def cmd_status(args) -> int:
-    """Show whether encryption is enabled, the mode and the key storage root."""
+    """Show whether encryption is enabled, the mode, the key storage root, file counts and
+    jobs in progress."""
     inst = instance_from(args)
-    data = {"enabled": inst.encryption_enabled(), "mode": inst.mode(),
-            "defaultModule": inst.db.get_setting("encryption.module"),
-            "keyStorageRoot": inst.key_root, "maintenance": inst.maintenance()}
+    enc, plain = _count_files(inst)
+    jobs = [j for j in (inst.db.get_setting(settings.MAINTENANCE_JOB),
+                        "change-key-storage-root" if inst.db.get_setting(settings.JOB_KEY_ROOT)
+                        else None) if j]
+    data = {"enabled": inst.encryption_enabled(), "defaultModule": inst.db.get_setting(S_MODULE),
+            "mode": inst.mode(), "keyStorageRoot": inst.key_root, "encryptedFiles": enc,
+            "plaintextFiles": plain, "maintenance": inst.maintenance(), "jobsInProgress": jobs}
     emit(args, data, "\n".join(f"  - {k}: {v}" for k, v in data.items()))
+    return 0
+
+
+def cmd_enable(args) -> int:
+    """Enable server-side encryption for new and rewritten files (encrypt-all converts the
+    rest)."""
+    inst = instance_from(args)
+    if not inst.keys.master_files():
+        inst.keys.create_master(inst.secret)
+    inst.master()
+    inst.db.set_setting(S_ENABLED, "1")
+    print("encryption enabled; run 'davserver encryption:encrypt-all' to encrypt existing files")
+    return 0
+
+
+def cmd_disable(args) -> int:
+    """Disable encryption; refused while encrypted files remain (run decrypt-all first)."""
+    inst = instance_from(args)
+    enc, _plain = _count_files(inst)
+    if enc:
+        raise UserError(f"{enc} files are still encrypted; run 'davserver encryption:decrypt-all' "
+                        "first (it disables encryption when it is done)")
+    inst.db.set_setting(S_ENABLED, "0")
+    print("encryption disabled")
+    return 0
+
+
+def cmd_list_modules(args) -> int:
+    """List the encryption modules (the default one is marked)."""
+    inst = instance_from(args)
+    default = inst.db.get_setting(S_MODULE) or MODULE_ID
+    data = {MODULE_ID: {"name": "davserver AEAD v1 (AES-256-GCM chunks, HPKE key wraps)",
+                        "default": default == MODULE_ID}}
+    emit(args, data, f"  - {MODULE_ID}: davserver AEAD v1"
+         + (" [default]" if default == MODULE_ID else ""))
+    return 0
+
+
+def cmd_set_default_module(args) -> int:
+    """Set the default encryption module."""
+    if args.module != MODULE_ID:
+        raise UserError(f"unknown module {args.module!r} (available: {MODULE_ID})")
+    instance_from(args).db.set_setting(S_MODULE, args.module)
+    print(f"default module set to {args.module}")
+    return 0
+
+
+def _convert(args, *, encrypt: bool) -> int:
+    inst = instance_from(args)
+    if encrypt and not inst.encryption_enabled():
+        raise UserError("encryption is disabled; run 'davserver encryption:enable' first")
+    users = _users(inst, getattr(args, "user", None))
+    verb = "encrypt" if encrypt else "decrypt"
+    _confirm(args, f"{verb} every file of {', '.join(users) or 'no users'}? The server is in "
+             "maintenance mode meanwhile")
+    with convert.maintenance_for(inst.db, f"{verb}-all"):
+        files = convert.plan(inst.vault, users)
+        with progress_bar(f"{verb}ing", len(files), sum(s for _p, s in files),
+                          quiet=args.output == "json") as advance:
+            report = convert.convert_all(inst.vault, users, encrypt=encrypt, progress=advance)
+        if not encrypt and not getattr(args, "user", None) and not report.failed:
+            inst.db.set_setting(S_ENABLED, "0")
+    emit(args, report.as_dict(),
+         f"{verb}ed {report.converted} files ({report.bytes} bytes), {report.skipped} already "
+         f"{verb}ed, {len(report.failed)} failed"
+         + "".join(f"\n  - {p}: {e}" for p, e in report.failed))
+    return EXIT_PROBLEMS if report.failed else 0
+
+
+def cmd_encrypt_all(args) -> int:
+    """Encrypt every plaintext file (from before encryption was enabled, or placed in the
+    data directory by hand).
+
+    Resumable: after Ctrl-C or a crash, run it again; every file ends up encrypted exactly
+    once. WebDAV answers 503 (maintenance) while it runs."""
+    return _convert(args, encrypt=True)
+
+
+def cmd_decrypt_all(args) -> int:
+    """Decrypt every file (or one user's); without USER, encryption is disabled at the end.
+
+    Resumable and safe to re-run, like encrypt-all."""
+    return _convert(args, encrypt=False)
+
+
+def cmd_show_key_root(args) -> int:
+    """Show where the key store lives."""
+    inst = instance_from(args)
+    emit(args, {"keyStorageRoot": inst.key_root}, f"key storage root: {inst.key_root}")
+    return 0
+
+
+def cmd_change_key_root(args) -> int:
+    """Move the key store to an empty directory: copy, verify, switch, remove the old one.
+
+    Resumable: after an interruption run it again with the same directory."""
+    inst = instance_from(args)
+    _confirm(args, f"move the key store from {inst.key_root} to {args.dir}?")
+    with convert.maintenance_for(inst.db, "change-key-storage-root"):
+        result = keyroot.change_key_storage_root(inst.db, inst.key_root, args.dir,
+                                                 fsync=inst.config.fsync)
+    emit(args, result, f"key store moved to {result['target']} ({result['key_files']} files)")
+    return 0
+
+
+def cmd_enable_master_key(args) -> int:
+    """Use master-key mode (the default)."""
+    inst = instance_from(args)
+    if inst.mode() == "master":
+        print("master-key mode is already active")
+        return 0
+    raise UserError("switching back to master-key mode is not available in this version")
+
+
+def cmd_disable_master_key(args) -> int:
+    """Switch to per-user keys (user-key mode) before encryption holds any file."""
+    raise UserError("user-key mode is not available in this version; master-key mode stays "
+                    "active and no data was changed")
+
+
+def _report(args, report: check.CheckReport, headline: str) -> int:
+    d = report.as_dict()
+    lines = [headline, "  " + ", ".join(f"{k}: {v}" for k, v in d["counts"].items())]
+    lines += [f"  - {f['path']}: {f['state']} ({f['detail']})" for f in d["problems"]]
+    lines += [f"  fixed: {p}" for p in report.fixed]
+    if report.orphan_keys:
+        lines.append(f"  orphan keys: {len(report.orphan_keys)}")
+    emit(args, d, "\n".join(lines))
+    return EXIT_PROBLEMS if report.problems else 0
+
+
+def cmd_scan(args) -> int:
+    """Authenticate every stored file end to end (fsck) and report problems."""
+    inst = instance_from(args)
+    users = _users(inst, args.user) if args.user else None
+    files = check.scan(inst.vault, users)
+    return _report(args, files, "scan finished")
+
+
+def cmd_fix_encrypted_version(args) -> int:
+    """Inspect files refused by the rollback/swap check; on confirmation re-record those that
+    still authenticate as themselves. Truly corrupt files are reported, never changed."""
+    inst = instance_from(args)
+    users = _users(inst, args.user) if args.user else None
+    path = None
+    if args.path:
+        if not args.user:
+            raise UserError("--path needs USER")
+        path = f"{args.user}/{args.path.strip('/')}"
+    report = check.fix_encrypted_version(inst.vault, users, path=path, apply=False)
+    fixable = [f.path for f in report.files if f.state == "mismatch"]
+    if fixable and not args.dry_run:
+        _confirm(args, f"re-record {len(fixable)} files that authenticate as themselves?")
+        report = check.fix_encrypted_version(inst.vault, users, path=path, apply=True)
+    return _report(args, report, f"{len(fixable)} files can be re-recorded"
+                   + (" (dry run)" if args.dry_run else ""))
+
+
+def cmd_fix_key_location(args) -> int:
+    """Rebuild the file-ID index from file headers; report files without keys and orphan
+    keys."""
+    inst = instance_from(args)
+    users = _users(inst, args.user) if args.user else None
+    report = check.fix_key_location(inst.vault, users, apply=not args.dry_run)
+    return _report(args, report, "key locations checked" + (" (dry run)" if args.dry_run
+                                                             else ""))
+
+
+def cmd_clean_orphaned_keys(args) -> int:
+    """Delete key files that no stored file uses."""
+    inst = instance_from(args)
+    found = check.orphan_keys(inst.vault)
+    if found and not args.dry_run:
+        _confirm(args, f"delete {len(found)} orphaned keys?")
+        check.clean_orphaned_keys(inst.vault, apply=True)
+    emit(args, {"orphan_keys": found, "deleted": not args.dry_run},
+         f"{len(found)} orphaned keys" + (" found (dry run)" if args.dry_run else " deleted"))
     return 0
 
 
@@ -26,9 +248,44 @@ def cmd_maintenance(args) -> int:
 
 
 def register(sub, common) -> None:
-    p = add_command(sub, common, "encryption:status", cmd_status, cmd_status.__doc__,
-                    "show the encryption status")
-    p.add_argument("--output", choices=("plain", "json"), default="plain")
+    def cmd(name, func, action, *, output=False, yes=False, user=False, dry_run=False):
+        p = add_command(sub, common, name, func, func.__doc__, action)
+        if output:
+            p.add_argument("--output", choices=("plain", "json"), default="plain")
+        if yes:
+            p.add_argument("--yes", "-y", action="store_true", help="do not ask")
+        if user:
+            p.add_argument("user", nargs="?", metavar="USER", help="only this user")
+        if dry_run:
+            p.add_argument("--dry-run", action="store_true", help="report, change nothing")
+        return p
+
+    cmd("encryption:status", cmd_status, "show the encryption status", output=True)
+    cmd("encryption:enable", cmd_enable, "enable encryption", yes=True)
+    cmd("encryption:disable", cmd_disable, "disable encryption", yes=True)
+    cmd("encryption:list-modules", cmd_list_modules, "list modules", output=True)
+    p = cmd("encryption:set-default-module", cmd_set_default_module, "set the default module")
+    p.add_argument("module", metavar="ID")
+    cmd("encryption:encrypt-all", cmd_encrypt_all, "encrypt all files", output=True, yes=True)
+    cmd("encryption:decrypt-all", cmd_decrypt_all, "decrypt all files", output=True, yes=True,
+        user=True)
+    cmd("encryption:show-key-storage-root", cmd_show_key_root, "show the key storage root",
+        output=True)
+    p = cmd("encryption:change-key-storage-root", cmd_change_key_root,
+            "change the key storage root", output=True, yes=True)
+    p.add_argument("dir", metavar="DIR")
+    cmd("encryption:enable-master-key", cmd_enable_master_key, "enable master-key mode",
+        yes=True)
+    cmd("encryption:disable-master-key", cmd_disable_master_key, "disable master-key mode",
+        yes=True)
+    cmd("encryption:scan", cmd_scan, "scan", output=True, user=True)
+    p = cmd("encryption:fix-encrypted-version", cmd_fix_encrypted_version,
+            "fix encrypted versions", output=True, yes=True, user=True, dry_run=True)
+    p.add_argument("--path", "-p", help="one file, relative to USER's home")
+    cmd("encryption:fix-key-location", cmd_fix_key_location, "fix key locations", output=True,
+        user=True, dry_run=True)
+    cmd("encryption:clean-orphaned-keys", cmd_clean_orphaned_keys, "clean orphaned keys",
+        output=True, yes=True, dry_run=True)
     p = add_command(sub, common, "maintenance:mode", cmd_maintenance, cmd_maintenance.__doc__,
                     "change maintenance mode")
     g = p.add_mutually_exclusive_group()

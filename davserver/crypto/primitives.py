@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import hashes, hpke
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from davserver.errors import FormatError, IntegrityError
 
@@ -37,6 +38,11 @@ def random_bytes(n: int) -> bytes:
 
 def hkdf_sha256(ikm: bytes, *, salt: bytes, info: bytes, length: int = KEY_BYTES) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(ikm)
+
+
+def scrypt(password: bytes, salt: bytes, *, log2_n: int, r: int, p: int) -> bytes:
+    """Password -> 32-byte key; parameters are stored beside whatever it protects."""
+    return Scrypt(salt=salt, length=KEY_BYTES, n=1 << log2_n, r=r, p=p).derive(password)
 
 
 def hmac_sha256(key: bytes, data: bytes) -> bytes:

@@ -98,6 +98,7 @@ class Guard:
     def _maintenance(self) -> bool:
         now = time.monotonic()
         if now - self._maint[0] > 1.0:
+            self.instance.refresh()
             self._maint = (now, self.instance.maintenance())
         return self._maint[1]
 

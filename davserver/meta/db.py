@@ -46,7 +46,8 @@ CREATE INDEX IF NOT EXISTS files_file_id ON files(file_id);
 CREATE TABLE IF NOT EXISTS pending(
     file_id BLOB PRIMARY KEY,
     path TEXT NOT NULL,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    plain INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS props(
     path TEXT NOT NULL,
@@ -269,16 +270,20 @@ class MetaDB:
 
     # --- pending commits ---------------------------------------------------------------
 
-    def add_pending(self, file_id: bytes, path: str) -> None:
+    def add_pending(self, file_id: bytes, path: str, *, plain: bool = False) -> None:
+        """Announce a commit; ``plain`` marks a plaintext version replacing an encrypted
+        one (then ``file_id`` is just a random marker)."""
         with self.tx() as c:
-            c.execute("INSERT INTO pending(file_id, path, created) VALUES(?, ?, ?)",
-                      (file_id, path, time.time()))
+            c.execute("INSERT INTO pending(file_id, path, created, plain) VALUES(?, ?, ?, ?)",
+                      (file_id, path, time.time(), int(plain)))
 
-    def pending_for(self, path: str) -> list[bytes]:
-        return [r[0] for r in self.query("SELECT file_id FROM pending WHERE path = ?", (path,))]
+    def pending_for(self, path: str, *, plain: bool = False) -> list[bytes]:
+        return [r[0] for r in self.query(
+            "SELECT file_id FROM pending WHERE path = ? AND plain = ?", (path, int(plain)))]
 
-    def list_pending(self) -> list[tuple[bytes, str]]:
-        return [(r[0], r[1]) for r in self.query("SELECT file_id, path FROM pending")]
+    def list_pending(self) -> list[tuple[bytes, str, bool]]:
+        return [(r[0], r[1], bool(r[2]))
+                for r in self.query("SELECT file_id, path, plain FROM pending")]
 
     def remove_pending(self, file_id: bytes, *, conn: sqlite3.Connection | None = None) -> None:
         if conn is not None:

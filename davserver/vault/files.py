@@ -151,13 +151,17 @@ class Vault:
     def recover(self) -> dict[str, int]:
         """Finish or roll back commits a crash interrupted; remove temp blobs."""
         finished = rolled_back = 0
-        for file_id, path in self.db.list_pending():
-            stored = self._stored_file_id(path)
-            if stored == file_id:
-                self._finish_commit(path, file_id)
+        for file_id, path, plain in self.db.list_pending():
+            if plain:
+                done = self.storage.stat(path) is not None and self._stored_file_id(path) is None
+            else:
+                done = self._stored_file_id(path) == file_id
+            if done:
+                self._finish_commit(path, file_id, plain=plain)
                 finished += 1
             else:
-                self.keys.delete(file_id)
+                if not plain:
+                    self.keys.delete(file_id)
                 self.db.remove_pending(file_id)
                 rolled_back += 1
         temps = self.storage.cleanup()
@@ -229,7 +233,10 @@ class Vault:
         raw = reader.read_at(0, hdr.HEADER_BYTES)
         if not hdr.is_encrypted(raw):
             if rec is not None and rec.encrypted:
-                self._refuse(path, "an encrypted file was replaced by unencrypted data")
+                marks = self.db.pending_for(path, plain=True)
+                if not marks:
+                    self._refuse(path, "an encrypted file was replaced by unencrypted data")
+                self._finish_commit(path, marks[0], plain=True)
             return RawFile(reader)
         h = hdr.parse(raw)
         if rec is None or not rec.encrypted:
@@ -309,12 +316,14 @@ class Vault:
         return max(0, quota - used)
 
     def begin_write(self, path: str, *, quota: int | None = None,
-                    expected_size: int | None = None) -> Upload:
+                    expected_size: int | None = None, encrypt: bool | None = None) -> Upload:
+        """Start a write; ``encrypt`` overrides the instance setting (encrypt/decrypt-all)."""
         user = path.split("/", 1)[0]
         limit = self.available(user, quota, replacing=path)
         if limit is not None and expected_size is not None and expected_size > limit:
             raise QuotaExceeded(f"{expected_size} bytes do not fit in the {limit} available")
-        encrypt = self._encryption_enabled()
+        if encrypt is None:
+            encrypt = self._encryption_enabled()
         return Upload(self, path, limit=limit, encrypt=encrypt,
                       recipients=self._recipients(user) if encrypt else [])
 
@@ -325,35 +334,46 @@ class Vault:
             old = self.db.get_file(path)
             gen = (old.generation + 1) if old else 1
             rec = FileRecord(path, up.file_id, gen, up.size, mtime)
-            if up.file_id is None:
+            if up.file_id is not None:
+                self.keys.wrap_new(up.file_id, up._data_key, up._recipients)
+                marker, plain = up.file_id, False
+            elif old is not None and old.encrypted:
+                marker, plain = keywrap.new_file_id(), True
+            else:
+                marker = None
+            if marker is None:
                 up._blob.commit()
                 self.db.put_file(rec)
             else:
-                self.keys.wrap_new(up.file_id, up._data_key, up._recipients)
-                self.db.add_pending(up.file_id, path)
+                self.db.add_pending(marker, path, plain=plain)
                 try:
                     up._blob.commit()
                 except BaseException:
-                    self.keys.delete(up.file_id)
-                    self.db.remove_pending(up.file_id)
+                    if not plain:
+                        self.keys.delete(marker)
+                    self.db.remove_pending(marker)
                     raise
                 with self.db.tx() as c:
                     self.db.put_file(rec, conn=c)
-                    self.db.remove_pending(up.file_id, conn=c)
+                    self.db.remove_pending(marker, conn=c)
             if old is not None and old.file_id is not None and old.file_id != up.file_id:
                 self.keys.delete(old.file_id)
             return rec
 
-    def _finish_commit(self, path: str, file_id: bytes) -> FileRecord:
+    def _finish_commit(self, path: str, file_id: bytes, *, plain: bool = False) -> FileRecord:
         """Complete a commit whose rename happened but whose index update did not."""
         with self.storage.open_reader(path) as r:
-            size = stream.plaintext_size(r.size, hdr.parse(r.read_at(0, 64)).chunk_shift)
+            if plain:
+                size, new_id = r.size, None
+            else:
+                size = stream.plaintext_size(r.size, hdr.parse(r.read_at(0, 64)).chunk_shift)
+                new_id = file_id
         old = self.db.get_file(path)
-        rec = FileRecord(path, file_id, (old.generation + 1) if old else 1, size, time.time())
+        rec = FileRecord(path, new_id, (old.generation + 1) if old else 1, size, time.time())
         with self.db.tx() as c:
             self.db.put_file(rec, conn=c)
             self.db.remove_pending(file_id, conn=c)
-        if old is not None and old.file_id not in (None, file_id):
+        if old is not None and old.file_id not in (None, new_id):
             self.keys.delete(old.file_id)
         return rec
 

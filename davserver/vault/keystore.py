@@ -97,6 +97,11 @@ class KeyStore:
         self._cache_size = cache_size
         self._lock = threading.Lock()
 
+    def set_root(self, root: str) -> None:
+        """Follow a change-key-storage-root made by another process."""
+        os.makedirs(os.path.join(root, "files"), mode=0o700, exist_ok=True)
+        self.root = root
+
     # --- master key --------------------------------------------------------------------
 
     def master_files(self) -> list[str]:

@@ -1,0 +1,99 @@
+"""``backup:create``, ``backup:restore`` and the offline ``recover``."""
+
+from __future__ import annotations
+
+import os
+
+from davserver import config as config_mod
+from davserver.cli.common import add_command, emit, instance_from
+from davserver.cli.progress import progress_bar
+from davserver.errors import UserError
+from davserver.meta import settings
+from davserver.meta.db import MetaDB
+from davserver.vault import backup, offline
+
+PASS_ENV = "DAVSERVER_BACKUP_PASS"
+
+
+def _passphrase(args) -> str | None:
+    if not args.passphrase_from_env:
+        return None
+    value = os.environ.get(PASS_ENV)
+    if not value:
+        raise UserError(f"set the passphrase in the environment variable {PASS_ENV}")
+    return value
+
+
+def cmd_create(args) -> int:
+    """Write one archive with the instance secret, the key store and a consistent DB
+    snapshot (data stays where it is). --passphrase-from-env encrypts the archive with
+    $DAVSERVER_BACKUP_PASS."""
+    inst = instance_from(args)
+    result = backup.create(args.file, secret_file=inst.config.secret_file,
+                           config_file=inst.config.path, key_root=inst.key_root, db=inst.db,
+                           passphrase=_passphrase(args))
+    emit(args, result, f"backup written to {args.file} ({result['key_files']} key files"
+         + (", encrypted" if result["encrypted"] else ", NOT encrypted: keep it safe") + ")")
+    return 0
+
+
+def cmd_restore(args) -> int:
+    """Restore secret, key store and DB from a backup into this instance's locations.
+    Stop the server first; --force overwrites an existing instance."""
+    cfg = config_mod.load(args.config, args.data_dir)
+    key_root = cfg.key_storage_root or cfg.default_key_root
+    os.makedirs(cfg.data_dir, mode=0o700, exist_ok=True)
+    result = backup.restore(args.file, passphrase=_passphrase(args),
+                            secret_file=cfg.secret_file, key_root=key_root, db_path=cfg.db_path,
+                            force=args.force)
+    db = MetaDB(cfg.db_path)
+    db.set_setting(settings.KEY_ROOT, key_root)
+    db.close()
+    for d in (cfg.files_dir, cfg.tmp_dir):
+        os.makedirs(d, mode=0o700, exist_ok=True)
+    emit(args, result, f"restored {result['key_files']} key files, the secret and the DB")
+    return 0
+
+
+def cmd_recover(args) -> int:
+    """Decrypt a data directory offline: no DB, no server, no config needed.
+
+    Needs the data (files) and the key store, plus the instance secret or a backup
+    archive. Every file is authenticated; a summary lists what could not be decrypted."""
+    if not args.secret_file and not args.backup:
+        raise UserError("give --secret-file FILE or --backup FILE")
+    files = offline.plan(args.data, args.user)
+    with progress_bar("recovering", len(files), sum(s for _p, s in files),
+                      quiet=args.output == "json") as advance:
+        report = offline.recover(args.data, args.out, keys=args.keys,
+                                 secret_file=args.secret_file, backup_file=args.backup,
+                                 passphrase=_passphrase(args), user=args.user,
+                                 progress=advance)
+    emit(args, report.as_dict(),
+         f"recovered {report.decrypted} encrypted and {report.copied_plaintext} plaintext files "
+         f"({report.bytes} bytes) into {args.out}; {len(report.failed)} could not be decrypted"
+         + "".join(f"\n  - {p}: {e}" for p, e in report.failed))
+    return 3 if report.failed else 0
+
+
+def register(sub, common) -> None:
+    p = add_command(sub, common, "backup:create", cmd_create, cmd_create.__doc__,
+                    "create the backup")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--passphrase-from-env", action="store_true", help=f"read ${PASS_ENV}")
+    p.add_argument("--output", choices=("plain", "json"), default="plain")
+    p = add_command(sub, common, "backup:restore", cmd_restore, cmd_restore.__doc__,
+                    "restore the backup")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--passphrase-from-env", action="store_true", help=f"read ${PASS_ENV}")
+    p.add_argument("--force", action="store_true", help="overwrite an existing instance")
+    p.add_argument("--output", choices=("plain", "json"), default="plain")
+    p = add_command(sub, common, "recover", cmd_recover, cmd_recover.__doc__, "recover")
+    p.add_argument("--data", required=True, metavar="DIR", help="data directory (or its files/)")
+    p.add_argument("--keys", metavar="DIR", help="key storage root (default: from --backup)")
+    p.add_argument("--secret-file", metavar="FILE", help="instance secret")
+    p.add_argument("--backup", metavar="FILE", help="archive from backup:create")
+    p.add_argument("--passphrase-from-env", action="store_true", help=f"read ${PASS_ENV}")
+    p.add_argument("--user", metavar="USER", help="only this user's files")
+    p.add_argument("--out", required=True, metavar="DIR", help="where plaintext goes")
+    p.add_argument("--output", choices=("plain", "json"), default="plain")

@@ -1,0 +1,10 @@
+"""Names of the run-time settings kept in the DB (shared by every node)."""
+
+ENABLED = "encryption.enabled"
+MODE = "encryption.mode"
+MODULE = "encryption.module"
+KEY_ROOT = "encryption.key_storage_root"
+MAINTENANCE = "maintenance"
+MAINTENANCE_JOB = "maintenance.job"
+MAINTENANCE_BEFORE = "maintenance.before"
+JOB_KEY_ROOT = "job.change_key_storage_root"

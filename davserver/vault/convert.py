@@ -1,0 +1,126 @@
+"""encrypt-all and decrypt-all: convert every file, resumable, each file exactly once.
+
+Why no separate checkpoint file: the state of each file *is* the checkpoint. A file is
+converted through the vault's atomic commit (temp blob, rename, index), so at any instant
+it is wholly plaintext or wholly ciphertext, and the header sniff tells which. A re-run
+after Ctrl-C or SIGKILL first lets the vault finish or roll back the one commit that was
+in flight, then skips what is done. Nothing is deleted before its replacement is durable.
+
+The job runs in maintenance mode so no client writes while files change form; the
+previous mode is remembered in the DB so a run killed half-way and re-run restores it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from davserver.crypto import header as hdr
+from davserver.errors import DavServerError, StorageNotFound
+from davserver.meta import settings
+from davserver.meta.db import FileRecord
+
+log = logging.getLogger("davserver.convert")
+
+Progress = Callable[[int, int], None]  # (files done, bytes done) increments
+
+S_MAINT = settings.MAINTENANCE
+S_MAINT_JOB = settings.MAINTENANCE_JOB
+S_MAINT_BEFORE = settings.MAINTENANCE_BEFORE
+
+
+@contextlib.contextmanager
+def maintenance_for(db, job: str) -> Iterator[None]:
+    """Maintenance mode for the duration of ``job``; restores what was there before."""
+    running = db.get_setting(S_MAINT_JOB)
+    if running and running != job:
+        raise DavServerError(f"another job ({running}) did not finish; re-run it first")
+    if not running:
+        db.set_setting(S_MAINT_BEFORE, db.get_setting(S_MAINT, "0"))
+        db.set_setting(S_MAINT_JOB, job)
+    db.set_setting(S_MAINT, "1")
+    try:
+        yield
+    finally:
+        # Also on Ctrl-C: every file is in one piece, so the server can have them back.
+        # Only SIGKILL leaves maintenance on, until the job is re-run.
+        db.set_setting(S_MAINT, db.get_setting(S_MAINT_BEFORE, "0") or "0")
+        db.delete_setting(S_MAINT_JOB)
+        db.delete_setting(S_MAINT_BEFORE)
+
+
+@dataclass
+class ConvertReport:
+    converted: int = 0
+    skipped: int = 0
+    bytes: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"converted": self.converted, "skipped": self.skipped, "bytes": self.bytes,
+                "failed": [{"path": p, "error": e} for p, e in self.failed]}
+
+
+def _is_encrypted(vault, path: str) -> bool:
+    with vault.storage.open_reader(path) as r:
+        return hdr.is_encrypted(r.read_at(0, hdr.HEADER_BYTES))
+
+
+def plan(vault, users: list[str]) -> list[tuple[str, int]]:
+    """Every regular file of ``users`` with its stored size (for progress totals)."""
+    out = []
+    for user in users:
+        if vault.storage.stat(user) is None:
+            continue
+        for key, e in vault.storage.walk(user):
+            if not e.is_dir:
+                out.append((key, e.size))
+    return out
+
+
+def _rewrite(vault, path: str, *, encrypt: bool, mtime: float) -> int:
+    """Re-store ``path`` in the other form through the atomic commit; returns bytes."""
+    src = vault.open_read(path)
+    try:
+        up = vault.begin_write(path, encrypt=encrypt)
+        try:
+            while True:
+                block = src.read(1 << 20)
+                if not block:
+                    break
+                up.write(block)
+        except BaseException:
+            up.abort()
+            raise
+    finally:
+        src.close()
+    rec: FileRecord = up.commit(mtime=mtime)
+    return rec.size
+
+
+def convert_all(vault, users: list[str], *, encrypt: bool,
+                progress: Progress | None = None) -> ConvertReport:
+    vault.recover()
+    report = ConvertReport()
+    for path, size in plan(vault, users):
+        try:
+            if _is_encrypted(vault, path) == encrypt:
+                report.skipped += 1
+                if progress:
+                    progress(1, size)
+                continue
+            rec = vault.db.get_file(path)
+            e = vault.storage.stat(path)
+            mtime = rec.mtime if rec else (e.mtime if e else 0.0)
+            report.bytes += _rewrite(vault, path, encrypt=encrypt, mtime=mtime)
+            report.converted += 1
+        except StorageNotFound:
+            continue  # removed while we ran
+        except DavServerError as err:
+            log.error("could not %s %s: %s", "encrypt" if encrypt else "decrypt", path, err)
+            report.failed.append((path, str(err)))
+        if progress:
+            progress(1, size)
+    return report
