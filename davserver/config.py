@@ -53,6 +53,12 @@ class Config:
     throttle_max_failures: int = 5
     throttle_window_seconds: float = 300.0
     auth_cache_seconds: float = 300.0
+    key_cache_seconds: float = 3600.0
+    hpke_suite: str = "x25519"
+    kdf_time_cost: int = 3
+    kdf_memory_kib: int = 65536
+    kdf_parallelism: int = 4
+    ldap: dict = field(default_factory=dict)
     log_level: str = "info"
     extra: dict = field(default_factory=dict)
 
@@ -104,9 +110,15 @@ def load(path: str | None = None, data_dir: str | None = None) -> Config:
         throttle_max_failures=int(auth.get("throttle_max_failures", 5)),
         throttle_window_seconds=float(auth.get("throttle_window_seconds", 300)),
         auth_cache_seconds=float(auth.get("cache_seconds", 300)),
+        key_cache_seconds=float(auth.get("key_cache_seconds", 3600)),
+        hpke_suite=enc.get("hpke_suite", "x25519"),
+        kdf_time_cost=int(enc.get("kdf_time_cost", 3)),
+        kdf_memory_kib=int(enc.get("kdf_memory_kib", 65536)),
+        kdf_parallelism=int(enc.get("kdf_parallelism", 4)),
+        ldap=dict(doc.get("ldap", {})),
         log_level=doc.get("logging", {}).get("level", "info"),
         extra={k: v for k, v in doc.items()
-               if k not in ("server", "storage", "encryption", "auth", "logging")},
+               if k not in ("server", "storage", "encryption", "auth", "logging", "ldap")},
     )
     cfg.data_dir = os.path.abspath(cfg.data_dir)
     if not cfg.secret_file:
@@ -135,11 +147,34 @@ fsync = true                # flush every committed upload to disk before answer
 [encryption]
 secret_file = "{secret_file}"   # instance secret, 0600, keep it OUTSIDE the data dir
 key_storage_root = ""       # default: <data_dir>/keys (encryption:change-key-storage-root)
+hpke_suite = "x25519"       # key wrapping: "x25519" or the post-quantum hybrid "mlkem768-x25519"
+kdf_time_cost = 3           # Argon2id for user keys (user-key mode) and the recovery key;
+kdf_memory_kib = 65536      # raising these re-seals a user's key at their next login
+kdf_parallelism = 4
 
 [auth]
 throttle_max_failures = 5   # failed logins per user / per client address ...
 throttle_window_seconds = 300   # ... within this window, then 429 until it passes
 cache_seconds = 300         # a verified password is remembered (as a keyed hash) this long
+key_cache_seconds = 3600    # user-key mode: an unlocked key stays in memory this long
+
+# LDAP logins (leave out to use local users only). Users are created at first login.
+# [ldap]
+# uris = ["ldap://ldap.example.org"]
+# start_tls = true
+# ca_file = "/etc/ssl/certs/ca-certificates.crt"
+# bind_dn = "cn=davserver,ou=services,dc=example,dc=org"
+# bind_password_file = "/etc/davserver/ldap-password"   # or bind_password_env = "VAR"
+# user_base = "ou=people,dc=example,dc=org"
+# user_filter = "(objectClass=inetOrgPerson)"
+# login_attribute = "uid"
+# display_name_attribute = "cn"
+# email_attribute = "mail"
+# quota_attribute = "davQuota"
+# group_base = "ou=groups,dc=example,dc=org"
+# group_filter = "(objectClass=groupOfNames)"
+# timeout_seconds = 5
+# cache_seconds = 60
 
 [logging]
 level = "info"              # debug, info, warning, error; keys/passwords/contents never logged

@@ -11,16 +11,21 @@ import os
 from dataclasses import dataclass
 
 from davserver import config as config_mod
+from davserver.auth.ldap import LdapConfig, LdapDirectory
+from davserver.auth.login import LoginService
 from davserver.auth.throttle import Throttle
 from davserver.auth.users import UserService, new_password
 from davserver.config import Config
-from davserver.errors import DavServerError, UserError
+from davserver.crypto.kdf import KdfParams
+from davserver.errors import DavServerError, KeyNotFound, UserError
 from davserver.meta import settings
 from davserver.meta.db import MetaDB
 from davserver.storage.local import LocalStorage
+from davserver.vault import context
 from davserver.vault.files import Vault, ensure_home, remove_home
 from davserver.vault.keystore import Identity, KeyStore, Recipient
 from davserver.vault.secret import read_secret, write_secret
+from davserver.vault.userkeys import KeyLocked, UserKeys
 
 log = logging.getLogger("davserver")
 
@@ -45,11 +50,26 @@ class Instance:
         self._master: Identity | None = None
         self.users = UserService(self.db, cache_seconds=cfg.auth_cache_seconds,
                                  on_create=lambda u: ensure_home(self.vault, u),
-                                 on_delete=lambda u: remove_home(self.vault, u))
+                                 on_delete=self._remove_user_data)
         self.throttle = Throttle(cfg.throttle_max_failures, cfg.throttle_window_seconds)
+        self.userkeys = UserKeys(
+            self.keys, suite=cfg.hpke_suite, cache_seconds=cfg.key_cache_seconds,
+            params=KdfParams(cfg.kdf_time_cost, cfg.kdf_memory_kib, cfg.kdf_parallelism))
+        directory = None
+        if cfg.ldap:
+            try:
+                directory = LdapDirectory(LdapConfig.from_mapping(cfg.ldap))
+            except (ValueError, TypeError) as e:
+                raise UserError(f"[ldap] in {cfg.path}: {e}") from None
+        self.login = LoginService(self.users, self.throttle, instance=self, directory=directory)
         self.vault = Vault(self.storage, self.keys, self.db,
                            identities=self.identities, recipients=self.recipients,
                            encryption_enabled=self.encryption_enabled)
+
+    def _remove_user_data(self, user: str) -> None:
+        remove_home(self.vault, user)
+        self.userkeys.delete(user)
+        self.db.delete_setting(f"recovery.optin.{user}")
 
     # --- settings ----------------------------------------------------------------------
 
@@ -86,11 +106,36 @@ class Instance:
         return self._master
 
     def identities(self) -> list[Identity]:
-        return [self.master()]
+        if self.mode() == "master":
+            return [self.master()]
+        ids = list(context.current())
+        if not ids:
+            raise KeyLocked()
+        return ids
 
     def recipients(self, user: str) -> list[Recipient]:
-        m = self.master()
-        return [Recipient(m.recipient, m.suite, m.public)]
+        if self.mode() == "master":
+            m = self.master()
+            return [Recipient(m.recipient, m.suite, m.public)]
+        own = self.userkeys.public(user)
+        if own is None:
+            raise KeyNotFound(f"user key of {user} (the user must log in once)")
+        out = [own]
+        if self.recovery_opted_in(user):
+            rec = self.userkeys.recovery_public()
+            if rec is not None:
+                out.append(rec)
+        return out
+
+    def unlock(self, user: str, password: str) -> tuple[Identity, ...]:
+        """Identities a logged-in user acts with: none in master-key mode (the master key
+        serves everyone), the user's own key in user-key mode."""
+        if self.mode() == "master":
+            return ()
+        return (self.userkeys.unlock(user, password),)
+
+    def recovery_opted_in(self, user: str) -> bool:
+        return self.db.get_setting(f"recovery.optin.{user}") == "1"
 
     def close(self) -> None:
         self.db.close()

@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from passlib.context import CryptContext
 
+from davserver.auth.ldap import parse_size as ldap_parse_size
 from davserver.errors import Conflict, NotFound, UserError
 from davserver.meta.db import MetaDB, UserRecord
 
@@ -39,20 +40,15 @@ def new_password() -> str:
 
 
 def parse_size(text: str | int | None) -> int | None:
-    """'10GB', '500 MiB', '1024', 'none'/'unlimited' -> bytes (powers of 1024) or None."""
-    if text is None:
+    """'10GB', '500 MiB', '1024' -> bytes; 'none'/'unlimited' -> None (no quota)."""
+    if text is None or (isinstance(text, str) and text.strip().lower() in
+                        ("", "none", "unlimited", "default")):
         return None
-    if isinstance(text, int):
-        return text
-    t = text.strip().lower().replace(" ", "")
-    if t in ("", "none", "unlimited", "default"):
-        return None
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)([kmgtp]?i?b?)", t)
-    if not m:
-        raise UserError(f"invalid size {text!r} (examples: 500MB, 10GB, 1073741824, none)")
-    unit = m.group(2).rstrip("b").rstrip("i")
-    power = " kmgtp".index(unit) if unit else 0
-    return int(float(m.group(1)) * (1024 ** power))
+    try:
+        return ldap_parse_size(text)
+    except ValueError:
+        raise UserError(f"invalid size {text!r} (examples: 500MB, 10GB, 1073741824, none)"
+                        ) from None
 
 
 class UserService:
@@ -109,8 +105,14 @@ class UserService:
         self.require(name)
         self.db.update_user(name, quota_bytes=quota_bytes)
 
-    def verify(self, name: str, password: str) -> bool:
-        """True if ``password`` is the user's; cheap when recently verified."""
+    def verify(self, name: str, password: str,
+               check: Callable[[str, str], bool] | None = None) -> bool:
+        """True if ``password`` is the user's; cheap when recently verified.
+
+        ``check`` verifies against somewhere else (the directory) instead of the local
+        hash. A success with a password not seen before drops the user's other cached
+        passwords: a new password that works means the old one may no longer.
+        """
         if not name or not password:
             return False
         tag = hmac.new(self._cache_key, f"{name}\0{password}".encode(), "sha256").digest()
@@ -119,18 +121,47 @@ class UserService:
             hit = self._verified.get(tag)
             if hit and hit[1] > now:
                 return True
-        user = self.db.get_user(name)
-        if user is None or not user.password_hash:
-            _context.dummy_verify()  # same cost as a real check: no user enumeration by timing
-            return False
-        self.hash_checks += 1
-        ok = _context.verify(password, user.password_hash)
+        if check is not None:
+            self.hash_checks += 1
+            ok = check(name, password)
+        else:
+            user = self.db.get_user(name)
+            if user is None or not user.password_hash:
+                _context.dummy_verify()  # same cost as a real check: no enumeration by timing
+                return False
+            self.hash_checks += 1
+            ok = _context.verify(password, user.password_hash)
         if ok:
             with self._lock:
-                if len(self._verified) > 10000:
-                    self._verified = {k: v for k, v in self._verified.items() if v[1] > now}
+                self._verified = {k: v for k, v in self._verified.items()
+                                  if v[0] != name and v[1] > now}
                 self._verified[tag] = (name, now + self.cache_seconds)
         return ok
+
+    def check_local(self, name: str, password: str) -> bool:
+        """Uncached check against the stored hash (for re-authentication in forms)."""
+        user = self.db.get_user(name)
+        if user is None or not user.password_hash:
+            _context.dummy_verify()
+            return False
+        return _context.verify(password, user.password_hash)
+
+    def set_password_hash(self, name: str, password: str) -> None:
+        self._check_password(password)
+        self.db.update_user(name, password_hash=_context.hash(password))
+        self._forget(name)
+
+    def ensure_external(self, name: str, *, backend: str, quota_bytes: int | None,
+                        display_name: str | None = None, email: str | None = None) -> None:
+        """Create or refresh the record of a directory user at login."""
+        u = self.db.get_user(name)
+        if u is None:
+            self.db.add_user(name, None, backend=backend, quota_bytes=quota_bytes)
+            if self._on_create:
+                self._on_create(name)
+        fields = {"display_name": display_name, "email": email, "quota_bytes": quota_bytes}
+        if u is None or any(getattr(u, k) != v for k, v in fields.items()):
+            self.db.update_user(name, **fields)
 
     def _forget(self, name: str) -> None:
         with self._lock:

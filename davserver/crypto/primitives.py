@@ -17,6 +17,7 @@ import os
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, hpke
+from cryptography.hazmat.primitives.asymmetric import mlkem
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -99,31 +100,57 @@ def _suite(name: str) -> hpke.Suite:
     return hpke.Suite(kem, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
 
 
+# Raw encodings of the hybrid suite's keys: the ML-KEM-768 part first, X25519 second.
+#   private: 64-byte ML-KEM seed || 32-byte X25519 private key  (96 bytes)
+#   public:  1184-byte ML-KEM public key || 32-byte X25519 public key  (1216 bytes)
+_MLKEM_SEED, _MLKEM_PUB, _X25519 = 64, 1184, 32
+
+
+def _check_suite(suite: str) -> None:
+    if suite not in SUITE_NAMES:
+        raise FormatError(f"unknown HPKE suite {suite!r}")
+
+
 def generate_keypair(suite: str) -> tuple[bytes, bytes]:
     """Return (private, public) as raw bytes for the named suite."""
+    _check_suite(suite)
+    x = X25519PrivateKey.generate()
     if suite == "x25519":
-        priv = X25519PrivateKey.generate()
-        return priv.private_bytes_raw(), priv.public_key().public_bytes_raw()
-    if suite == "mlkem768-x25519":
-        priv = hpke.MLKEM768X25519PrivateKey.generate()
-        return priv.private_bytes_raw(), priv.public_key().public_bytes_raw()
-    raise FormatError(f"unknown HPKE suite {suite!r}")
+        return x.private_bytes_raw(), x.public_key().public_bytes_raw()
+    m = mlkem.MLKEM768PrivateKey.generate()
+    private = m.private_bytes_raw() + x.private_bytes_raw()
+    return private, public_from_private(suite, private)
 
 
 def _load_private(suite: str, raw: bytes):
+    _check_suite(suite)
     if suite == "x25519":
         return X25519PrivateKey.from_private_bytes(raw)
-    return hpke.MLKEM768X25519PrivateKey.from_private_bytes(raw)
+    if len(raw) != _MLKEM_SEED + _X25519:
+        raise ValueError("bad hybrid private key length")
+    return hpke.MLKEM768X25519PrivateKey(
+        mlkem.MLKEM768PrivateKey.from_seed_bytes(raw[:_MLKEM_SEED]),
+        X25519PrivateKey.from_private_bytes(raw[_MLKEM_SEED:]))
 
 
 def _load_public(suite: str, raw: bytes):
+    _check_suite(suite)
     if suite == "x25519":
         return X25519PublicKey.from_public_bytes(raw)
-    return hpke.MLKEM768X25519PublicKey.from_public_bytes(raw)
+    if len(raw) != _MLKEM_PUB + _X25519:
+        raise ValueError("bad hybrid public key length")
+    return hpke.MLKEM768X25519PublicKey(
+        mlkem.MLKEM768PublicKey.from_public_bytes(raw[:_MLKEM_PUB]),
+        X25519PublicKey.from_public_bytes(raw[_MLKEM_PUB:]))
 
 
 def public_from_private(suite: str, raw_private: bytes) -> bytes:
-    return _load_private(suite, raw_private).public_key().public_bytes_raw()
+    _check_suite(suite)
+    if suite == "x25519":
+        return X25519PrivateKey.from_private_bytes(raw_private).public_key().public_bytes_raw()
+    m = mlkem.MLKEM768PrivateKey.from_seed_bytes(raw_private[:_MLKEM_SEED])
+    x = X25519PrivateKey.from_private_bytes(raw_private[_MLKEM_SEED:])
+    return m.public_key().public_bytes_raw() + x.public_key().public_bytes_raw()
 
 
 def hpke_seal(suite: str, public: bytes, plaintext: bytes, info: bytes) -> bytes:
@@ -135,6 +162,7 @@ def hpke_seal(suite: str, public: bytes, plaintext: bytes, info: bytes) -> bytes
 
 
 def hpke_open(suite: str, private: bytes, sealed: bytes, info: bytes) -> bytes:
+    _check_suite(suite)
     try:
         priv = _load_private(suite, private)
         return _suite(suite).decrypt(sealed, priv, info=info)

@@ -23,9 +23,12 @@ from wsgidav.request_resolver import RequestResolver
 from wsgidav.wsgidav_app import WsgiDAVApp
 
 from davserver import __version__
+from davserver.auth.login import DirectoryDown, LoginFailed, Throttled
 from davserver.dav.locks import DbLockStorage
 from davserver.dav.provider import HomeProvider
 from davserver.instance import Instance
+from davserver.vault import context
+from davserver.vault.userkeys import KeyLocked
 
 log = logging.getLogger("davserver.http")
 
@@ -61,22 +64,21 @@ class BasicAuth(BaseMiddleware):
             user, _, password = raw.partition(":")
         except (binascii.Error, UnicodeDecodeError):
             return _plain(start_response, "400 Bad Request", "malformed Authorization header")
-        addr = environ.get("REMOTE_ADDR", "")
-        keys = (f"user:{user}", f"addr:{addr}")
-        throttle = self.instance.throttle
-        wait = throttle.retry_after(*keys)
-        if wait:
-            log.warning("login throttled for user %r from %s", user, addr)
-            return _plain(start_response, "429 Too Many Requests",
-                          f"too many failed logins; try again in {wait} seconds",
-                          [("Retry-After", str(wait))])
-        if not self.instance.users.verify(user, password):
-            throttle.failed(*keys)
-            log.warning("failed login for user %r from %s", user, addr)
-            return self._challenge(start_response, "wrong user name or password")
-        throttle.succeeded(keys[0])
+        try:
+            principal = self.instance.login.login(user, password, environ.get("REMOTE_ADDR", ""))
+        except LoginFailed as e:
+            return self._challenge(start_response, str(e))
+        except Throttled as e:
+            return _plain(start_response, "429 Too Many Requests", str(e),
+                          [("Retry-After", str(e.seconds))])
+        except KeyLocked as e:
+            return _plain(start_response, "403 Forbidden", str(e))
+        except DirectoryDown as e:
+            return _plain(start_response, "503 Service Unavailable", str(e),
+                          [("Retry-After", "30")])
+        context.set_current(principal.identities)
         environ["wsgidav.auth.realm"] = REALM
-        environ["wsgidav.auth.user_name"] = user
+        environ["wsgidav.auth.user_name"] = principal.user
         environ["wsgidav.auth.roles"] = ()
         environ["wsgidav.auth.permissions"] = ()
         return self.next_app(environ, start_response)
@@ -103,6 +105,7 @@ class Guard:
         return self._maint[1]
 
     def __call__(self, environ, start_response):
+        context.set_current(())
         path = environ.get("PATH_INFO", "")
         if path == "/status.php":
             body = json.dumps({

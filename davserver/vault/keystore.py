@@ -175,7 +175,10 @@ class KeyStore:
             raise FormatError(f"key file of {file_id.hex()} is not valid JSON") from None
         if doc.get("format") != KEY_FILE_FORMAT or doc.get("file_id") != file_id.hex():
             raise FormatError(f"key file of {file_id.hex()} does not belong to it")
-        return [Wrap(w["to"], w["suite"], _unb64(w["sealed"])) for w in doc["wraps"]]
+        try:
+            return [Wrap(w["to"], w["suite"], _unb64(w["sealed"])) for w in doc["wraps"]]
+        except (KeyError, TypeError, ValueError):
+            raise FormatError(f"key file of {file_id.hex()} is damaged") from None
 
     def exists(self, file_id: bytes) -> bool:
         return os.path.exists(self._path(file_id))

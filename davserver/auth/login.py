@@ -1,0 +1,96 @@
+"""Login: the one function HTTP Basic, the web pages and the CLI use to turn a user name
+and password into a principal whose keys are unlocked.
+
+Order matters: throttle first (a throttled attempt never reaches a password check), then
+the password against its backend (local hash or the directory), then, in user-key mode,
+the user's key. A password the directory accepts but that cannot unlock the key is the
+"changed elsewhere" case: the caller gets KeyLocked (403 with instructions), not 401.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from davserver.auth.ldap import DirectoryUnavailable, LdapDirectory
+from davserver.auth.throttle import Throttle
+from davserver.auth.users import UserService
+from davserver.errors import DavServerError
+from davserver.vault.keystore import Identity
+
+log = logging.getLogger("davserver.auth")
+
+
+class LoginFailed(DavServerError):
+    """wrong user name or password"""
+
+    HTTP_STATUS = 401
+    EXIT_CODE = 5
+
+
+class Throttled(DavServerError):
+    """too many failed logins; try again in {detail} seconds"""
+
+    HTTP_STATUS = 429
+    EXIT_CODE = 5
+
+    def __init__(self, seconds: int) -> None:
+        super().__init__(str(seconds))
+        self.seconds = seconds
+
+
+class DirectoryDown(DavServerError):
+    """the user directory cannot be reached; try again later"""
+
+    HTTP_STATUS = 503
+    EXIT_CODE = 9
+
+
+@dataclass(frozen=True)
+class Principal:
+    user: str
+    identities: tuple[Identity, ...]
+
+
+class LoginService:
+    def __init__(self, users: UserService, throttle: Throttle, *, instance,
+                 directory: LdapDirectory | None = None) -> None:
+        self.users = users
+        self.throttle = throttle
+        self.directory = directory
+        self._instance = instance
+
+    def _directory_check(self, name: str, password: str) -> bool:
+        try:
+            found = self.directory.authenticate(name, password)
+        except DirectoryUnavailable as e:
+            log.error("directory unavailable: %s", e)
+            raise DirectoryDown() from None
+        if found is None:
+            return False
+        if found.login != name:
+            # One spelling per account, or "Alice" and "alice" would get two homes.
+            log.warning("login %r refused: the directory spells it %r", name, found.login)
+            return False
+        self.users.ensure_external(name, backend="ldap", quota_bytes=found.quota_bytes,
+                                   display_name=found.display_name, email=found.email)
+        return True
+
+    def check_password(self, name: str, password: str) -> bool:
+        record = self.users.get(name)
+        if (record is None or record.backend == "ldap") and self.directory is not None:
+            return self.users.verify(name, password, check=self._directory_check)
+        return self.users.verify(name, password)
+
+    def login(self, name: str, password: str, addr: str = "") -> Principal:
+        keys = (f"user:{name}", f"addr:{addr}")
+        wait = self.throttle.retry_after(*keys)
+        if wait:
+            log.warning("login throttled for user %r from %s", name, addr)
+            raise Throttled(wait)
+        if not self.check_password(name, password):
+            self.throttle.failed(*keys)
+            log.warning("failed login for user %r from %s", name, addr)
+            raise LoginFailed()
+        self.throttle.succeeded(keys[0])
+        return Principal(name, self._instance.unlock(name, password))
