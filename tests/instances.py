@@ -7,9 +7,20 @@ from pathlib import Path
 from davserver import config as config_mod
 from davserver.instance import Instance, init_instance
 
+#: Written into test configs: Argon2id made cheap so tests stay fast (as borg's tests do).
+WEAK_KDF_TOML = "[encryption]\nkdf_time_cost = 1\nkdf_memory_kib = 1024\nkdf_parallelism = 1\n"
 
-def make_instance(tmp_path: Path, *, admin_password: str = "adminpass1") -> Instance:
-    cfg = config_mod.load(str(tmp_path / "etc" / "davserver.toml"), str(tmp_path / "data"))
+
+def make_instance(tmp_path: Path, *, admin_password: str = "adminpass1",
+                  user_mode: bool = False, suite: str = "x25519") -> Instance:
+    conf = tmp_path / "etc" / "davserver.toml"
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    if not conf.exists():
+        conf.write_text(WEAK_KDF_TOML + f'hpke_suite = "{suite}"\n')
+    cfg = config_mod.load(str(conf), str(tmp_path / "data"))
     cfg.fsync = False  # tests: crash safety is exercised by killing real processes
     init_instance(cfg, admin_password=admin_password)
-    return Instance(cfg)
+    inst = Instance(cfg)
+    if user_mode:
+        inst.db.set_setting("encryption.mode", "user")
+    return inst

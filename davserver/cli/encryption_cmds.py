@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import sys
 
-from davserver.cli.common import add_command, emit, instance_from
+from davserver import accounts
+from davserver.cli.common import add_command, emit, instance_from, password_from_env
 from davserver.cli.progress import progress_bar
 from davserver.crypto import header as hdr
 from davserver.errors import UserError
 from davserver.instance import MODULE_ID, S_ENABLED, S_MAINTENANCE, S_MODULE
 from davserver.meta import settings
-from davserver.vault import check, convert, keyroot
+from davserver.vault import check, context, convert, keyroot
 
 EXIT_PROBLEMS = 3
 
@@ -113,7 +114,10 @@ def _convert(args, *, encrypt: bool) -> int:
     verb = "encrypt" if encrypt else "decrypt"
     _confirm(args, f"{verb} every file of {', '.join(users) or 'no users'}? The server is in "
              "maintenance mode meanwhile")
-    with convert.maintenance_for(inst.db, f"{verb}-all"):
+    recovery = ()
+    if getattr(args, "recovery_password_from_env", False):
+        recovery = (inst.userkeys.unlock_recovery(password_from_env("DAVSERVER_RECOVERY_PASS")),)
+    with convert.maintenance_for(inst.db, f"{verb}-all"), context.acting_as(*recovery):
         files = convert.plan(inst.vault, users)
         with progress_bar(f"{verb}ing", len(files), sum(s for _p, s in files),
                           quiet=args.output == "json") as advance:
@@ -164,18 +168,99 @@ def cmd_change_key_root(args) -> int:
 
 
 def cmd_enable_master_key(args) -> int:
-    """Use master-key mode (the default)."""
+    """Use master-key mode (the default): one key pair, unlocked by the instance secret,
+    serves every login. Refused while files are encrypted with user keys (the message
+    says what to run first)."""
     inst = instance_from(args)
-    if inst.mode() == "master":
-        print("master-key mode is already active")
-        return 0
-    raise UserError("switching back to master-key mode is not available in this version")
+    accounts.enable_master_key(inst)
+    print("master-key mode enabled")
+    return 0
 
 
 def cmd_disable_master_key(args) -> int:
-    """Switch to per-user keys (user-key mode) before encryption holds any file."""
-    raise UserError("user-key mode is not available in this version; master-key mode stays "
-                    "active and no data was changed")
+    """Switch to user-key mode: each user's files are wrapped for a key pair unlocked by
+    their login password. Refused while files are encrypted with the master key.
+
+    WARNING: a user who forgets their password without having opted in to recovery loses
+    access to their files for good. Enable a recovery key first (encryption:enable-recovery)."""
+    inst = instance_from(args)
+    _confirm(args, "switch to user-key mode? Users who forget their password without "
+             "recovery lose their files")
+    accounts.disable_master_key(inst)
+    print("user-key mode enabled; keys are created at each user's next login")
+    if inst.userkeys.recovery_public() is None:
+        print("note: no recovery key yet; see 'davserver encryption:enable-recovery'")
+    return 0
+
+
+def cmd_enable_recovery(args) -> int:
+    """Create the admin recovery key, protected by the password in $DAVSERVER_RECOVERY_PASS."""
+    inst = instance_from(args)
+    kid = inst.userkeys.enable_recovery(password_from_env("DAVSERVER_RECOVERY_PASS"))
+    print(f"recovery key {kid} created; users opt in with 'encryption:user-recovery USER "
+          "--enable' or on their settings page")
+    return 0
+
+
+def cmd_change_recovery_password(args) -> int:
+    """Change the recovery password ($DAVSERVER_OLD_PASS -> $DAVSERVER_PASS)."""
+    inst = instance_from(args)
+    inst.userkeys.change_recovery_password(password_from_env("DAVSERVER_OLD_PASS"),
+                                           password_from_env("DAVSERVER_PASS"))
+    print("recovery password changed")
+    return 0
+
+
+def cmd_disable_recovery(args) -> int:
+    """Delete the recovery key and every wrap made for it ($DAVSERVER_RECOVERY_PASS)."""
+    inst = instance_from(args)
+    _confirm(args, "delete the recovery key? Users who forget their password lose their files")
+    result = accounts.disable_recovery(inst, password_from_env("DAVSERVER_RECOVERY_PASS"))
+    emit(args, result, f"recovery disabled ({result['rewrapped']} key files updated)")
+    return 0
+
+
+def cmd_user_recovery(args) -> int:
+    """Opt a user in to (--enable, needs their password in $DAVSERVER_PASS) or out of
+    (--disable) recovery. Opting in wraps all their existing files for the recovery key;
+    re-run to finish an interrupted run."""
+    inst = instance_from(args)
+    if args.enable == args.disable:
+        raise UserError("give --enable or --disable")
+    files = [r for r in inst.db.iter_files(args.user) if r.file_id]
+    with progress_bar("re-wrapping", len(files), 0, quiet=args.output == "json") as advance:
+        result = accounts.set_recovery(
+            inst, args.user, args.enable,
+            password=password_from_env() if args.enable else None, progress=advance)
+    emit(args, result, f"recovery {'enabled' if args.enable else 'disabled'} for {args.user}: "
+         f"{result['rewrapped']} files re-wrapped, {result['failed']} failed")
+    return EXIT_PROBLEMS if result["failed"] else 0
+
+
+def cmd_update_key_password(args) -> int:
+    """Re-seal a user's key after their password changed elsewhere (e.g. LDAP):
+    $DAVSERVER_OLD_PASS -> $DAVSERVER_PASS."""
+    if not (args.old_password_from_env and args.password_from_env):
+        raise UserError("pass --old-password-from-env and --password-from-env")
+    inst = instance_from(args)
+    accounts.update_key_password(inst, args.user, password_from_env("DAVSERVER_OLD_PASS"),
+                                 password_from_env())
+    print(f"key password of {args.user} updated")
+    return 0
+
+
+def cmd_recover_user(args) -> int:
+    """Give a user who lost their password a new key under the password in
+    $DAVSERVER_PASS, using the recovery key ($DAVSERVER_RECOVERY_PASS)."""
+    inst = instance_from(args)
+    files = [r for r in inst.db.iter_files(args.user) if r.file_id]
+    with progress_bar("recovering", len(files), 0, quiet=args.output == "json") as advance:
+        result = accounts.recover_user(inst, args.user,
+                                       password_from_env("DAVSERVER_RECOVERY_PASS"),
+                                       password_from_env(), progress=advance)
+    emit(args, result, f"{args.user} recovered: {result['rewrapped']} files re-wrapped, "
+         f"{result['failed']} could not be (not opted in to recovery)")
+    return EXIT_PROBLEMS if result["failed"] else 0
 
 
 def _report(args, report: check.CheckReport, headline: str) -> int:
@@ -267,8 +352,10 @@ def register(sub, common) -> None:
     p = cmd("encryption:set-default-module", cmd_set_default_module, "set the default module")
     p.add_argument("module", metavar="ID")
     cmd("encryption:encrypt-all", cmd_encrypt_all, "encrypt all files", output=True, yes=True)
-    cmd("encryption:decrypt-all", cmd_decrypt_all, "decrypt all files", output=True, yes=True,
-        user=True)
+    p = cmd("encryption:decrypt-all", cmd_decrypt_all, "decrypt all files", output=True,
+            yes=True, user=True)
+    p.add_argument("--recovery-password-from-env", action="store_true",
+                   help="user-key mode: read keys with the recovery key ($DAVSERVER_RECOVERY_PASS)")
     cmd("encryption:show-key-storage-root", cmd_show_key_root, "show the key storage root",
         output=True)
     p = cmd("encryption:change-key-storage-root", cmd_change_key_root,
@@ -278,6 +365,23 @@ def register(sub, common) -> None:
         yes=True)
     cmd("encryption:disable-master-key", cmd_disable_master_key, "disable master-key mode",
         yes=True)
+    cmd("encryption:enable-recovery", cmd_enable_recovery, "enable recovery")
+    cmd("encryption:change-recovery-password", cmd_change_recovery_password,
+        "change the recovery password")
+    cmd("encryption:disable-recovery", cmd_disable_recovery, "disable recovery", output=True,
+        yes=True)
+    p = cmd("encryption:user-recovery", cmd_user_recovery, "change recovery opt-in",
+            output=True)
+    p.add_argument("user", metavar="USER")
+    p.add_argument("--enable", action="store_true")
+    p.add_argument("--disable", action="store_true")
+    p = cmd("encryption:update-key-password", cmd_update_key_password,
+            "update the key password")
+    p.add_argument("user", metavar="USER")
+    p.add_argument("--old-password-from-env", action="store_true", help="$DAVSERVER_OLD_PASS")
+    p.add_argument("--password-from-env", action="store_true", help="$DAVSERVER_PASS")
+    p = cmd("encryption:recover-user", cmd_recover_user, "recover the user", output=True)
+    p.add_argument("user", metavar="USER")
     cmd("encryption:scan", cmd_scan, "scan", output=True, user=True)
     p = cmd("encryption:fix-encrypted-version", cmd_fix_encrypted_version,
             "fix encrypted versions", output=True, yes=True, user=True, dry_run=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from davserver import accounts
 from davserver.auth.users import parse_size
 from davserver.cli.common import add_command, emit, instance_from, password_from_env
 from davserver.errors import UserError
@@ -27,11 +28,33 @@ def cmd_delete(args) -> int:
 
 
 def cmd_resetpassword(args) -> int:
-    """Set a new password for a local user (read from $DAVSERVER_PASS)."""
+    """Set a new password for a local user (read from $DAVSERVER_PASS).
+
+    In user-key mode the user's key must follow: give the old password
+    (--old-password-from-env, $DAVSERVER_OLD_PASS) or use the recovery key
+    (--recovery-password-from-env, $DAVSERVER_RECOVERY_PASS). Without either the reset is
+    refused, because the user's files would become unreadable."""
     if not args.password_from_env:
         raise UserError("pass --password-from-env and set DAVSERVER_PASS")
     inst = instance_from(args)
-    inst.users.reset_password(args.name, password_from_env())
+    inst.users.require(args.name)
+    new = password_from_env()
+    if inst.mode() == "user" and inst.userkeys.has_keys(args.name):
+        if args.old_password_from_env:
+            accounts.change_local_password(inst, args.name, password_from_env("DAVSERVER_OLD_PASS"),
+                                           new)
+        elif args.recovery_password_from_env:
+            result = accounts.recover_user(inst, args.name,
+                                           password_from_env("DAVSERVER_RECOVERY_PASS"), new)
+            print(f"{result['rewrapped']} files re-wrapped with the recovery key, "
+                  f"{result['failed']} could not be")
+        else:
+            raise UserError(
+                f"{args.name}'s files are encrypted with a key sealed by the current password; "
+                "resetting without --old-password-from-env or --recovery-password-from-env "
+                "would make them unreadable")
+    else:
+        inst.users.reset_password(args.name, new)
     print(f"password of {args.name} changed")
     return 0
 
@@ -77,6 +100,10 @@ def register(sub, common) -> None:
                     cmd_resetpassword.__doc__, "reset the password")
     p.add_argument("name")
     p.add_argument("--password-from-env", action="store_true", help="read $DAVSERVER_PASS")
+    p.add_argument("--old-password-from-env", action="store_true",
+                   help="user-key mode: the old password, $DAVSERVER_OLD_PASS")
+    p.add_argument("--recovery-password-from-env", action="store_true",
+                   help="user-key mode: use the recovery key, $DAVSERVER_RECOVERY_PASS")
     p = add_command(sub, common, "user:list", cmd_list, cmd_list.__doc__, "list users")
     p.add_argument("--output", choices=("plain", "json"), default="plain")
     p = add_command(sub, common, "user:setting", cmd_setting, cmd_setting.__doc__,
