@@ -17,6 +17,7 @@ from davserver.auth.throttle import Throttle
 from davserver.auth.users import UserService
 from davserver.errors import DavServerError
 from davserver.vault.keystore import Identity
+from davserver.vault.userkeys import KeyLocked
 
 log = logging.getLogger("davserver.auth")
 
@@ -50,6 +51,7 @@ class DirectoryDown(DavServerError):
 class Principal:
     user: str
     identities: tuple[Identity, ...]
+    key_locked: bool = False
 
 
 class LoginService:
@@ -82,7 +84,10 @@ class LoginService:
             return self.users.verify(name, password, check=self._directory_check)
         return self.users.verify(name, password)
 
-    def login(self, name: str, password: str, addr: str = "") -> Principal:
+    def login(self, name: str, password: str, addr: str = "", *,
+              allow_locked_key: bool = False) -> Principal:
+        """Authenticate and unlock. ``allow_locked_key`` (the settings pages) lets a user
+        whose key needs their old password in, so they can fix it."""
         keys = (f"user:{name}", f"addr:{addr}")
         wait = self.throttle.retry_after(*keys)
         if wait:
@@ -93,4 +98,9 @@ class LoginService:
             log.warning("failed login for user %r from %s", name, addr)
             raise LoginFailed()
         self.throttle.succeeded(keys[0])
-        return Principal(name, self._instance.unlock(name, password))
+        try:
+            return Principal(name, self._instance.unlock(name, password))
+        except KeyLocked:
+            if not allow_locked_key:
+                raise
+            return Principal(name, (), key_locked=True)

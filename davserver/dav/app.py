@@ -29,6 +29,7 @@ from davserver.dav.provider import HomeProvider
 from davserver.instance import Instance
 from davserver.vault import context
 from davserver.vault.userkeys import KeyLocked
+from davserver.web.app import SettingsApp
 
 log = logging.getLogger("davserver.http")
 
@@ -95,6 +96,7 @@ class Guard:
     def __init__(self, app, instance: Instance) -> None:
         self.app = app
         self.instance = instance
+        self.settings = SettingsApp(instance)
         self._maint = (0.0, False)
 
     def _maintenance(self) -> bool:
@@ -117,6 +119,9 @@ class Guard:
             start_response("200 OK", [("Content-Type", "application/json"),
                                       ("Content-Length", str(len(body)))])
             return [body]
+        if path == "/settings" or path.startswith("/settings/"):
+            if not self._maintenance():
+                return self.settings(environ, start_response)
         if self._maintenance():
             return _plain(start_response, "503 Service Unavailable",
                           "davserver is in maintenance mode; try again later",

@@ -56,6 +56,13 @@ CREATE TABLE IF NOT EXISTS props(
     PRIMARY KEY(path, name)
 );
 CREATE TABLE IF NOT EXISTS locks(key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS web_sessions(
+    token_hash BLOB PRIMARY KEY,
+    user TEXT NOT NULL,
+    csrf TEXT NOT NULL,
+    key_locked INTEGER NOT NULL DEFAULT 0,
+    expires REAL NOT NULL
+);
 """
 
 
@@ -352,3 +359,30 @@ class MetaDB:
     def kv_clear(self) -> None:
         with self.tx() as c:
             c.execute("DELETE FROM locks")
+
+    # --- web sessions (in the DB so any node can serve any request) --------------------
+
+    def add_session(self, token_hash: bytes, user: str, csrf: str, key_locked: bool,
+                    expires: float) -> None:
+        with self.tx() as c:
+            c.execute("DELETE FROM web_sessions WHERE expires < ?", (time.time(),))
+            c.execute("INSERT INTO web_sessions(token_hash, user, csrf, key_locked, expires) "
+                      "VALUES(?, ?, ?, ?, ?)", (token_hash, user, csrf, int(key_locked), expires))
+
+    def get_session(self, token_hash: bytes) -> tuple[str, str, bool] | None:
+        rows = self.query("SELECT user, csrf, key_locked FROM web_sessions "
+                          "WHERE token_hash = ? AND expires > ?", (token_hash, time.time()))
+        return (rows[0][0], rows[0][1], bool(rows[0][2])) if rows else None
+
+    def update_session(self, token_hash: bytes, *, key_locked: bool) -> None:
+        with self.tx() as c:
+            c.execute("UPDATE web_sessions SET key_locked = ? WHERE token_hash = ?",
+                      (int(key_locked), token_hash))
+
+    def delete_session(self, token_hash: bytes) -> None:
+        with self.tx() as c:
+            c.execute("DELETE FROM web_sessions WHERE token_hash = ?", (token_hash,))
+
+    def delete_user_sessions(self, user: str) -> None:
+        with self.tx() as c:
+            c.execute("DELETE FROM web_sessions WHERE user = ?", (user,))

@@ -1,0 +1,1 @@
+"""Server-rendered settings pages (Jinja2)."""
