@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from davserver import config as config_mod
-from davserver.cli.common import add_command, emit, instance_from
+from davserver.cli.common import add_command, emit, instance_from, password_from_env
 from davserver.cli.progress import progress_bar
 from davserver.errors import UserError
 from davserver.meta import settings
@@ -58,16 +58,22 @@ def cmd_restore(args) -> int:
 def cmd_recover(args) -> int:
     """Decrypt a data directory offline: no DB, no server, no config needed.
 
-    Needs the data (files) and the key store, plus the instance secret or a backup
-    archive. Every file is authenticated; a summary lists what could not be decrypted."""
-    if not args.secret_file and not args.backup:
-        raise UserError("give --secret-file FILE or --backup FILE")
+    Needs the data (files) and the key store, plus the instance secret or a backup archive
+    (master-key mode), or a user's password / the recovery password (user-key mode). Every
+    file is authenticated; a summary lists what could not be decrypted."""
+    password = password_from_env() if args.password_from_env else None
+    recovery = (password_from_env("DAVSERVER_RECOVERY_PASS")
+                if args.recovery_password_from_env else None)
+    if not (args.secret_file or args.backup or password or recovery):
+        raise UserError("give --secret-file FILE, --backup FILE, --password-from-env (with "
+                        "--user) or --recovery-password-from-env")
     files = offline.plan(args.data, args.user)
     with progress_bar("recovering", len(files), sum(s for _p, s in files),
                       quiet=args.output == "json") as advance:
         report = offline.recover(args.data, args.out, keys=args.keys,
                                  secret_file=args.secret_file, backup_file=args.backup,
                                  passphrase=_passphrase(args), user=args.user,
+                                 password=password, recovery_password=recovery,
                                  progress=advance)
     emit(args, report.as_dict(),
          f"recovered {report.decrypted} encrypted and {report.copied_plaintext} plaintext files "
@@ -95,5 +101,9 @@ def register(sub, common) -> None:
     p.add_argument("--backup", metavar="FILE", help="archive from backup:create")
     p.add_argument("--passphrase-from-env", action="store_true", help=f"read ${PASS_ENV}")
     p.add_argument("--user", metavar="USER", help="only this user's files")
+    p.add_argument("--password-from-env", action="store_true",
+                   help="user-key mode: USER's password from $DAVSERVER_PASS")
+    p.add_argument("--recovery-password-from-env", action="store_true",
+                   help="user-key mode: the recovery password from $DAVSERVER_RECOVERY_PASS")
     p.add_argument("--out", required=True, metavar="DIR", help="where plaintext goes")
     p.add_argument("--output", choices=("plain", "json"), default="plain")

@@ -91,7 +91,20 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_selftest(args) -> int:
+    """Run the known-answer and tamper tests of the encryption code on this machine."""
+    from davserver.crypto import selftest
+
+    failed = 0
+    for name, error in selftest.run():
+        print(f"  {'ok  ' if error is None else 'FAIL'} {name}" + (f": {error}" if error else ""))
+        failed += error is not None
+    print("selftest passed" if not failed else f"selftest: {failed} checks FAILED")
+    return 3 if failed else 0
+
+
 def register(sub, common) -> None:
+    add_command(sub, common, "selftest", cmd_selftest, cmd_selftest.__doc__, "run the selftest")
     for name, func, action in (("init", cmd_init, "initialise the instance"),
                                ("serve", cmd_serve, "serve")):
         p = add_command(sub, common, name, func, func.__doc__, action)

@@ -22,6 +22,7 @@ from davserver.errors import DavServerError, FormatError, IntegrityError, KeyNot
 from davserver.vault import backup
 from davserver.vault.keystore import KeyStore
 from davserver.vault.secret import read_secret
+from davserver.vault.userkeys import UserKeys
 
 Progress = Callable[[int, int], None]
 
@@ -47,8 +48,13 @@ def _files_root(data: str) -> str:
 
 def recover(data: str, out: str, *, keys: str | None = None, secret_file: str | None = None,
             backup_file: str | None = None, passphrase: str | None = None,
-            user: str | None = None, progress: Progress | None = None) -> RecoverReport:
+            user: str | None = None, password: str | None = None,
+            recovery_password: str | None = None,
+            progress: Progress | None = None) -> RecoverReport:
+    """Decrypt with whatever keys the inputs unlock: the master key (secret), a user's key
+    (user + password, user-key mode) and/or the recovery key (recovery password)."""
     with tempfile.TemporaryDirectory() as tmp:
+        secret = None
         if backup_file:
             members = backup.read(backup_file, passphrase)
             with open(os.path.join(tmp, "secret"), "wb") as f:
@@ -59,12 +65,21 @@ def recover(data: str, out: str, *, keys: str | None = None, secret_file: str | 
                 backup.extract_keys(members, keys)
         elif secret_file:
             secret = read_secret(secret_file)
-        else:
-            raise UserError("give --secret-file or --backup")
+        elif not (password or recovery_password):
+            raise UserError("give --secret-file, --backup, or a user's / the recovery password")
         if not keys or not os.path.isdir(keys):
             raise UserError(f"key store {keys!r} not found (give --keys DIR)")
         store = KeyStore(keys, fsync=False, cache_size=0)
-        identities = [store.load_master(secret, _kid(f)) for f in store.master_files()]
+        identities = []
+        if secret is not None:
+            identities += [store.load_master(secret, _kid(f)) for f in store.master_files()]
+        ukeys = UserKeys(store)
+        if password:
+            if not user:
+                raise UserError("a password needs --user")
+            identities.append(ukeys.open_existing(user, password))
+        if recovery_password:
+            identities.append(ukeys.unlock_recovery(recovery_password))
         if not identities:
             raise KeyNotFound("master key (is --keys the key storage root?)")
         return _walk(store, identities, _files_root(data), out, user, progress)

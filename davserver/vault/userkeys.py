@@ -154,6 +154,17 @@ class UserKeys:
             self._cache[tag] = (user, ident, now + self.cache_seconds)
         return ident
 
+    def open_existing(self, user: str, password: str) -> Identity:
+        """Unlock without side effects (offline recovery): no creation, no re-sealing."""
+        doc = self._load_user(user)
+        if doc is None:
+            raise KeyNotFound(f"user key of {user}")
+        try:
+            private, _weak = self._open_doc(doc, password)
+        except IntegrityError:
+            raise WrongPassword(f" for the key of {user}") from None
+        return self._identity(user, doc, private)
+
     def can_unlock(self, user: str, password: str) -> bool:
         try:
             self.unlock(user, password)
