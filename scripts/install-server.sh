@@ -214,7 +214,7 @@ else
     # Stop a server started by an earlier run of this script.
     if [ -s "$PID_FILE" ]; then
         old="$(cat "$PID_FILE")"
-        old_cmd="$(tr '\0' ' ' <"/proc/$old/cmdline" 2>/dev/null || true)"
+        old_cmd="$(tr '\0' ' ' 2>/dev/null <"/proc/$old/cmdline" || true)"
         if [[ "$old_cmd" == *davserver*serve* ]]; then
             log "stopping the running davserver (pid $old)"
             kill "$old" 2>/dev/null || true

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
 import sys
 
 from davserver import config as config_mod
@@ -74,8 +75,10 @@ def cmd_serve(args) -> int:
     server = make_server(inst)
 
     def stop(signum, frame):
+        # cheroot's stop() waits for serve() to return, and serve() runs on this very
+        # thread: stopping from here would wait for itself. Stop from another thread.
         log.info("stopping (signal %d)", signum)
-        server.stop()
+        threading.Thread(target=server.stop, daemon=True).start()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
