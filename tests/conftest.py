@@ -1,0 +1,38 @@
+pytest_plugins = ["tests.conftest_ldap"]
+
+from collections.abc import Iterator  # noqa: E402
+
+import pytest  # noqa: E402
+
+from tests.live import LiveServer, kill_all  # noqa: E402
+
+
+@pytest.fixture
+def server_factory(tmp_path) -> Iterator:
+    """Make running servers: ``server_factory(users={"alice": None, "carol": "1MB"},
+    config={"auth": {...}})``; all are stopped at teardown."""
+    started: list[LiveServer] = []
+
+    def make(users: dict[str, str | None] | None = None,
+             config: dict[str, dict] | None = None) -> LiveServer:
+        srv = LiveServer(tmp_path / f"srv{len(started)}", users, config)
+        started.append(srv)
+        return srv.create().start()
+
+    yield make
+    for srv in started:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[LiveServer]:
+    """One running server per module with users alice and bob (no quota)."""
+    srv = LiveServer(tmp_path_factory.mktemp("server"))
+    try:
+        yield srv.create().start()
+    finally:
+        srv.stop()
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    kill_all()
