@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import signal
-import threading
 import sys
+import threading
 
 from davserver import config as config_mod
 from davserver.cli.common import add_command

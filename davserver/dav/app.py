@@ -25,6 +25,7 @@ from wsgidav.wsgidav_app import WsgiDAVApp
 from davserver import __version__
 from davserver.auth.login import DirectoryDown, LoginFailed, Throttled
 from davserver.dav.locks import DbLockStorage
+from davserver.dav.propfind import FastPropfind
 from davserver.dav.provider import HomeProvider
 from davserver.instance import Instance
 from davserver.vault import context
@@ -141,7 +142,9 @@ def build_app(instance: Instance):
     dav_config = {
         "provider_mapping": {FILES_PREFIX: files, WEBDAV_PREFIX: webdav},
         "davserver.instance": instance,
-        "middleware_stack": [ErrorPrinter, BasicAuth, WsgiDavDirBrowser, RequestResolver],
+        "davserver.providers": (files, webdav),
+        "middleware_stack": [ErrorPrinter, BasicAuth, FastPropfind, WsgiDavDirBrowser,
+                             RequestResolver],
         "lock_storage": DbLockStorage(instance.db),
         "property_manager": None,
         "block_size": cfg.block_size,

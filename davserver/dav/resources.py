@@ -9,6 +9,7 @@ storage path (not the URL), so the same file reached through ``/remote.php/webda
 
 from __future__ import annotations
 
+import functools
 import mimetypes
 import time
 
@@ -22,6 +23,18 @@ from davserver.errors import Conflict
 from davserver.vault.files import Node, Upload
 
 _LOCK_PROPS = ("{DAV:}lockdiscovery", "{DAV:}supportedlock")
+_QUOTA_PROPS = ("{DAV:}quota-used-bytes", "{DAV:}quota-available-bytes")
+
+
+@functools.lru_cache(maxsize=4096)
+def _type_of_suffix(suffix: str) -> str:
+    return mimetypes.guess_type("x" + suffix)[0] or "application/octet-stream"
+
+
+def content_type(name: str) -> str:
+    """MIME type from the name (cached by suffix: listings ask it for every file)."""
+    dot = name.find(".", 1)
+    return _type_of_suffix(name[dot:].lower()) if dot > 0 else "application/octet-stream"
 
 
 class _DeadProps:
@@ -39,6 +52,11 @@ class _DeadProps:
         return super().get_property_names(is_allprop=is_allprop) + list(self._dead())
 
     def get_property_value(self, name):
+        if name in _QUOTA_PROPS and (not self.is_collection or (
+                name.endswith("available-bytes") and self.get_available_bytes() is None)):
+            # RFC 4331: quota is a property of collections, and an integer when present.
+            # WsgiDAV would answer 200 with an empty element instead.
+            raise DAVError(HTTP_NOT_FOUND)
         try:
             return super().get_property_value(name)
         except DAVError as e:
@@ -81,7 +99,7 @@ class FileResource(_DeadProps, DAVNonCollection):
         return self.node.size if self.node else 0
 
     def get_content_type(self):
-        return mimetypes.guess_type(self.name)[0] or "application/octet-stream"
+        return content_type(self.name)
 
     def get_creation_date(self):
         return self.node.mtime if self.node else time.time()
