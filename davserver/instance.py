@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 
 from davserver import config as config_mod
@@ -45,6 +46,9 @@ class Instance:
             raise UserError(f"no davserver instance in {cfg.data_dir} (run 'davserver init' "
                             "or 'davserver serve' once)")
         self.db = MetaDB(cfg.db_path)
+        self._settings: dict[str, str] = {}
+        self._settings_at = -1e9
+        self._settings_version = -1
         self.storage = LocalStorage(cfg.files_dir, cfg.tmp_dir, fsync=cfg.fsync)
         self.keys = KeyStore(self.key_root, fsync=cfg.fsync)
         self._master: Identity | None = None
@@ -73,19 +77,32 @@ class Instance:
 
     # --- settings ----------------------------------------------------------------------
 
+    SETTINGS_TTL = 1.0  # seconds another process's change may take to be seen here
+
+    def _setting(self, key: str) -> str | None:
+        """Settings change rarely and are read on every request: read them all at most
+        once a second (admin commands in other processes are seen within that)."""
+        now = time.monotonic()
+        if now - self._settings_at > self.SETTINGS_TTL or \
+                self._settings_version != self.db.settings_version:
+            self._settings_version = self.db.settings_version
+            self._settings = dict(self.db.query("SELECT key, value FROM settings"))
+            self._settings_at = now
+        return self._settings.get(key)
+
     @property
     def key_root(self) -> str:
-        return self.db.get_setting(S_KEY_ROOT) or self.config.key_storage_root \
+        return self._setting(S_KEY_ROOT) or self.config.key_storage_root \
             or self.config.default_key_root
 
     def encryption_enabled(self) -> bool:
-        return self.db.get_setting(S_ENABLED, "0") == "1"
+        return self._setting(S_ENABLED) == "1"
 
     def mode(self) -> str:
-        return self.db.get_setting(S_MODE, "master") or "master"
+        return self._setting(S_MODE) or "master"
 
     def maintenance(self) -> bool:
-        return self.db.get_setting(S_MAINTENANCE, "0") == "1"
+        return self._setting(S_MAINTENANCE) == "1"
 
     def refresh(self) -> None:
         """Pick up settings other processes changed (admin commands, other nodes)."""

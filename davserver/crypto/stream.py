@@ -84,7 +84,8 @@ class StreamWriter:
         self._prefix = self.header.prefix
         self._cipher = primitives.ChunkCipher(hdr.payload_key(data_key, file_id))
         self._chunk_size = self.header.chunk_size
-        self._buf = bytearray()
+        self._buf = bytearray()  # a partial chunk (< chunk size)
+        self._held = None  # one full chunk that may turn out to be the last
         self._index = 0
         self.plain_bytes = 0
         self.cipher_bytes = hdr.HEADER_BYTES
@@ -92,24 +93,42 @@ class StreamWriter:
         sink(self.header.seal(data_key))
 
     def write(self, data: bytes) -> int:
+        """Encrypt ``data``; full chunks are taken from it without copying."""
         if self._finished:
             raise ValueError("write after finish")
-        self._buf += data
-        self.plain_bytes += len(data)
+        n = len(data)
+        if not n:
+            return 0
+        self.plain_bytes += n
         cs = self._chunk_size
-        if len(self._buf) > cs:
-            # Emit every full chunk that is surely not the last one.
-            n_emit = (len(self._buf) - 1) // cs
-            view = memoryview(self._buf)
-            for k in range(n_emit):
-                self._emit(view[k * cs : (k + 1) * cs], final=False)
-            view.release()
-            del self._buf[: n_emit * cs]
-        return len(data)
+        mv = memoryview(data)
+        if not isinstance(data, bytes):
+            mv = memoryview(bytes(mv))  # the caller may reuse a mutable buffer
+        if self._buf:
+            take = cs - len(self._buf)
+            self._buf += mv[:take]
+            mv = mv[take:]
+            if len(self._buf) == cs:
+                self._hold(bytes(self._buf))
+                self._buf = bytearray()
+        while len(mv) >= cs:
+            self._hold(mv[:cs])
+            mv = mv[cs:]
+        if len(mv):
+            self._buf += mv
+        if self._held is not None and self._buf:
+            self._emit(self._held, final=False)  # more data follows it: not the last
+            self._held = None
+        return n
+
+    def _hold(self, chunk) -> None:
+        if self._held is not None:
+            self._emit(self._held, final=False)
+        self._held = chunk
 
     def _emit(self, plain, final: bool) -> None:
         nonce, aad = _nonce_and_aad(self._prefix, self._index, final)
-        sealed = self._cipher.seal(nonce, bytes(plain), aad)
+        sealed = self._cipher.seal(nonce, plain, aad)
         self._sink(sealed)
         self.cipher_bytes += len(sealed)
         self._index += 1
@@ -117,7 +136,11 @@ class StreamWriter:
     def finish(self) -> None:
         if self._finished:
             return
-        self._emit(self._buf, final=True)
+        if self._held is not None:
+            self._emit(self._held, final=True)
+        else:
+            self._emit(bytes(self._buf), final=True)  # also the empty file's one chunk
+        self._held = None
         self._buf = bytearray()
         self._finished = True
 

@@ -111,6 +111,7 @@ class MetaDB:
     def __init__(self, path: str) -> None:
         self.path = path
         self._local = threading.local()
+        self.settings_version = 0  # bumped on every change made through this object
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self._conn().executescript(SCHEMA)
 
@@ -168,11 +169,13 @@ class MetaDB:
         return rows[0][0] if rows else default
 
     def set_setting(self, key: str, value: str) -> None:
+        self.settings_version += 1
         with self.tx() as c:
             c.execute("INSERT INTO settings(key, value) VALUES(?, ?) "
                       "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
 
     def delete_setting(self, key: str) -> None:
+        self.settings_version += 1
         with self.tx() as c:
             c.execute("DELETE FROM settings WHERE key = ?", (key,))
 
