@@ -56,6 +56,12 @@ CREATE TABLE IF NOT EXISTS props(
     PRIMARY KEY(path, name)
 );
 CREATE TABLE IF NOT EXISTS locks(key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS dir_etags(
+    path TEXT PRIMARY KEY,
+    parent TEXT NOT NULL,
+    etag TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dir_etags_parent ON dir_etags(parent);
 CREATE TABLE IF NOT EXISTS web_sessions(
     token_hash BLOB PRIMARY KEY,
     user TEXT NOT NULL,
@@ -262,6 +268,7 @@ class MetaDB:
                 self.delete_files(path, conn=c)
             return
         conn.execute(f"DELETE FROM files WHERE {_under('path')}", (path, path, path))
+        conn.execute(f"DELETE FROM dir_etags WHERE {_under('path')}", (path, path, path))
 
     def move_files(self, src: str, dst: str, *, conn: sqlite3.Connection) -> None:
         n = len(src)
@@ -273,6 +280,35 @@ class MetaDB:
         )
         # The moved root's parent is the destination's parent, not a rewrite of the old one.
         conn.execute("UPDATE files SET parent = ? WHERE path = ?", (parent_of(dst), dst))
+        conn.execute(f"DELETE FROM dir_etags WHERE {_under('path')}", (dst, dst, dst))
+        conn.execute(
+            f"UPDATE dir_etags SET path = ? || substr(path, ?), parent = ? || substr(parent, ?) "
+            f"WHERE {_under('path')}", (dst, n + 1, dst, n + 1, src, src, src))
+        conn.execute("UPDATE dir_etags SET parent = ? WHERE path = ?", (parent_of(dst), dst))
+
+    # --- folder ETags (change when anything below changes, for sync clients) ------------
+
+    def touch_dirs(self, path: str, *, conn: sqlite3.Connection | None = None) -> None:
+        """New ETags for every folder above ``path`` (up to the home)."""
+        if conn is None:
+            with self.tx() as c:
+                self.touch_dirs(path, conn=c)
+            return
+        etag = f"{time.time_ns():x}"
+        d = parent_of(path)
+        while d:
+            conn.execute("INSERT INTO dir_etags(path, parent, etag) VALUES(?, ?, ?) "
+                         "ON CONFLICT(path) DO UPDATE SET etag = excluded.etag",
+                         (d, parent_of(d), etag))
+            d = parent_of(d)
+
+    def dir_etag(self, path: str) -> str | None:
+        rows = self.query("SELECT etag FROM dir_etags WHERE path = ?", (path,))
+        return rows[0][0] if rows else None
+
+    def child_dir_etags(self, parent: str) -> dict[str, str]:
+        rows = self.query("SELECT path, etag FROM dir_etags WHERE parent = ?", (parent,))
+        return {p.rsplit("/", 1)[-1]: e for p, e in rows}
 
     def usage(self, owner: str) -> int:
         rows = self.query("SELECT COALESCE(SUM(size), 0) FROM files WHERE owner = ?", (owner,))

@@ -180,10 +180,14 @@ class Vault:
 
     # --- queries -----------------------------------------------------------------------
 
-    def _node(self, path: str, e: Entry, rec: FileRecord | None) -> Node:
+    def _node(self, path: str, e: Entry, rec: FileRecord | None,
+              dir_etag: str | None = None) -> Node:
         name = path.rsplit("/", 1)[-1]
         if e.is_dir:
-            return Node(path, name, True, 0, e.mtime, f"d-{int(e.mtime * 1e6):x}", False)
+            # Changes through the server renew dir_etag on every ancestor; the mtime part
+            # catches what changed behind the server's back in the folder itself.
+            return Node(path, name, True, 0, e.mtime,
+                        f"d-{int(e.mtime * 1e6):x}-{dir_etag or 0}", False)
         if rec is not None:
             if rec.file_id is not None:
                 return Node(path, name, False, rec.size, rec.mtime, rec.file_id.hex(), True)
@@ -207,12 +211,16 @@ class Vault:
         e = self.storage.stat(path)
         if e is None:
             return None
-        return self._node(path, e, None if e.is_dir else self.db.get_file(path))
+        if e.is_dir:
+            return self._node(path, e, None, self.db.dir_etag(path))
+        return self._node(path, e, self.db.get_file(path))
 
     def list_dir(self, path: str) -> list[Node]:
         entries = self.storage.list_dir(path)
         records = self.db.children(path)
-        return [self._node(f"{path}/{e.name}", e, records.get(e.name)) for e in entries]
+        etags = self.db.child_dir_etags(path) if any(e.is_dir for e in entries) else {}
+        return [self._node(f"{path}/{e.name}", e, records.get(e.name), etags.get(e.name))
+                for e in entries]
 
     def usage(self, user: str) -> int:
         return self.db.usage(user)
@@ -343,7 +351,9 @@ class Vault:
                 marker = None
             if marker is None:
                 up._blob.commit()
-                self.db.put_file(rec)
+                with self.db.tx() as c:
+                    self.db.put_file(rec, conn=c)
+                    self.db.touch_dirs(path, conn=c)
             else:
                 self.db.add_pending(marker, path, plain=plain)
                 try:
@@ -356,6 +366,7 @@ class Vault:
                 with self.db.tx() as c:
                     self.db.put_file(rec, conn=c)
                     self.db.remove_pending(marker, conn=c)
+                    self.db.touch_dirs(path, conn=c)
             if old is not None and old.file_id is not None and old.file_id != up.file_id:
                 self.keys.delete(old.file_id)
             return rec
@@ -390,6 +401,7 @@ class Vault:
 
     def make_dir(self, path: str) -> None:
         self.storage.make_dir(path)
+        self.db.touch_dirs(path)
 
     def delete(self, path: str) -> None:
         e = self.storage.stat(path)
@@ -407,7 +419,9 @@ class Vault:
             rec = self.db.get_file(path)
             file_ids = [rec.file_id] if rec and rec.file_id else []
             self.storage.delete(path)
-        self.db.delete_files(path)
+        with self.db.tx() as c:
+            self.db.delete_files(path, conn=c)
+            self.db.touch_dirs(path, conn=c)
         self.db.remove_props(path, tree=True)
         for fid in file_ids:
             self.keys.delete(fid)
@@ -418,6 +432,8 @@ class Vault:
         with self.db.tx() as c:
             self.db.move_files(src, dst, conn=c)
             self.db.move_props(src, dst, conn=c)
+            self.db.touch_dirs(src, conn=c)
+            self.db.touch_dirs(dst, conn=c)
 
     def copy_file(self, src: str, dst: str, *, quota: int | None = None) -> FileRecord:
         """Copy by re-encrypting under a fresh key: one file ID always means one path."""

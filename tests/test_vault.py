@@ -1,0 +1,77 @@
+"""Vault service rules that every entry point relies on."""
+
+from __future__ import annotations
+
+import pytest
+
+from davserver.errors import QuotaExceeded
+from tests.instances import make_instance
+
+
+@pytest.fixture()
+def inst(tmp_path):
+    i = make_instance(tmp_path)
+    i.users.add("alice", "alicepass1")
+    yield i
+    i.close()
+
+
+def test_folder_etags_change_when_anything_below_changes(inst):
+    v = inst.vault
+    for d in ("alice/a", "alice/a/b", "alice/other"):
+        v.make_dir(d)
+    v.write_bytes("alice/a/b/c.txt", b"1")
+    before = {p: v.stat(p).etag for p in ("alice", "alice/a", "alice/a/b", "alice/other")}
+    v.write_bytes("alice/a/b/c.txt", b"2")
+    after = {p: v.stat(p).etag for p in before}
+    assert after["alice/a"] != before["alice/a"]
+    assert after["alice/a/b"] != before["alice/a/b"]
+    assert after["alice"] != before["alice"]
+    assert after["alice/other"] == before["alice/other"]
+    listed = {n.name: n.etag for n in v.list_dir("alice")}
+    assert listed["a"] == after["alice/a"]
+
+
+def test_move_keeps_file_id_and_key(inst):
+    v = inst.vault
+    v.make_dir("alice/x")
+    v.write_bytes("alice/x/f.txt", b"data")
+    fid = inst.db.get_file("alice/x/f.txt").file_id
+    v.move("alice/x", "alice/y")
+    assert inst.db.get_file("alice/y/f.txt").file_id == fid
+    assert inst.db.get_file("alice/x/f.txt") is None
+    assert v.read_all("alice/y/f.txt") == b"data"
+
+
+def test_copy_reencrypts_under_a_fresh_key(inst):
+    v = inst.vault
+    v.write_bytes("alice/f.txt", b"data")
+    v.copy_file("alice/f.txt", "alice/g.txt")
+    a, b = inst.db.get_file("alice/f.txt"), inst.db.get_file("alice/g.txt")
+    assert a.file_id != b.file_id and inst.keys.exists(b.file_id)
+    assert v.read_all("alice/g.txt") == b"data"
+
+
+def test_delete_removes_keys_of_everything_below(inst):
+    v = inst.vault
+    v.make_dir("alice/d")
+    v.write_bytes("alice/d/1", b"1")
+    v.write_bytes("alice/d/2", b"2")
+    ids = [inst.db.get_file(f"alice/d/{n}").file_id for n in "12"]
+    v.delete("alice/d")
+    assert not any(inst.keys.exists(i) for i in ids)
+    assert list(inst.db.iter_files("alice/d")) == []
+
+
+def test_quota_counts_plaintext_and_refuses_without_touching_the_old_version(inst):
+    v = inst.vault
+    v.write_bytes("alice/f", b"x" * 1000, quota=2000)
+    assert v.usage("alice") == 1000
+    v.write_bytes("alice/f", b"y" * 1900, quota=2000)  # replacing: old size is not counted
+    with pytest.raises(QuotaExceeded):
+        v.write_bytes("alice/g", b"z" * 200, quota=2000)
+    up = v.begin_write("alice/f", quota=2000)
+    with pytest.raises(QuotaExceeded):
+        up.write(b"w" * 2001)  # streamed without a length: refused when it overflows
+    assert v.read_all("alice/f") == b"y" * 1900
+    assert v.usage("alice") == 1900
