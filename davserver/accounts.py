@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from davserver.errors import UserError
 from davserver.instance import Instance
+from davserver.vault import convert
 from davserver.vault.userkeys import rewrap_files
 
 Progress = Callable[[int, int], None] | None
@@ -96,7 +97,7 @@ def disable_recovery(inst: Instance, recovery_password: str, progress: Progress 
 
 
 def encrypted_file_count(inst: Instance) -> int:
-    return sum(1 for r in inst.db.iter_files() if r.file_id)
+    return convert.count_forms(inst.vault, [u.name for u in inst.users.list()])[0]
 
 
 def disable_master_key(inst: Instance) -> None:

@@ -11,7 +11,6 @@ import sys
 from davserver import accounts
 from davserver.cli.common import add_command, emit, instance_from, password_from_env
 from davserver.cli.progress import progress_bar
-from davserver.crypto import header as hdr
 from davserver.errors import UserError
 from davserver.instance import MODULE_ID, S_ENABLED, S_MAINTENANCE, S_MODULE
 from davserver.meta import settings
@@ -37,14 +36,7 @@ def _confirm(args, question: str) -> None:
 
 
 def _count_files(inst) -> tuple[int, int]:
-    enc = plain = 0
-    for path, _size in convert.plan(inst.vault, [u.name for u in inst.users.list()]):
-        with inst.storage.open_reader(path) as r:
-            if hdr.is_encrypted(r.read_at(0, hdr.HEADER_BYTES)):
-                enc += 1
-            else:
-                plain += 1
-    return enc, plain
+    return convert.count_forms(inst.vault, [u.name for u in inst.users.list()])
 
 
 def cmd_status(args) -> int:

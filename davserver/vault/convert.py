@@ -80,6 +80,20 @@ def plan(vault, users: list[str]) -> list[tuple[str, int]]:
     return out
 
 
+def count_forms(vault, users: list[str]) -> tuple[int, int]:
+    """(encrypted, plaintext) files in storage, by header sniff (nothing decrypted)."""
+    enc = plain = 0
+    for path, _size in plan(vault, users):
+        try:
+            if _is_encrypted(vault, path):
+                enc += 1
+            else:
+                plain += 1
+        except StorageNotFound:
+            continue
+    return enc, plain
+
+
 def _rewrite(vault, path: str, *, encrypt: bool, mtime: float) -> int:
     """Re-store ``path`` in the other form through the atomic commit; returns bytes."""
     src = vault.open_read(path)
