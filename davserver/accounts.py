@@ -39,6 +39,7 @@ def change_local_password(inst: Instance, user: str, old: str, new: str) -> None
     """A local user changes their password: check the old one, re-seal the key, re-hash."""
     if not inst.users.check_local(user, old):
         raise UserError("the current password is wrong")
+    inst.users.check_password_rules(new)  # before anything changes
     if inst.mode() == "user" and inst.userkeys.has_keys(user):
         inst.userkeys.rewrap(user, old, new)
     inst.users.set_password_hash(user, new)
@@ -69,15 +70,25 @@ def recover_user(inst: Instance, user: str, recovery_password: str, new_password
     password, every data key re-wrapped for it. Files the user had not opted in for
     recovery stay unreadable (reported as failed)."""
     _require_user_mode(inst)
-    inst.users.require(user)
+    record = inst.users.require(user)
+    if record.backend == "local":
+        inst.users.check_password_rules(new_password)
     recovery = inst.userkeys.unlock_recovery(recovery_password)
+    ids = _file_ids(inst, user)
+    unrecoverable = [fid for fid in ids if not any(
+        w.recipient == recovery.recipient for w in inst.keys.load(fid))]
+    if unrecoverable and inst.userkeys.has_keys(user):
+        # A new key would strand these files for good; the user's old key still opens them.
+        raise UserError(
+            f"{len(unrecoverable)} of {user}'s files are not wrapped for the recovery key "
+            "(the user did not opt in, or opted in after writing them); recovering now would "
+            "make them unreadable. Nothing was changed")
     ident = inst.userkeys.create(user, new_password)
     new_pub = inst.userkeys.public(user)
     result = rewrap_files(
-        inst.keys, _file_ids(inst, user), opener=[recovery, ident], add=[new_pub],
+        inst.keys, ids, opener=[recovery, ident], add=[new_pub],
         remove=lambda r: r.startswith(f"user:{user}:") and r != new_pub.recipient,
         progress=progress)
-    record = inst.users.require(user)
     if record.backend == "local":
         inst.users.set_password_hash(user, new_password)
     inst.users._forget(user)

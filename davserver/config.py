@@ -174,7 +174,9 @@ key_cache_seconds = 3600    # user-key mode: an unlocked key stays in memory thi
 # group_base = "ou=groups,dc=example,dc=org"
 # group_filter = "(objectClass=groupOfNames)"
 # timeout_seconds = 5
-# cache_seconds = 60
+# cache_seconds = 60          # directory lookups (not passwords) are cached this long
+# auth_cache_seconds = 0      # trust an accepted password this long without a new bind;
+#                             # 0: a password changed in the directory stops working at once
 
 [logging]
 level = "info"              # debug, info, warning, error; keys/passwords/contents never logged

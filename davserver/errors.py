@@ -20,7 +20,7 @@ class DavServerError(Exception):
         self.detail = detail
 
     def __str__(self) -> str:
-        template = (self.__doc__ or "{detail}").strip().splitlines()[0]
+        template = " ".join((self.__doc__ or "{detail}").strip().split("\n\n")[0].split())
         try:
             return template.format(detail=self.detail)
         except (KeyError, IndexError):

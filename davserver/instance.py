@@ -60,12 +60,15 @@ class Instance:
             self.keys, suite=cfg.hpke_suite, cache_seconds=cfg.key_cache_seconds,
             params=KdfParams(cfg.kdf_time_cost, cfg.kdf_memory_kib, cfg.kdf_parallelism))
         directory = None
-        if cfg.ldap:
+        ldap_conf = dict(cfg.ldap)
+        auth_cache = float(ldap_conf.pop("auth_cache_seconds", 0))
+        if ldap_conf:
             try:
-                directory = LdapDirectory(LdapConfig.from_mapping(cfg.ldap))
+                directory = LdapDirectory(LdapConfig.from_mapping(ldap_conf))
             except (ValueError, TypeError) as e:
                 raise UserError(f"[ldap] in {cfg.path}: {e}") from None
-        self.login = LoginService(self.users, self.throttle, instance=self, directory=directory)
+        self.login = LoginService(self.users, self.throttle, instance=self, directory=directory,
+                                  directory_cache_seconds=auth_cache)
         self.vault = Vault(self.storage, self.keys, self.db,
                            identities=self.identities, recipients=self.recipients,
                            encryption_enabled=self.encryption_enabled)
@@ -128,6 +131,10 @@ class Instance:
         ids = list(context.current())
         if not ids:
             raise KeyLocked()
+        if self.keys.master_files():
+            # Files a node wrote in the second before it saw a switch to user-key mode
+            # carry a master wrap only; they stay readable to their (authorised) owner.
+            ids.append(self.master())
         return ids
 
     def recipients(self, user: str) -> list[Recipient]:

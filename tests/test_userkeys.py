@@ -113,8 +113,10 @@ def test_opt_out_removes_recovery_wraps(inst):
     accounts.set_recovery(inst, "alice", False)
     fid = inst.db.get_file("alice/a.txt").file_id
     assert not any(w.recipient.startswith("recovery:") for w in inst.keys.load(fid))
-    out = accounts.recover_user(inst, "alice", "recovery-pw-1", "brandnew99")
-    assert out["failed"] == 1  # not opted in: the recovery key cannot help
+    with pytest.raises(UserError, match="not wrapped for the recovery key"):
+        accounts.recover_user(inst, "alice", "recovery-pw-1", "brandnew99")
+    # nothing changed: alice's own password still opens the file
+    assert read(inst, inst.login.login("alice", "alicepass1"), "a.txt") == b"x"
 
 
 def test_kdf_parameters_raised_rewrap_at_next_login(inst):

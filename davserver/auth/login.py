@@ -56,11 +56,16 @@ class Principal:
 
 class LoginService:
     def __init__(self, users: UserService, throttle: Throttle, *, instance,
-                 directory: LdapDirectory | None = None) -> None:
+                 directory: LdapDirectory | None = None,
+                 directory_cache_seconds: float = 0.0) -> None:
         self.users = users
         self.throttle = throttle
         self.directory = directory
         self._instance = instance
+        #: How long a password the directory accepted is trusted without asking again.
+        #: 0 (default): every request binds, so a password changed in the directory stops
+        #: working at once. Raise it to spare the directory on busy servers.
+        self.directory_cache_seconds = directory_cache_seconds
 
     def _directory_check(self, name: str, password: str) -> bool:
         try:
@@ -81,7 +86,8 @@ class LoginService:
     def check_password(self, name: str, password: str) -> bool:
         record = self.users.get(name)
         if (record is None or record.backend == "ldap") and self.directory is not None:
-            return self.users.verify(name, password, check=self._directory_check)
+            return self.users.verify(name, password, check=self._directory_check,
+                                     ttl=self.directory_cache_seconds)
         return self.users.verify(name, password)
 
     def login(self, name: str, password: str, addr: str = "", *,

@@ -106,37 +106,47 @@ class UserService:
         self.db.update_user(name, quota_bytes=quota_bytes)
 
     def verify(self, name: str, password: str,
-               check: Callable[[str, str], bool] | None = None) -> bool:
+               check: Callable[[str, str], bool] | None = None,
+               ttl: float | None = None) -> bool:
         """True if ``password`` is the user's; cheap when recently verified.
 
         ``check`` verifies against somewhere else (the directory) instead of the local
-        hash. A success with a password not seen before drops the user's other cached
-        passwords: a new password that works means the old one may no longer.
+        hash, and ``ttl`` bounds how long its answer is trusted. A cached local success
+        holds only while the stored hash is the one it was checked against, so a reset
+        from the CLI or another node ends it at once. A success with a password not seen
+        before drops the user's other cached passwords.
         """
         if not name or not password:
             return False
         tag = hmac.new(self._cache_key, f"{name}\0{password}".encode(), "sha256").digest()
         now = time.monotonic()
+        user = self.db.get_user(name) if check is None else None
+        stamp = user.password_hash if user else None
         with self._lock:
             hit = self._verified.get(tag)
-            if hit and hit[1] > now:
+            if hit and hit[1] > now and hit[2] == stamp:
                 return True
         if check is not None:
             self.hash_checks += 1
             ok = check(name, password)
         else:
-            user = self.db.get_user(name)
             if user is None or not user.password_hash:
                 _context.dummy_verify()  # same cost as a real check: no enumeration by timing
                 return False
             self.hash_checks += 1
             ok = _context.verify(password, user.password_hash)
-        if ok:
+        lifetime = self.cache_seconds if ttl is None else ttl
+        if ok and lifetime > 0:
             with self._lock:
                 self._verified = {k: v for k, v in self._verified.items()
                                   if v[0] != name and v[1] > now}
-                self._verified[tag] = (name, now + self.cache_seconds)
+                self._verified[tag] = (name, now + lifetime, stamp)
+        elif ok:
+            self._forget(name)
         return ok
+
+    def check_password_rules(self, password: str) -> None:
+        self._check_password(password)
 
     def check_local(self, name: str, password: str) -> bool:
         """Uncached check against the stored hash (for re-authentication in forms)."""

@@ -66,7 +66,7 @@ class UserKeys:
         self.cache_seconds = cache_seconds
         self.derivations = 0  # counted so tests can prove the cache works
         self._cache_key = os.urandom(32)
-        self._cache: dict[bytes, tuple[str, Identity, float]] = {}
+        self._cache: dict[bytes, tuple] = {}
         self._lock = threading.Lock()
 
     # --- sealed key documents ----------------------------------------------------------
@@ -134,9 +134,10 @@ class UserKeys:
         re-sealed with stronger KDF parameters when they were raised."""
         tag = self._tag(user, password)
         now = time.monotonic()
+        stamp = self._stamp(user)
         with self._lock:
             hit = self._cache.get(tag)
-            if hit and hit[2] > now:
+            if hit and hit[2] > now and hit[3] == stamp:
                 return hit[1]
         doc = self._load_user(user)
         if doc is None:
@@ -151,8 +152,17 @@ class UserKeys:
                 self._write_user(user, self._seal_doc(
                     USER_KEY_FORMAT, private, ident.public, doc["suite"], password, user=user))
         with self._lock:
-            self._cache[tag] = (user, ident, now + self.cache_seconds)
+            self._cache[tag] = (user, ident, now + self.cache_seconds, self._stamp(user))
         return ident
+
+    def _stamp(self, user: str) -> tuple | None:
+        """Identity of the key file on disk: a cached key is only good while it is the
+        same file (the CLI or another node may have re-sealed or replaced it)."""
+        try:
+            st = os.stat(self._user_path(user))
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
 
     def open_existing(self, user: str, password: str) -> Identity:
         """Unlock without side effects (offline recovery): no creation, no re-sealing."""
