@@ -49,6 +49,8 @@ class Instance:
         self._settings: dict[str, str] = {}
         self._settings_at = -1e9
         self._settings_version = -1
+        self._master_checked = -1e9
+        self._has_master = False
         self.storage = LocalStorage(cfg.files_dir, cfg.tmp_dir, fsync=cfg.fsync)
         self.keys = KeyStore(self.key_root, fsync=cfg.fsync)
         self._master: Identity | None = None
@@ -131,11 +133,20 @@ class Instance:
         ids = list(context.current())
         if not ids:
             raise KeyLocked()
-        if self.keys.master_files():
+        if self._master_present():
             # Files a node wrote in the second before it saw a switch to user-key mode
             # carry a master wrap only; they stay readable to their (authorised) owner.
             ids.append(self.master())
         return ids
+
+    def _master_present(self) -> bool:
+        if self._master is not None:
+            return True
+        now = time.monotonic()
+        if now - self._master_checked > self.SETTINGS_TTL:
+            self._master_checked = now
+            self._has_master = bool(self.keys.master_files())
+        return self._has_master
 
     def recipients(self, user: str) -> list[Recipient]:
         if self.mode() == "master":

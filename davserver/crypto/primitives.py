@@ -11,6 +11,7 @@ the chunk index, so a (key, nonce) pair is never used twice.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
@@ -122,7 +123,9 @@ def generate_keypair(suite: str) -> tuple[bytes, bytes]:
     return private, public_from_private(suite, private)
 
 
+@functools.lru_cache(maxsize=256)
 def _load_private(suite: str, raw: bytes):
+    """Cached: the same few private keys (master, logged-in users) open every wrap."""
     _check_suite(suite)
     if suite == "x25519":
         return X25519PrivateKey.from_private_bytes(raw)

@@ -27,6 +27,7 @@ from davserver.auth.login import DirectoryDown, LoginFailed, Throttled
 from davserver.dav.locks import DbLockStorage
 from davserver.dav.propfind import FastPropfind
 from davserver.dav.provider import HomeProvider
+from davserver.dav.resources import OPENED_KEY
 from davserver.instance import Instance
 from davserver.vault import context
 from davserver.vault.userkeys import KeyLocked
@@ -128,11 +129,36 @@ class Guard:
                           "davserver is in maintenance mode; try again later",
                           [("Retry-After", "120")])
         try:
-            return self.app(environ, start_response)
+            return _Closing(self.app(environ, start_response), environ)
         except Exception:
+            _close_prepared(environ)
             log.exception("unhandled error for %s %s", environ.get("REQUEST_METHOD"), path)
             return _plain(start_response, "500 Internal Server Error",
                           "internal error; the server log has details")
+
+
+def _close_prepared(environ) -> None:
+    held = environ.pop(OPENED_KEY, None)
+    if held is not None:
+        held[1].close()
+
+
+class _Closing:
+    """The response iterable, plus closing a prepared file nobody read (errors, HEAD)."""
+
+    def __init__(self, inner, environ) -> None:
+        self._inner = inner
+        self._environ = environ
+
+    def __iter__(self):
+        return iter(self._inner)
+
+    def close(self) -> None:
+        try:
+            if hasattr(self._inner, "close"):
+                self._inner.close()
+        finally:
+            _close_prepared(self._environ)
 
 
 def build_app(instance: Instance):

@@ -57,6 +57,7 @@ class FastPropfind(BaseMiddleware):
     def __init__(self, wsgidav_app, next_app, config):
         super().__init__(wsgidav_app, next_app, config)
         self.providers = config["davserver.providers"]
+        self.locks = config["lock_storage"]
         self.db = config["davserver.instance"].db
         self.vault = config["davserver.instance"].vault
         self.users = config["davserver.instance"].users
@@ -102,7 +103,7 @@ class FastPropfind(BaseMiddleware):
         return environ.get("SCRIPT_NAME", ""), provider, environ.get("PATH_INFO") or "/"
 
     def _locks_near(self, prefix: str) -> bool:
-        return any(k.startswith("URL2TOKEN:" + quote(prefix)) for k in self.db.kv_keys())
+        return self.locks.has_lock_under(quote(prefix))
 
     def _propfind(self, environ, start_response):
         depth = environ.get("HTTP_DEPTH", "infinity")

@@ -23,6 +23,7 @@ from davserver.errors import Conflict
 from davserver.vault.files import Node, Upload
 
 _LOCK_PROPS = ("{DAV:}lockdiscovery", "{DAV:}supportedlock")
+OPENED_KEY = "davserver.opened"  # environ: (storage path, open file) of a prepared GET
 _QUOTA_PROPS = ("{DAV:}quota-used-bytes", "{DAV:}quota-available-bytes")
 
 
@@ -88,7 +89,6 @@ class FileResource(_DeadProps, DAVNonCollection):
         super().__init__(path, environ)
         self.spath = spath
         self.node = node
-        self._opened = None
         self._upload: Upload | None = None
         self._expected: int | None = None
         self._received = 0
@@ -121,7 +121,14 @@ class FileResource(_DeadProps, DAVNonCollection):
     @dav_errors
     def prepare_read(self, ranged: bool) -> None:
         """Open and authenticate before the response starts, so a refusal is a clean
-        error status instead of a broken stream."""
+        error status instead of a broken stream.
+
+        WsgiDAV resolves the target of a GET more than once (the directory browser asks
+        too); the open file is kept in the request's environ so it is opened and verified
+        once. The Guard closes it if the request ends without reading it."""
+        held = self.environ.get(OPENED_KEY)
+        if held is not None and held[0] == self.spath:
+            return
         f = self.provider.vault.open_read(self.spath)
         if ranged and hasattr(f, "verify_final"):
             try:
@@ -129,13 +136,14 @@ class FileResource(_DeadProps, DAVNonCollection):
             except BaseException:
                 f.close()
                 raise
-        self._opened = f
+        self.environ[OPENED_KEY] = (self.spath, f)
 
     @dav_errors
     def get_content(self):
-        if self._opened is not None:
-            f, self._opened = self._opened, None
-            return f
+        held = self.environ.get(OPENED_KEY)
+        if held is not None and held[0] == self.spath:
+            del self.environ[OPENED_KEY]
+            return held[1]
         return self.provider.vault.open_read(self.spath)
 
     @dav_errors

@@ -41,6 +41,9 @@ def maintenance_for(db, job: str) -> Iterator[None]:
         db.set_setting(S_MAINT_BEFORE, db.get_setting(S_MAINT, "0"))
         db.set_setting(S_MAINT_JOB, job)
     db.set_setting(S_MAINT, "1")
+    # Running servers see the switch within a second (settings cache). A request admitted
+    # just before it may still commit while the job runs: harmless, both commits are
+    # atomic and the job re-reads each file's form before converting it.
     try:
         yield
     finally:

@@ -164,7 +164,7 @@ class Vault:
                     self.keys.delete(file_id)
                 self.db.remove_pending(file_id)
                 rolled_back += 1
-        temps = self.storage.cleanup()
+        temps = self.storage.cleanup() + self.keys.cleanup()
         if finished or rolled_back or temps:
             log.info("recovered after crash: %d commits finished, %d rolled back, "
                      "%d temp blobs removed", finished, rolled_back, temps)

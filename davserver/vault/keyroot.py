@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable
 
 from davserver.errors import DavServerError, UserError
@@ -37,6 +38,7 @@ def _digest(path: str) -> str:
 
 
 def change_key_storage_root(db, current: str, target: str, *, fsync: bool = True,
+                            settle_seconds: float = 2.5,
                             progress: Callable[[int, int], None] | None = None) -> dict:
     target = os.path.abspath(target)
     job = db.get_setting(S_JOB)
@@ -73,8 +75,16 @@ def change_key_storage_root(db, current: str, target: str, *, fsync: bool = True
             raise DavServerError(f"verification failed for {len(missing)} key files; "
                                  "nothing was switched, re-run to retry")
         db.set_setting(S_KEY_ROOT, target)
-    copied = len(_files(target))
     if os.path.exists(source):
+        # Running servers re-read the root within settle_seconds; anything they wrote to
+        # the old root meanwhile is carried over before the old root goes.
+        time.sleep(settle_seconds)
+        for rel in _files(source):
+            dst = os.path.join(target, rel)
+            if not os.path.exists(dst):
+                with open(os.path.join(source, rel), "rb") as f:
+                    write_atomic(dst, f.read(), fsync=fsync)
         shutil.rmtree(source)
+    copied = len(_files(target))
     db.delete_setting(S_JOB)
     return {"source": source, "target": target, "key_files": copied}

@@ -192,6 +192,19 @@ class KeyStore:
         except FileNotFoundError:
             pass
 
+    def cleanup(self) -> int:
+        """Remove temp files that a crash left behind in write_atomic."""
+        n = 0
+        for d, _dirs, names in os.walk(self.root):
+            for name in names:
+                if name.startswith(".tmp-"):
+                    try:
+                        os.unlink(os.path.join(d, name))
+                        n += 1
+                    except FileNotFoundError:
+                        pass
+        return n
+
     def iter_file_ids(self) -> Iterator[bytes]:
         base = os.path.join(self.root, "files")
         for sub in sorted(os.listdir(base)):
