@@ -49,6 +49,7 @@ CREATE TABLE IF NOT EXISTS pending(
     created REAL NOT NULL,
     plain INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS doomed_keys(file_id BLOB PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS props(
     path TEXT NOT NULL,
     name TEXT NOT NULL,
@@ -337,6 +338,19 @@ class MetaDB:
         else:
             with self.tx() as c:
                 c.execute("DELETE FROM pending WHERE file_id = ?", (file_id,))
+
+    # --- keys to delete (recorded with the index change that makes them unused) --------
+
+    def doom_keys(self, file_ids: list[bytes], *, conn: sqlite3.Connection) -> None:
+        conn.executemany("INSERT OR IGNORE INTO doomed_keys(file_id) VALUES(?)",
+                         [(f,) for f in file_ids])
+
+    def doomed_keys(self) -> list[bytes]:
+        return [r[0] for r in self.query("SELECT file_id FROM doomed_keys")]
+
+    def forget_doomed(self, file_ids: list[bytes]) -> None:
+        with self.tx() as c:
+            c.executemany("DELETE FROM doomed_keys WHERE file_id = ?", [(f,) for f in file_ids])
 
     # --- dead properties ---------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -32,18 +33,23 @@ S_MAINT_BEFORE = settings.MAINTENANCE_BEFORE
 
 
 @contextlib.contextmanager
-def maintenance_for(db, job: str) -> Iterator[None]:
+def maintenance_for(db, job: str, settle_seconds: float = 2.2) -> Iterator[None]:
     """Maintenance mode for the duration of ``job``; restores what was there before."""
     running = db.get_setting(S_MAINT_JOB)
     if running and running != job:
         raise DavServerError(f"another job ({running}) did not finish; re-run it first")
     if not running:
-        db.set_setting(S_MAINT_BEFORE, db.get_setting(S_MAINT, "0"))
+        if db.get_setting(S_MAINT_BEFORE) is None:
+            db.set_setting(S_MAINT_BEFORE, db.get_setting(S_MAINT, "0"))
+        was_on = db.get_setting(S_MAINT, "0") == "1"
+        db.set_setting(S_MAINT, "1")
+        if not was_on:
+            # Running servers see the switch within their settings cache (1 s): the job
+            # counts as started, and converts, only once no server admits new writes. A
+            # long upload admitted earlier cannot revert a conversion either: commits
+            # check the generation they read (see _rewrite).
+            time.sleep(settle_seconds)
         db.set_setting(S_MAINT_JOB, job)
-    db.set_setting(S_MAINT, "1")
-    # Running servers see the switch within a second (settings cache). A request admitted
-    # just before it may still commit while the job runs: harmless, both commits are
-    # atomic and the job re-reads each file's form before converting it.
     try:
         yield
     finally:
@@ -98,8 +104,12 @@ def count_forms(vault, users: list[str]) -> tuple[int, int]:
 
 
 def _rewrite(vault, path: str, *, encrypt: bool, mtime: float) -> int:
-    """Re-store ``path`` in the other form through the atomic commit; returns bytes."""
+    """Re-store ``path`` in the other form through the atomic commit; returns bytes.
+
+    The commit is refused if a client committed to the path meanwhile (a long upload
+    admitted before maintenance mode), so a conversion never reverts fresh data."""
     src = vault.open_read(path)
+    rec = vault.db.get_file(path)  # after open_read, which indexes files found by hand
     try:
         up = vault.begin_write(path, encrypt=encrypt)
         try:
@@ -113,8 +123,8 @@ def _rewrite(vault, path: str, *, encrypt: bool, mtime: float) -> int:
             raise
     finally:
         src.close()
-    rec: FileRecord = up.commit(mtime=mtime)
-    return rec.size
+    done: FileRecord = up.commit(mtime=mtime, expect_generation=rec.generation if rec else 0)
+    return done.size
 
 
 def convert_all(vault, users: list[str], *, encrypt: bool,

@@ -114,13 +114,16 @@ class Upload:
         else:
             self._blob.write(data)
 
-    def commit(self, mtime: float | None = None) -> FileRecord:
+    def commit(self, mtime: float | None = None,
+               expect_generation: int | None = None) -> FileRecord:
+        """Make the upload the file's content. ``expect_generation`` (0: no file) refuses
+        the commit if someone else committed to the path since it was read."""
         if self._done:
             raise Conflict("upload already finished")
         try:
             if self._stream is not None:
                 self._stream.finish()
-            return self._vault._commit(self, mtime)
+            return self._vault._commit(self, mtime, expect_generation)
         finally:
             self._done = True
             self._data_key = None
@@ -164,6 +167,7 @@ class Vault:
                     self.keys.delete(file_id)
                 self.db.remove_pending(file_id)
                 rolled_back += 1
+        self._delete_doomed(self.db.doomed_keys())
         temps = self.storage.cleanup() + self.keys.cleanup()
         if finished or rolled_back or temps:
             log.info("recovered after crash: %d commits finished, %d rolled back, "
@@ -335,41 +339,56 @@ class Vault:
         return Upload(self, path, limit=limit, encrypt=encrypt,
                       recipients=self._recipients(user) if encrypt else [])
 
-    def _commit(self, up: Upload, mtime: float | None) -> FileRecord:
+    def _commit(self, up: Upload, mtime: float | None,
+                expect_generation: int | None = None) -> FileRecord:
         path = up.path
         mtime = time.time() if mtime is None else mtime
         with self._lock_for(path):
             old = self.db.get_file(path)
+            if expect_generation is not None and (old.generation if old else 0) \
+                    != expect_generation:
+                up._blob.abort()
+                raise Conflict(f"{path} changed while it was being converted; run the job again")
             gen = (old.generation + 1) if old else 1
             rec = FileRecord(path, up.file_id, gen, up.size, mtime)
             if up.file_id is not None:
-                self.keys.wrap_new(up.file_id, up._data_key, up._recipients)
                 marker, plain = up.file_id, False
             elif old is not None and old.encrypted:
                 marker, plain = keywrap.new_file_id(), True
             else:
                 marker = None
-            if marker is None:
-                up._blob.commit()
-                with self.db.tx() as c:
-                    self.db.put_file(rec, conn=c)
-                    self.db.touch_dirs(path, conn=c)
-            else:
+            if marker is not None:
+                # Announce before the key exists: a crash from here on is rolled back
+                # (key deleted) or finished by recover(), never leaves a stray key.
                 self.db.add_pending(marker, path, plain=plain)
-                try:
-                    up._blob.commit()
-                except BaseException:
+            try:
+                if not plain and marker is not None:
+                    self.keys.wrap_new(up.file_id, up._data_key, up._recipients)
+                up._blob.commit()
+            except BaseException:
+                if marker is not None:
                     if not plain:
                         self.keys.delete(marker)
                     self.db.remove_pending(marker)
-                    raise
-                with self.db.tx() as c:
-                    self.db.put_file(rec, conn=c)
+                raise
+            doomed = [old.file_id] if old is not None and old.file_id not in (
+                None, up.file_id) else []
+            with self.db.tx() as c:
+                self.db.put_file(rec, conn=c)
+                if marker is not None:
                     self.db.remove_pending(marker, conn=c)
-                    self.db.touch_dirs(path, conn=c)
-            if old is not None and old.file_id is not None and old.file_id != up.file_id:
-                self.keys.delete(old.file_id)
+                self.db.touch_dirs(path, conn=c)
+                self.db.doom_keys(doomed, conn=c)
+            self._delete_doomed(doomed)
             return rec
+
+    def _delete_doomed(self, file_ids: list[bytes]) -> None:
+        """Delete keys the index no longer uses; recorded first, so a crash in between
+        is finished by recover()."""
+        for fid in file_ids:
+            self.keys.delete(fid)
+        if file_ids:
+            self.db.forget_doomed(file_ids)
 
     def _finish_commit(self, path: str, file_id: bytes, *, plain: bool = False) -> FileRecord:
         """Complete a commit whose rename happened but whose index update did not."""
@@ -381,11 +400,12 @@ class Vault:
                 new_id = file_id
         old = self.db.get_file(path)
         rec = FileRecord(path, new_id, (old.generation + 1) if old else 1, size, time.time())
+        doomed = [old.file_id] if old is not None and old.file_id not in (None, new_id) else []
         with self.db.tx() as c:
             self.db.put_file(rec, conn=c)
             self.db.remove_pending(file_id, conn=c)
-        if old is not None and old.file_id not in (None, new_id):
-            self.keys.delete(old.file_id)
+            self.db.doom_keys(doomed, conn=c)
+        self._delete_doomed(doomed)
         return rec
 
     def write_bytes(self, path: str, data: bytes, *, quota: int | None = None) -> FileRecord:
@@ -422,9 +442,9 @@ class Vault:
         with self.db.tx() as c:
             self.db.delete_files(path, conn=c)
             self.db.touch_dirs(path, conn=c)
+            self.db.doom_keys(file_ids, conn=c)
         self.db.remove_props(path, tree=True)
-        for fid in file_ids:
-            self.keys.delete(fid)
+        self._delete_doomed(file_ids)
 
     def move(self, src: str, dst: str) -> None:
         """Rename a file or folder; ``dst`` must not exist. Keys do not move."""

@@ -51,7 +51,9 @@ def change_key_storage_root(db, current: str, target: str, *, fsync: bool = True
     else:
         source = os.path.abspath(current)
         if target == source:
-            raise UserError("the key store is already there")
+            # Also the re-run of a move that finished but was killed before it said so.
+            return {"source": source, "target": target, "key_files": len(_files(target)),
+                    "already": True}
         if os.path.commonpath([source, target]) in (source, target):
             raise UserError("the new key storage root must not be inside the old one or "
                             "contain it")
