@@ -22,6 +22,7 @@ from davserver.crypto import header as hdr
 from davserver.errors import DavServerError, StorageNotFound
 from davserver.meta import settings
 from davserver.meta.db import FileRecord
+from davserver.vault.files import pump
 
 log = logging.getLogger("davserver.convert")
 
@@ -112,15 +113,7 @@ def _rewrite(vault, path: str, *, encrypt: bool, mtime: float) -> int:
     rec = vault.db.get_file(path)  # after open_read, which indexes files found by hand
     try:
         up = vault.begin_write(path, encrypt=encrypt)
-        try:
-            while True:
-                block = src.read(1 << 20)
-                if not block:
-                    break
-                up.write(block)
-        except BaseException:
-            up.abort()
-            raise
+        pump(src, up)
     finally:
         src.close()
     done: FileRecord = up.commit(mtime=mtime, expect_generation=rec.generation if rec else 0)

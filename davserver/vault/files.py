@@ -463,15 +463,7 @@ class Vault:
         f = self.open_read(src)
         try:
             up = self.begin_write(dst, quota=quota, expected_size=node.size)
-            try:
-                while True:
-                    block = f.read(1 << 20)
-                    if not block:
-                        break
-                    up.write(block)
-            except BaseException:
-                up.abort()
-                raise
+            pump(f, up)
         finally:
             f.close()
         return up.commit()
@@ -484,6 +476,19 @@ class Vault:
 
     def iter_paths(self, path: str) -> Iterator[tuple[str, Entry]]:
         yield from self.storage.walk(path)
+
+
+def pump(src, up: Upload, block_size: int = 1 << 20) -> None:
+    """Copy a readable file into an upload; any failure aborts the upload."""
+    try:
+        while True:
+            block = src.read(block_size)
+            if not block:
+                break
+            up.write(block)
+    except BaseException:
+        up.abort()
+        raise
 
 
 def ensure_home(vault: Vault, user: str) -> None:

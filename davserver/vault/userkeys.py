@@ -164,14 +164,20 @@ class UserKeys:
             return None
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
-    def open_existing(self, user: str, password: str) -> Identity:
-        """Unlock without side effects (offline recovery): no creation, no re-sealing."""
+    def _open_user(self, user: str, password: str) -> tuple[dict, bytes]:
         doc = self._load_user(user)
         if doc is None:
             raise KeyNotFound(f"user key of {user}")
         try:
-            private, _weak = self._open_doc(doc, password)
+            return doc, self._open_doc(doc, password)[0]
         except IntegrityError:
+            raise KeyLocked() from None
+
+    def open_existing(self, user: str, password: str) -> Identity:
+        """Unlock without side effects (offline recovery): no creation, no re-sealing."""
+        try:
+            doc, private = self._open_user(user, password)
+        except KeyLocked:
             raise WrongPassword(f" for the key of {user}") from None
         return self._identity(user, doc, private)
 
@@ -184,13 +190,7 @@ class UserKeys:
 
     def rewrap(self, user: str, old_password: str, new_password: str) -> None:
         """Re-seal the private key under a new password (after a change elsewhere)."""
-        doc = self._load_user(user)
-        if doc is None:
-            raise KeyNotFound(f"user key of {user}")
-        try:
-            private, _weak = self._open_doc(doc, old_password)
-        except IntegrityError:
-            raise KeyLocked() from None
+        doc, private = self._open_user(user, old_password)
         self._write_user(user, self._seal_doc(USER_KEY_FORMAT, private, _unb64(doc["public"]),
                                               doc["suite"], new_password, user=user))
         self.forget(user)

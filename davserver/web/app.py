@@ -37,6 +37,20 @@ MAX_FORM_BYTES = 64 * 1024
 _env = Environment(loader=PackageLoader("davserver.web", "templates"),
                    autoescape=select_autoescape(["html"]))
 
+
+def _human_size(n: int | None) -> str:
+    if n is None:
+        return ""
+    size = float(n)
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{int(size)} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} bytes"
+
+
+_env.filters["size"] = _human_size
+
 _SECURITY_HEADERS = [
     ("Content-Security-Policy", "default-src 'none'; style-src 'self' 'unsafe-inline'; "
      "form-action 'self'; frame-ancestors 'none'"),
@@ -189,6 +203,7 @@ class SettingsApp:
 
     def _logout(self, environ, start_response, token, user, form):
         self.inst.db.delete_session(_hash(token))
+        self.inst.userkeys.forget(user)  # logging out also drops the unlocked key
         return self._redirect(start_response, f"{PREFIX}/login",
                               [self._cookie(environ, SESSION_COOKIE, "", 0)])
 
