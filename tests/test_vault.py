@@ -75,3 +75,21 @@ def test_quota_counts_plaintext_and_refuses_without_touching_the_old_version(ins
         up.write(b"w" * 2001)  # streamed without a length: refused when it overflows
     assert v.read_all("alice/f") == b"y" * 1900
     assert v.usage("alice") == 1900
+
+
+def test_usage_counter_follows_every_index_change(inst):
+    v = inst.vault
+    v.make_dir("alice/d")
+    v.write_bytes("alice/d/a", b"x" * 100)
+    v.write_bytes("alice/d/b", b"x" * 50)
+    v.write_bytes("alice/d/a", b"x" * 10)  # replace
+    v.move("alice/d", "alice/e")
+    v.copy_file("alice/e/b", "alice/c")
+    v.delete("alice/e/a")
+
+    def summed():
+        return inst.db.query("SELECT COALESCE(SUM(size), 0) FROM files WHERE owner = 'alice'")[0][0]
+
+    assert v.usage("alice") == summed() == 100
+    v.delete("alice/e")
+    assert v.usage("alice") == summed() == 50

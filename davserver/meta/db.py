@@ -50,6 +50,19 @@ CREATE TABLE IF NOT EXISTS pending(
     plain INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS doomed_keys(file_id BLOB PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS usage(owner TEXT PRIMARY KEY, bytes INTEGER NOT NULL);
+CREATE TRIGGER IF NOT EXISTS usage_insert AFTER INSERT ON files BEGIN
+    INSERT INTO usage(owner, bytes) VALUES(new.owner, new.size)
+    ON CONFLICT(owner) DO UPDATE SET bytes = bytes + new.size;
+END;
+CREATE TRIGGER IF NOT EXISTS usage_delete AFTER DELETE ON files BEGIN
+    UPDATE usage SET bytes = bytes - old.size WHERE owner = old.owner;
+END;
+CREATE TRIGGER IF NOT EXISTS usage_update AFTER UPDATE OF size, owner ON files BEGIN
+    UPDATE usage SET bytes = bytes - old.size WHERE owner = old.owner;
+    INSERT INTO usage(owner, bytes) VALUES(new.owner, new.size)
+    ON CONFLICT(owner) DO UPDATE SET bytes = bytes + new.size;
+END;
 CREATE TABLE IF NOT EXISTS props(
     path TEXT NOT NULL,
     name TEXT NOT NULL,
@@ -312,8 +325,10 @@ class MetaDB:
         return {p.rsplit("/", 1)[-1]: e for p, e in rows}
 
     def usage(self, owner: str) -> int:
-        rows = self.query("SELECT COALESCE(SUM(size), 0) FROM files WHERE owner = ?", (owner,))
-        return int(rows[0][0])
+        """Plaintext bytes stored by ``owner``: kept by triggers on the file index, so a
+        PROPFIND asking for quota costs one row, not a sum over every file."""
+        rows = self.query("SELECT bytes FROM usage WHERE owner = ?", (owner,))
+        return int(rows[0][0]) if rows else 0
 
     # --- pending commits ---------------------------------------------------------------
 
