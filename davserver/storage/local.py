@@ -11,7 +11,9 @@ import errno
 import os
 import shutil
 import stat
+import threading
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from davserver.errors import Conflict, StorageError, StorageNotFound
@@ -47,22 +49,52 @@ class _FileReader(BlobReader):
             self._fd = -1
 
 
+#: While a large blob is written, flush it every this many bytes on a helper thread, so
+#: the disk works while the client is still sending and the final fsync is short.
+EARLY_FLUSH_BYTES = 32 << 20
+
+_flusher: ThreadPoolExecutor | None = None
+_flusher_lock = threading.Lock()
+
+
+def _flush_pool() -> ThreadPoolExecutor:
+    global _flusher
+    with _flusher_lock:
+        if _flusher is None:
+            _flusher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="flush")
+        return _flusher
+
+
 class _FileWriter(BlobWriter):
     def __init__(self, final: str, tmp: str, fsync: bool) -> None:
         self._final = final
         self._tmp = tmp
         self._fsync = fsync
         self._f = open(tmp, "xb", buffering=0)  # noqa: SIM115 - closed in commit/abort
+        self._unflushed = 0
+        self._flushing: Future | None = None
 
     def write(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
             n = self._f.write(view)
             view = view[n:]
+        if self._fsync:
+            self._unflushed += len(data)
+            if self._unflushed >= EARLY_FLUSH_BYTES and (
+                    self._flushing is None or self._flushing.done()):
+                self._unflushed = 0
+                self._flushing = _flush_pool().submit(os.fdatasync, self._f.fileno())
+
+    def _wait_flush(self) -> None:
+        f, self._flushing = self._flushing, None
+        if f is not None:
+            f.result()
 
     def commit(self) -> None:
         try:
             if self._fsync:
+                self._wait_flush()
                 os.fsync(self._f.fileno())
             self._f.close()
             parent = os.path.dirname(self._final)
@@ -76,6 +108,10 @@ class _FileWriter(BlobWriter):
             raise
 
     def abort(self) -> None:
+        try:
+            self._wait_flush()  # never close the descriptor under a running flush
+        except OSError:
+            pass
         if not self._f.closed:
             self._f.close()
         try:
