@@ -4,7 +4,17 @@ from collections.abc import Iterator  # noqa: E402
 
 import pytest  # noqa: E402
 
+from tests.instances import make_instance  # noqa: E402
 from tests.live import LiveServer, kill_all  # noqa: E402
+
+
+@pytest.fixture
+def inst(tmp_path):
+    """An in-process master-key instance with the user alice (password alicepass1)."""
+    i = make_instance(tmp_path)
+    i.users.add("alice", "alicepass1")
+    yield i
+    i.close()
 
 
 @pytest.fixture

@@ -10,18 +10,9 @@ import pytest
 from davserver.crypto import header as hdr
 from davserver.errors import DavServerError, IntegrityError, VersionMismatch
 from davserver.vault.files import storage_path
-from tests.instances import make_instance
 
 CS = 1 << hdr.DEFAULT_CHUNK_SHIFT
 STRIDE = CS + 16
-
-
-@pytest.fixture()
-def inst(tmp_path):
-    i = make_instance(tmp_path)
-    i.users.add("alice", "alicepass1")
-    yield i
-    i.close()
 
 
 def disk(inst, rel: str) -> str:

@@ -5,15 +5,6 @@ from __future__ import annotations
 import pytest
 
 from davserver.errors import QuotaExceeded
-from tests.instances import make_instance
-
-
-@pytest.fixture()
-def inst(tmp_path):
-    i = make_instance(tmp_path)
-    i.users.add("alice", "alicepass1")
-    yield i
-    i.close()
 
 
 def test_folder_etags_change_when_anything_below_changes(inst):
