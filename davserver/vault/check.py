@@ -80,8 +80,7 @@ def authenticate(vault, path: str) -> tuple[bytes, int]:
 
 
 def classify(vault, path: str, holders: dict[bytes, list[str]]) -> FileState:
-    with vault.storage.open_reader(path) as r:
-        raw = r.read_at(0, hdr.HEADER_BYTES)
+    raw = vault.head(path)
     if not hdr.is_encrypted(raw):
         return FileState(path, "plaintext")
     try:
@@ -105,8 +104,7 @@ def _holders(vault, files: list[tuple[str, object]]) -> dict[bytes, list[str]]:
     out: dict[bytes, list[str]] = {}
     for path, _e in files:
         try:
-            with vault.storage.open_reader(path) as r:
-                raw = r.read_at(0, hdr.HEADER_BYTES)
+            raw = vault.head(path)
             if hdr.is_encrypted(raw):
                 out.setdefault(hdr.parse(raw).file_id, []).append(path)
         except (DavServerError, OSError):

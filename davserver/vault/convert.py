@@ -74,8 +74,7 @@ class ConvertReport:
 
 
 def _is_encrypted(vault, path: str) -> bool:
-    with vault.storage.open_reader(path) as r:
-        return hdr.is_encrypted(r.read_at(0, hdr.HEADER_BYTES))
+    return hdr.is_encrypted(vault.head(path))
 
 
 def plan(vault, users: list[str]) -> list[tuple[str, int]]:

@@ -174,11 +174,15 @@ class Vault:
                      "%d temp blobs removed", finished, rolled_back, temps)
         return {"finished": finished, "rolled_back": rolled_back, "temps": temps}
 
+    def head(self, path: str) -> bytes:
+        """The first bytes of a stored blob: enough to tell our files from plaintext and
+        to read the file ID, without decrypting anything."""
+        with self.storage.open_reader(path) as r:
+            return r.read_at(0, hdr.HEADER_BYTES)
+
     def _stored_file_id(self, path: str) -> bytes | None:
         try:
-            with self.storage.open_reader(path) as r:
-                raw = r.read_at(0, hdr.HEADER_BYTES)
-            return hdr.parse(raw).file_id
+            return hdr.parse(self.head(path)).file_id
         except (StorageNotFound, FormatError):
             return None
 
@@ -201,8 +205,7 @@ class Vault:
         # Not indexed (placed by hand): sniff the header, never decrypt.
         size, encrypted, etag = e.size, False, f"p-{int(e.mtime * 1e6):x}-{e.size:x}"
         try:
-            with self.storage.open_reader(path) as r:
-                raw = r.read_at(0, hdr.HEADER_BYTES)
+            raw = self.head(path)
             if hdr.is_encrypted(raw):
                 h = hdr.parse(raw)
                 size = stream.plaintext_size(e.size, h.chunk_shift)
