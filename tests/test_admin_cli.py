@@ -569,6 +569,13 @@ def test_maintenance_mode_on_off(instances):
     assert res.returncode == 2  # argparse: mutually exclusive
 
 
+def start_encrypt_all(srv: LiveServer) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "davserver", "encryption:encrypt-all", "--yes", "--output",
+         "json", "--config", srv.config, "--data-dir", srv.data_dir],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def test_maintenance_mode_during_encrypt_all(instances):
     srv = instances(users={"alice": None})
     blob = os.urandom(75_000)
@@ -579,10 +586,7 @@ def test_maintenance_mode_during_encrypt_all(instances):
     place(srv, "alice", tree)
     srv.start()
     assert get(srv, "alice", "d0/f0000.bin").status_code == 200
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "davserver", "encryption:encrypt-all", "--yes", "--output",
-         "json", "--config", srv.config, "--data-dir", srv.data_dir],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_encrypt_all(srv)
     try:
         def maintenance_seen() -> bool:
             return requests.get(f"{srv.base}/status.php", timeout=10).json()["maintenance"]
@@ -625,10 +629,7 @@ def test_no_write_accepted_once_a_job_has_started(instances):
     srv.start()
     time.sleep(1.2)
     assert get(srv, "alice", "d0/f0000.bin").status_code == 200  # settings re-read now
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "davserver", "encryption:encrypt-all", "--yes", "--output",
-         "json", "--config", srv.config, "--data-dir", srv.data_dir],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_encrypt_all(srv)
     try:
         def job_running() -> bool:
             rows = db_query(srv, "SELECT value FROM settings WHERE key = 'maintenance.job'")

@@ -166,28 +166,29 @@ def test_rewrite_uses_fresh_key_and_file_id(inst):
     assert inst.keys.exists(second)
 
 
-def test_interrupted_commit_recovers(inst):
-    """Crash after the rename but before the index update: the new version wins."""
+def _commit_up_to_rename(inst):
+    """Replace a.txt ("old") with "new", doing the commit steps before the rename by hand
+    (announce, then write the key), as a process that dies next would leave them."""
     put(inst, "a.txt", b"old")
     path = storage_path("alice", "a.txt")
     up = inst.vault.begin_write(path)
     up.write(b"new")
     up._stream.finish()
-    inst.keys.wrap_new(up.file_id, up._data_key, up._recipients)
     inst.db.add_pending(up.file_id, path)
+    inst.keys.wrap_new(up.file_id, up._data_key, up._recipients)
+    return up
+
+
+def test_interrupted_commit_recovers(inst):
+    """Crash after the rename but before the index update: the new version wins."""
+    up = _commit_up_to_rename(inst)
     up._blob.commit()  # ... and the process dies here
     assert read(inst, "a.txt") == b"new"
     assert inst.db.list_pending() == []
 
 
 def test_interrupted_commit_before_rename_rolls_back(inst):
-    put(inst, "a.txt", b"old")
-    path = storage_path("alice", "a.txt")
-    up = inst.vault.begin_write(path)
-    up.write(b"new")
-    up._stream.finish()
-    inst.keys.wrap_new(up.file_id, up._data_key, up._recipients)
-    inst.db.add_pending(up.file_id, path)
+    up = _commit_up_to_rename(inst)
     # ... the process dies before the rename; the temp blob is left behind
     assert os.listdir(inst.config.tmp_dir)
     result = inst.vault.recover()
