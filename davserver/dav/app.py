@@ -3,7 +3,8 @@
 Request path, outermost first:
 
     Guard        status.php, maintenance 503, last-resort 500 without a traceback
-    WsgiDAV      ErrorPrinter -> BasicAuth (ours) -> dir browser -> RequestResolver
+    WsgiDAV      ErrorPrinter -> BasicAuth, FastGet, FastPropfind (ours) -> dir browser
+                 -> RequestResolver
     HomeProvider resources -> vault
 """
 
@@ -24,6 +25,7 @@ from wsgidav.wsgidav_app import WsgiDAVApp
 
 from davserver import __version__
 from davserver.auth.login import DirectoryDown, LoginFailed, Throttled
+from davserver.dav.fastget import FastGet
 from davserver.dav.locks import DbLockStorage
 from davserver.dav.propfind import FastPropfind
 from davserver.dav.provider import HomeProvider
@@ -161,7 +163,8 @@ class _Closing:
             _close_prepared(self._environ)
 
 
-def build_app(instance: Instance):
+def build_app(instance: Instance, *, fast_get: bool = True):
+    """``fast_get=False`` leaves every GET to WsgiDAV (the reference the tests compare to)."""
     cfg = instance.config
     files = HomeProvider(instance, user_in_path=True)
     webdav = HomeProvider(instance, user_in_path=False)
@@ -169,7 +172,8 @@ def build_app(instance: Instance):
         "provider_mapping": {FILES_PREFIX: files, WEBDAV_PREFIX: webdav},
         "davserver.instance": instance,
         "davserver.providers": (files, webdav),
-        "middleware_stack": [ErrorPrinter, BasicAuth, FastPropfind, WsgiDavDirBrowser,
+        "davserver.fast_get": fast_get,
+        "middleware_stack": [ErrorPrinter, BasicAuth, FastGet, FastPropfind, WsgiDavDirBrowser,
                              RequestResolver],
         "lock_storage": DbLockStorage(instance.db),
         "property_manager": None,

@@ -163,7 +163,7 @@ class FastPropfind(BaseMiddleware):
         v: dict[str, str | None] = {
             "resourcetype": "<d:collection/>" if n.is_dir else "",
             "creationdate": _rfc3339(g),
-            "getlastmodified": _rfc1123(g),
+            "getlastmodified": rfc1123(g),
             "displayname": escape(rel.rstrip("/").rsplit("/", 1)[-1]),
             "getetag": escape(n.etag),
             "lockdiscovery": "",
@@ -217,7 +217,7 @@ class FastPropfind(BaseMiddleware):
             f"<d:creationdate>{_rfc3339(g)}</d:creationdate>"
             f"<d:getcontentlength>{n.size}</d:getcontentlength>"
             f"<d:getcontenttype>{_content_type(n.name)}</d:getcontenttype>"
-            f"<d:getlastmodified>{_rfc1123(g)}</d:getlastmodified>"
+            f"<d:getlastmodified>{rfc1123(g)}</d:getlastmodified>"
             f"<d:displayname>{escape(rel.rsplit('/', 1)[-1])}</d:displayname>"
             f"<d:getetag>{escape(n.etag)}</d:getetag><d:lockdiscovery/>{_SUPPORTED_LOCK}"
             f"</d:prop><d:status>{_STATUS_OK}</d:status></d:propstat></d:response>")
@@ -227,7 +227,7 @@ _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
-def _rfc1123(g: time.struct_time) -> str:
+def rfc1123(g: time.struct_time) -> str:
     """Same text as email.utils.formatdate(usegmt=True), several times faster."""
     return (f"{_DAYS[g.tm_wday]}, {g.tm_mday:02d} {_MONTHS[g.tm_mon - 1]} {g.tm_year:04d} "
             f"{g.tm_hour:02d}:{g.tm_min:02d}:{g.tm_sec:02d} GMT")

@@ -93,7 +93,9 @@ class KeyStore:
         self.root = root
         self.fsync = fsync
         os.makedirs(os.path.join(root, "files"), mode=0o700, exist_ok=True)
-        self._cache: OrderedDict[tuple, bytes] = OrderedDict()
+        # file ID -> (data key, recipients holding a wrap of it). Filled on read and on
+        # write: a file just uploaded is the one most likely to be fetched next.
+        self._cache: OrderedDict[bytes, tuple[bytes, frozenset[str]]] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
 
@@ -163,6 +165,7 @@ class KeyStore:
             "wraps": [{"to": w.recipient, "suite": w.suite, "sealed": _b64(w.sealed)}
                       for w in wraps],
         }
+        self._forget(file_id)  # the recipients may have changed
         write_atomic(self._path(file_id), json.dumps(doc).encode(), fsync=self.fsync)
 
     def load(self, file_id: bytes) -> list[Wrap]:
@@ -184,9 +187,7 @@ class KeyStore:
         return os.path.exists(self._path(file_id))
 
     def delete(self, file_id: bytes) -> None:
-        with self._lock:
-            for ck in [k for k in self._cache if k[0] == file_id]:
-                del self._cache[ck]
+        self._forget(file_id)
         try:
             os.unlink(self._path(file_id))
         except FileNotFoundError:
@@ -226,29 +227,37 @@ class KeyStore:
                  keywrap.wrap_data_key(r.suite, r.public, data_key, file_id))
             for r in recipients
         ])
+        self._remember(file_id, data_key, frozenset(r.recipient for r in recipients))
 
     def unwrap(self, file_id: bytes, identities: list[Identity]) -> bytes:
-        """Return the data key of ``file_id`` using the first identity that has a wrap."""
-        ck = (file_id, tuple(i.recipient for i in identities))
+        """Return the data key of ``file_id`` using the first identity that has a wrap.
+
+        A cached key is handed out only to a caller holding an identity that has a wrap
+        of it, so the cache never widens who can read a file."""
         with self._lock:
-            cached = self._cache.get(ck)
-            if cached is not None:
-                self._cache.move_to_end(ck)
-                return cached
+            cached = self._cache.get(file_id)
+            if cached is not None and any(i.recipient in cached[1] for i in identities):
+                self._cache.move_to_end(file_id)
+                return cached[0]
         wraps = self.load(file_id)
         by_recipient = {w.recipient: w for w in wraps}
         for ident in identities:
             w = by_recipient.get(ident.recipient)
             if w is not None:
                 key = keywrap.unwrap_data_key(w.suite, ident.private, w.sealed, file_id)
-                self._remember(ck, key)
+                self._remember(file_id, key, frozenset(by_recipient))
                 return key
         raise KeyNotFound(f"{file_id.hex()} (no wrap for this principal)")
 
-    def _remember(self, ck: tuple, key: bytes) -> None:
+    def _remember(self, file_id: bytes, key: bytes, recipients: frozenset[str]) -> None:
         if not self._cache_size:
             return
         with self._lock:
-            self._cache[ck] = key
+            self._cache[file_id] = (key, recipients)
+            self._cache.move_to_end(file_id)
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
+
+    def _forget(self, file_id: bytes) -> None:
+        with self._lock:
+            self._cache.pop(file_id, None)
