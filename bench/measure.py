@@ -146,8 +146,22 @@ def _children_map() -> dict[int, list[int]]:
     return m
 
 
+def _pss(pid: int) -> int | None:
+    """Proportional set size: shared pages count once over all processes sharing them."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
 def tree_rss(pid: int) -> int:
-    """Sum of VmRSS (bytes) over pid and all its descendants."""
+    """Memory (bytes) of pid and all its descendants: the sum of their PSS, which for
+    several worker processes counts the pages they share once (VmRSS would count them
+    once per process); VmRSS where smaps_rollup is missing."""
     kids = _children_map()
     todo, total, seen = [pid], 0, set()
     while todo and len(seen) < 10000:
@@ -155,6 +169,11 @@ def tree_rss(pid: int) -> int:
         if p in seen:
             continue
         seen.add(p)
+        pss = _pss(p)
+        if pss is not None:
+            total += pss
+            todo.extend(kids.get(p, []))
+            continue
         try:
             with open(f"/proc/{p}/status") as f:
                 for line in f:
@@ -168,7 +187,7 @@ def tree_rss(pid: int) -> int:
 
 
 class RssSampler:
-    """Samples the tree's VmRSS every 50 ms while the ``with`` block runs."""
+    """Samples the tree's memory (tree_rss) every 50 ms while the ``with`` block runs."""
 
     def __init__(self, pid: int, interval: float = 0.05):
         self.pid, self.interval, self.peak = pid, interval, 0

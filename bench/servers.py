@@ -220,13 +220,16 @@ class DavServer(Server):
     ready_path = "/status.php"
 
     def __init__(self, workdir: str, mode: str = "master", fsync: bool = True,
-                 threads: int = 16):
+                 threads: int = 16, workers: int = 0):
         self.mode = mode
-        self.name = f"davserver-{mode}" + ("" if fsync else "-nofsync")
-        self.label = f"davserver {mode}-key" + ("" if fsync else ", fsync off")
+        self.name = f"davserver-{mode}" + ("" if fsync else "-nofsync") + (
+            "-1proc" if workers == 1 else "")
+        self.label = f"davserver {mode}-key" + ("" if fsync else ", fsync off") + (
+            ", 1 process" if workers == 1 else "")
         super().__init__(workdir)
         self.fsync = fsync
         self.threads = threads
+        self.workers = workers  # 0: davserver's default
         self.config = os.path.join(self.dir, "davserver.toml")
         self.data = os.path.join(self.dir, "data")
 
@@ -244,7 +247,8 @@ class DavServer(Server):
 
     def prepare(self) -> None:
         with open(self.config, "w") as f:
-            f.write(f"[server]\nthreads = {self.threads}\nblock_size = {DAV_BLOCK_SIZE}\n"
+            f.write(f"[server]\nworkers = {self.workers}\nthreads = {self.threads}\n"
+                    f"block_size = {DAV_BLOCK_SIZE}\n"
                     f"[storage]\nfsync = {'true' if self.fsync else 'false'}\n"
                     f"[logging]\nlevel = \"warning\"\n")
         out = self._cli("init")

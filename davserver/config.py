@@ -44,6 +44,7 @@ class Config:
     port: int = 8080
     certfile: str = ""
     keyfile: str = ""
+    workers: int = 0  # 0: one per CPU core (dav.prefork.default_workers)
     threads: int = 16
     socket_timeout: float = 300.0
     block_size: int = 256 * 1024
@@ -69,6 +70,11 @@ class Config:
     @property
     def tmp_dir(self) -> str:
         return os.path.join(self.data_dir, "tmp")
+
+    @property
+    def run_dir(self) -> str:
+        """Lock files shared by the worker processes of this node."""
+        return os.path.join(self.data_dir, "run")
 
     @property
     def db_path(self) -> str:
@@ -101,6 +107,7 @@ def load(path: str | None = None, data_dir: str | None = None) -> Config:
         port=int(server.get("port", 8080)),
         certfile=server.get("certfile", ""),
         keyfile=server.get("keyfile", ""),
+        workers=int(server.get("workers", 0)),
         threads=int(server.get("threads", 16)),
         socket_timeout=float(server.get("socket_timeout", 300)),
         block_size=int(server.get("block_size", 256 * 1024)),
@@ -136,7 +143,8 @@ host = "{host}"          # address to listen on
 port = {port}                 # TCP port
 certfile = ""               # PEM certificate: set both to serve HTTPS
 keyfile = ""                # PEM private key
-threads = 16                # worker threads (concurrent requests)
+workers = 0                 # server processes sharing the port; 0 = one per CPU core
+threads = 16                # threads per process (concurrent requests)
 socket_timeout = 300        # seconds a client may stay silent (large uploads on slow links)
 block_size = 262144         # bytes per read/write step of a transfer
 

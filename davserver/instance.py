@@ -21,6 +21,7 @@ from davserver.crypto.kdf import KdfParams
 from davserver.errors import DavServerError, KeyNotFound, UserError
 from davserver.meta import settings
 from davserver.meta.db import MetaDB
+from davserver.meta.interprocess import PathLocks
 from davserver.storage.local import LocalStorage
 from davserver.vault import context
 from davserver.vault.files import Vault, ensure_home, remove_home
@@ -57,7 +58,8 @@ class Instance:
         self.users = UserService(self.db, cache_seconds=cfg.auth_cache_seconds,
                                  on_create=lambda u: ensure_home(self.vault, u),
                                  on_delete=self._remove_user_data)
-        self.throttle = Throttle(cfg.throttle_max_failures, cfg.throttle_window_seconds)
+        self.throttle = Throttle(self.db, cfg.throttle_max_failures,
+                                 cfg.throttle_window_seconds)
         self.userkeys = UserKeys(
             self.keys, suite=cfg.hpke_suite, cache_seconds=cfg.key_cache_seconds,
             params=KdfParams(cfg.kdf_time_cost, cfg.kdf_memory_kib, cfg.kdf_parallelism))
@@ -73,7 +75,8 @@ class Instance:
                                   directory_cache_seconds=auth_cache)
         self.vault = Vault(self.storage, self.keys, self.db,
                            identities=self.identities, recipients=self.recipients,
-                           encryption_enabled=self.encryption_enabled)
+                           encryption_enabled=self.encryption_enabled,
+                           commit_locks=PathLocks(os.path.join(cfg.run_dir, "commit.lock")))
 
     def _remove_user_data(self, user: str) -> None:
         remove_home(self.vault, user)
@@ -82,15 +85,16 @@ class Instance:
 
     # --- settings ----------------------------------------------------------------------
 
-    SETTINGS_TTL = 1.0  # seconds another process's change may take to be seen here
+    SETTINGS_TTL = 1.0  # seconds another node's change may take to be seen here
 
     def _setting(self, key: str) -> str | None:
-        """Settings change rarely and are read on every request: read them all at most
-        once a second (admin commands in other processes are seen within that)."""
+        """Settings change rarely and are read on every request: read them all again when
+        a process of this node changed one (admin commands, other workers: seen at once),
+        and at least once a second (other nodes sharing the DB)."""
         now = time.monotonic()
-        if now - self._settings_at > self.SETTINGS_TTL or \
-                self._settings_version != self.db.settings_version:
-            self._settings_version = self.db.settings_version
+        version = self.db.settings_version
+        if now - self._settings_at > self.SETTINGS_TTL or self._settings_version != version:
+            self._settings_version = version
             self._settings = dict(self.db.query("SELECT key, value FROM settings"))
             self._settings_at = now
         return self._settings.get(key)

@@ -613,6 +613,7 @@ def test_maintenance_mode_during_encrypt_all(instances):
     assert json.loads(out)["converted"] == 2000
     assert seen >= 3, "the job ended before the test could observe it"
     assert wait_until(lambda: get(srv, "alice", "d3/f0003.bin").status_code == 200, 5)
+    time.sleep(1.1)  # every worker process re-reads maintenance mode within a second
     for rel in ("d0/f0000.bin", "d19/f1999.bin", "d7/f0507.bin"):
         assert get(srv, "alice", rel).content == blob
         assert is_encrypted(srv, "alice", rel)

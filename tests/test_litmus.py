@@ -6,14 +6,29 @@ import os
 import re
 import subprocess
 
-from tests.live import require_tool
+import pytest
+
+from tests.live import LiveServer, require_tool
 
 SUITES = ("basic", "copymove", "props", "locks", "http")
 SUMMARY = re.compile(r"<- summary for [`'](\w+)': of (\d+) tests run: (\d+) passed, "
                      r"(\d+) failed")
 
 
-def test_litmus(server, tmp_path):
+@pytest.fixture(params=["default", "3 workers"])
+def litmus_server(request, server, tmp_path):
+    """The module's server (default workers), and one with three worker processes so the
+    lock suite's requests are spread over processes that must agree on every lock."""
+    if request.param == "default":
+        yield server
+        return
+    srv = LiveServer(tmp_path / "srv3", config={"server": {"workers": 3}}).create().start()
+    yield srv
+    srv.stop()
+
+
+def test_litmus(litmus_server, tmp_path):
+    server = litmus_server
     litmus = require_tool("litmus")
     env = dict(os.environ, TESTS=" ".join(SUITES))
     res = subprocess.run([litmus, server.url("alice"), "alice", server.users["alice"]],

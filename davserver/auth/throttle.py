@@ -2,35 +2,25 @@
 further attempts are refused without checking the password (HTTP 429 + Retry-After).
 
 Counting both keys stops one address guessing many users and many addresses guessing one
-user. In memory per node: a cluster multiplies the allowance by its node count, which we
-accept rather than put a network round trip in front of every login.
+user. Failures are kept in the metadata DB, so the limit holds across the worker
+processes of a node (and across nodes sharing a DB) instead of multiplying by their
+number. The check before each login is one indexed query; only failures write.
 """
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import deque
+
+from davserver.meta.db import MetaDB
 
 
 class Throttle:
-    def __init__(self, max_failures: int = 5, window_seconds: float = 300.0,
-                 clock=time.monotonic) -> None:
+    def __init__(self, db: MetaDB, max_failures: int = 5, window_seconds: float = 300.0,
+                 clock=time.time) -> None:
+        self.db = db
         self.max_failures = max_failures
         self.window = window_seconds
-        self._clock = clock
-        self._failures: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
-
-    def _recent(self, key: str, now: float) -> deque[float]:
-        q = self._failures.get(key)
-        if q is None:
-            return deque()
-        while q and q[0] <= now - self.window:
-            q.popleft()
-        if not q:
-            self._failures.pop(key, None)
-        return q
+        self._clock = clock  # wall clock: shared by processes, unlike monotonic time
 
     def retry_after(self, *keys: str) -> int:
         """Seconds until a new attempt is allowed for all ``keys`` (0: allowed now)."""
@@ -38,23 +28,17 @@ class Throttle:
             return 0
         now = self._clock()
         wait = 0.0
-        with self._lock:
-            for k in keys:
-                q = self._recent(k, now)
-                if len(q) >= self.max_failures:
-                    wait = max(wait, q[0] + self.window - now)
+        # failed() keeps at most max_failures recent rows per key, so the oldest of them
+        # leaving the window is when the key is allowed again.
+        for count, oldest in self.db.failure_counts(keys, now - self.window).values():
+            if count >= self.max_failures:
+                wait = max(wait, oldest + self.window - now)
         return int(wait) + 1 if wait > 0 else 0
 
     def failed(self, *keys: str) -> None:
-        now = self._clock()
-        with self._lock:
-            for k in keys:
-                self._failures.setdefault(k, deque()).append(now)
-                q = self._failures[k]
-                while len(q) > self.max_failures:
-                    q.popleft()
+        if self.max_failures > 0:
+            self.db.add_failures(keys, self._clock(), keep=self.max_failures,
+                                 since=self._clock() - self.window)
 
     def succeeded(self, *keys: str) -> None:
-        with self._lock:
-            for k in keys:
-                self._failures.pop(k, None)
+        self.db.clear_failures(keys)

@@ -12,7 +12,7 @@ from davserver import accounts
 from davserver.cli.common import add_command, emit, instance_from, password_from_env
 from davserver.cli.progress import progress_bar
 from davserver.errors import UserError
-from davserver.instance import MODULE_ID, S_ENABLED, S_MAINTENANCE, S_MODULE
+from davserver.instance import MODULE_ID, S_ENABLED, S_MODULE
 from davserver.meta import settings
 from davserver.vault import check, context, convert, keyroot
 
@@ -316,10 +316,12 @@ def cmd_clean_orphaned_keys(args) -> int:
 
 
 def cmd_maintenance(args) -> int:
-    """Turn maintenance mode on or off (WebDAV answers 503 + Retry-After while on)."""
+    """Turn maintenance mode on or off (WebDAV answers 503 + Retry-After while on).
+
+    Switching it on returns once running servers have noticed (about 2 s)."""
     inst = instance_from(args)
     if args.on or args.off:
-        inst.db.set_setting(S_MAINTENANCE, "1" if args.on else "0")
+        convert.set_maintenance(inst.db, bool(args.on))
     print(f"maintenance mode is {'on' if inst.maintenance() else 'off'}")
     return 0
 

@@ -65,14 +65,34 @@ def cmd_init(args) -> int:
 
 def cmd_serve(args) -> int:
     """Run the WebDAV server (creating the instance on first start)."""
-    from davserver.dav.app import make_server
+    from davserver.dav import prefork
 
     cfg = _load(args)
     logging.getLogger().setLevel(cfg.log_level.upper())
     _announce(cfg, init_instance(cfg))
     inst = Instance(cfg)
-    inst.vault.recover()
-    server = make_server(inst)
+    inst.vault.recover()  # once, before any worker serves
+    workers = cfg.workers or prefork.default_workers()
+    if workers == 1:
+        return _serve(inst)
+    inst.close()
+    cfg.port = prefork.probe_port(cfg.host, cfg.port)
+
+    def worker() -> None:
+        _serve(Instance(cfg), reuse_port=True, announce=False)
+
+    log.info("davserver listening on %s with %d worker processes", _url(cfg, "USER"), workers)
+    print(f"davserver: serving on {_url(cfg, 'USER')} ({workers} worker processes)",
+          flush=True)
+    return prefork.serve_workers(workers, worker)
+
+
+def _serve(inst: Instance, *, reuse_port: bool = False, announce: bool = True) -> int:
+    """Serve on this process until SIGTERM/SIGINT."""
+    from davserver.dav.app import make_server
+
+    cfg = inst.config
+    server = make_server(inst, reuse_port=reuse_port)
 
     def stop(signum, frame):
         # cheroot's stop() waits for serve() to return, and serve() runs on this very
@@ -81,12 +101,13 @@ def cmd_serve(args) -> int:
         threading.Thread(target=server.stop, daemon=True).start()
 
     signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    if announce:
+        signal.signal(signal.SIGINT, stop)
     server.prepare()
-    host, port = server.bind_addr[:2]
-    cfg.port = port
-    log.info("davserver listening on %s", _url(cfg, "USER"))
-    print(f"davserver: serving on {_url(cfg, 'USER')}", flush=True)
+    cfg.port = server.bind_addr[1]
+    if announce:
+        log.info("davserver listening on %s", _url(cfg, "USER"))
+        print(f"davserver: serving on {_url(cfg, 'USER')}", flush=True)
     try:
         server.serve()
     finally:

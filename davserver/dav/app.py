@@ -3,7 +3,7 @@
 Request path, outermost first:
 
     Guard        status.php, maintenance 503, last-resort 500 without a traceback
-    WsgiDAV      ErrorPrinter -> BasicAuth, FastGet, FastPropfind (ours) -> dir browser
+    WsgiDAV      ErrorPrinter -> BasicAuth, FastFiles, FastPropfind (ours) -> dir browser
                  -> RequestResolver
     HomeProvider resources -> vault
 """
@@ -14,7 +14,7 @@ import base64
 import binascii
 import json
 import logging
-import time
+import os
 
 from cheroot import wsgi
 from wsgidav.dir_browser import WsgiDavDirBrowser
@@ -25,7 +25,7 @@ from wsgidav.wsgidav_app import WsgiDAVApp
 
 from davserver import __version__
 from davserver.auth.login import DirectoryDown, LoginFailed, Throttled
-from davserver.dav.fastget import FastGet
+from davserver.dav.fastfiles import FastFiles
 from davserver.dav.locks import DbLockStorage
 from davserver.dav.propfind import FastPropfind
 from davserver.dav.provider import HomeProvider
@@ -101,14 +101,10 @@ class Guard:
         self.app = app
         self.instance = instance
         self.settings = SettingsApp(instance)
-        self._maint = (0.0, False)
 
     def _maintenance(self) -> bool:
-        now = time.monotonic()
-        if now - self._maint[0] > 1.0:
-            self.instance.refresh()
-            self._maint = (now, self.instance.maintenance())
-        return self._maint[1]
+        self.instance.refresh()
+        return self.instance.maintenance()
 
     def __call__(self, environ, start_response):
         context.set_current(())
@@ -163,19 +159,20 @@ class _Closing:
             _close_prepared(self._environ)
 
 
-def build_app(instance: Instance, *, fast_get: bool = True):
-    """``fast_get=False`` leaves every GET to WsgiDAV (the reference the tests compare to)."""
+def build_app(instance: Instance, *, fast_files: bool = True):
+    """``fast_files=False`` leaves GET/PUT to WsgiDAV (the reference the tests compare to)."""
     cfg = instance.config
+    locks = DbLockStorage(instance.db, os.path.join(cfg.run_dir, "davlocks.lock"))
     files = HomeProvider(instance, user_in_path=True)
     webdav = HomeProvider(instance, user_in_path=False)
     dav_config = {
         "provider_mapping": {FILES_PREFIX: files, WEBDAV_PREFIX: webdav},
         "davserver.instance": instance,
         "davserver.providers": (files, webdav),
-        "davserver.fast_get": fast_get,
-        "middleware_stack": [ErrorPrinter, BasicAuth, FastGet, FastPropfind, WsgiDavDirBrowser,
-                             RequestResolver],
-        "lock_storage": DbLockStorage(instance.db),
+        "davserver.fast_files": fast_files,
+        "middleware_stack": [ErrorPrinter, BasicAuth, FastFiles, FastPropfind,
+                             WsgiDavDirBrowser, RequestResolver],
+        "lock_storage": locks,
         "property_manager": None,
         "block_size": cfg.block_size,
         "honor_mtime_header": True,
@@ -189,14 +186,20 @@ def build_app(instance: Instance, *, fast_get: bool = True):
                                "default_to_digest": False, "domain_controller": None},
         "simple_dc": {"user_mapping": {}},
     }
-    return Guard(WsgiDAVApp(dav_config), instance)
+    dav = WsgiDAVApp(dav_config)
+    # WsgiDAV's lock manager checks for conflicts and then grants under its own in-process
+    # lock; with several worker processes that must be the shared one.
+    dav.lock_manager._lock = locks.shared_lock
+    return Guard(dav, instance)
 
 
-def make_server(instance: Instance) -> wsgi.Server:
+def make_server(instance: Instance, *, reuse_port: bool = False) -> wsgi.Server:
+    """``reuse_port``: one of several worker processes sharing the port (dav.prefork)."""
     cfg = instance.config
     server = wsgi.Server(
         (cfg.host, cfg.port), build_app(instance), numthreads=cfg.threads,
-        timeout=int(cfg.socket_timeout), server_name="davserver",
+        timeout=int(cfg.socket_timeout), server_name="davserver", reuse_port=reuse_port,
+        request_queue_size=128,  # cheroot's default backlog of 5 refuses bursts of clients
     )
     server.max_request_body_size = 0
     if cfg.certfile and cfg.keyfile:

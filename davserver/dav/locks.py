@@ -1,10 +1,12 @@
 """Persistent WebDAV lock storage in the metadata DB (survives restarts).
 
 WsgiDAV's dict-based storage is reused as is; only its dictionary is swapped for a
-mapping whose values live in the DB (pickled, as WsgiDAV's own shelve storage does).
-WsgiDAV consults the lock table several times per write request, so reads are served
-from an in-memory mirror that this process writes through: the server process is the
-only writer of locks on a single node (a cluster uses a shared lock store instead).
+mapping whose values live in the DB (pickled, as WsgiDAV's own shelve storage does), and
+its reader/writer lock for one shared by all worker processes of the node
+(:class:`~davserver.meta.interprocess.SharedRWLock`). WsgiDAV consults the lock table
+several times per write request, so reads are served from an in-memory mirror; the shared
+lock's change counter tells a process when another one changed the table, and only then
+is the mirror read again. (A cluster of nodes uses a shared lock store instead.)
 """
 
 from __future__ import annotations
@@ -15,12 +17,21 @@ from collections.abc import Iterator, MutableMapping
 from wsgidav.lock_man.lock_storage import LockStorageDict
 
 from davserver.meta.db import MetaDB
+from davserver.meta.interprocess import SharedRWLock
 
 
 class _DbMapping(MutableMapping):
-    def __init__(self, db: MetaDB) -> None:
+    def __init__(self, db: MetaDB, lock: SharedRWLock) -> None:
         self._db = db
-        self._mirror: dict[str, bytes] = {k: db.kv_get(k) for k in db.kv_keys()}
+        self._lock = lock
+        self._mirror: dict[str, bytes] = {}
+        self._seen = -1
+
+    def sync(self, version: int) -> None:
+        """Called with the shared counter whenever the lock is taken."""
+        if version != self._seen:
+            self._mirror = self._db.kv_items()
+            self._seen = version
 
     def __getitem__(self, key: str):
         raw = self._mirror.get(key)
@@ -32,12 +43,14 @@ class _DbMapping(MutableMapping):
         raw = pickle.dumps(value)
         self._db.kv_set(key, raw)
         self._mirror[key] = raw
+        self._seen = self._lock.mark_changed()
 
     def __delitem__(self, key: str) -> None:
         if key not in self._mirror:
             raise KeyError(key)
         self._db.kv_delete(key)
         del self._mirror[key]
+        self._seen = self._lock.mark_changed()
 
     def __contains__(self, key) -> bool:
         return key in self._mirror
@@ -49,26 +62,45 @@ class _DbMapping(MutableMapping):
         return len(self._mirror)
 
     def clear(self) -> None:
-        self._db.kv_clear()
-        self._mirror.clear()
+        self._lock.acquire_write()
+        try:
+            self._db.kv_clear()
+            self._mirror.clear()
+            self._seen = self._lock.mark_changed()
+        finally:
+            self._lock.release()
 
 
 class DbLockStorage(LockStorageDict):
-    def __init__(self, db: MetaDB) -> None:
+    def __init__(self, db: MetaDB, lock_file: str) -> None:
         super().__init__()
         self._db = db
+        self._lock = SharedRWLock(lock_file, on_acquire=self._sync)
 
     def __repr__(self) -> str:
         return "DbLockStorage"
 
+    def _sync(self, version: int) -> None:
+        if self._dict is not None:
+            self._dict.sync(version)
+
+    @property
+    def shared_lock(self) -> SharedRWLock:
+        """Also given to WsgiDAV's lock manager, so check-then-grant holds across workers."""
+        return self._lock
+
     def open(self) -> None:
-        self._dict = _DbMapping(self._db)
+        self._dict = _DbMapping(self._db, self._lock)
 
     def close(self) -> None:
         self._dict = None
 
     def has_lock_under(self, url_prefix: str) -> bool:
         """Any lock whose (quoted) URL starts with ``url_prefix``? Cheap when none exist."""
-        mirror = self._dict
-        return mirror is not None and any(
-            k.startswith("URL2TOKEN:" + url_prefix) for k in mirror)
+        self._lock.acquire_read()
+        try:
+            mirror = self._dict
+            return mirror is not None and any(
+                k.startswith("URL2TOKEN:" + url_prefix) for k in mirror)
+        finally:
+            self._lock.release()

@@ -19,6 +19,8 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from davserver.meta.interprocess import ChangeCounter
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS settings(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS users(
@@ -70,6 +72,8 @@ CREATE TABLE IF NOT EXISTS props(
     PRIMARY KEY(path, name)
 );
 CREATE TABLE IF NOT EXISTS locks(key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS login_failures(key TEXT NOT NULL, at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS login_failures_key ON login_failures(key, at);
 CREATE TABLE IF NOT EXISTS dir_etags(
     path TEXT PRIMARY KEY,
     parent TEXT NOT NULL,
@@ -131,7 +135,9 @@ class MetaDB:
     def __init__(self, path: str) -> None:
         self.path = path
         self._local = threading.local()
-        self.settings_version = 0  # bumped on every change made through this object
+        # Bumped after every settings change, by any process using this data directory.
+        self._settings_changes = ChangeCounter(
+            os.path.join(os.path.dirname(os.path.abspath(path)), "run", "settings.version"))
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self._conn().executescript(SCHEMA)
 
@@ -188,16 +194,21 @@ class MetaDB:
         rows = self.query("SELECT value FROM settings WHERE key = ?", (key,))
         return rows[0][0] if rows else default
 
+    @property
+    def settings_version(self) -> int:
+        """Changes whenever a process of this node changed a setting (one pread)."""
+        return self._settings_changes.value()
+
     def set_setting(self, key: str, value: str) -> None:
-        self.settings_version += 1
         with self.tx() as c:
             c.execute("INSERT INTO settings(key, value) VALUES(?, ?) "
                       "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+        self._settings_changes.bump()
 
     def delete_setting(self, key: str) -> None:
-        self.settings_version += 1
         with self.tx() as c:
             c.execute("DELETE FROM settings WHERE key = ?", (key,))
+        self._settings_changes.bump()
 
     # --- users -------------------------------------------------------------------------
 
@@ -334,10 +345,10 @@ class MetaDB:
 
     def add_pending(self, file_id: bytes, path: str, *, plain: bool = False) -> None:
         """Announce a commit; ``plain`` marks a plaintext version replacing an encrypted
-        one (then ``file_id`` is just a random marker)."""
-        with self.tx() as c:
-            c.execute("INSERT INTO pending(file_id, path, created, plain) VALUES(?, ?, ?, ?)",
-                      (file_id, path, time.time(), int(plain)))
+        one (then ``file_id`` is just a random marker). One statement: its own transaction."""
+        self._conn().execute(
+            "INSERT INTO pending(file_id, path, created, plain) VALUES(?, ?, ?, ?)",
+            (file_id, path, time.time(), int(plain)))
 
     def pending_for(self, path: str, *, plain: bool = False) -> list[bytes]:
         return [r[0] for r in self.query(
@@ -348,11 +359,7 @@ class MetaDB:
                 for r in self.query("SELECT file_id, path, plain FROM pending")]
 
     def remove_pending(self, file_id: bytes, *, conn: sqlite3.Connection | None = None) -> None:
-        if conn is not None:
-            conn.execute("DELETE FROM pending WHERE file_id = ?", (file_id,))
-        else:
-            with self.tx() as c:
-                c.execute("DELETE FROM pending WHERE file_id = ?", (file_id,))
+        (conn or self._conn()).execute("DELETE FROM pending WHERE file_id = ?", (file_id,))
 
     # --- keys to delete (recorded with the index change that makes them unused) --------
 
@@ -364,8 +371,11 @@ class MetaDB:
         return [r[0] for r in self.query("SELECT file_id FROM doomed_keys")]
 
     def forget_doomed(self, file_ids: list[bytes]) -> None:
-        with self.tx() as c:
-            c.executemany("DELETE FROM doomed_keys WHERE file_id = ?", [(f,) for f in file_ids])
+        for i in range(0, len(file_ids), 500):  # one statement (and transaction) per batch
+            batch = file_ids[i:i + 500]
+            self._conn().execute(
+                f"DELETE FROM doomed_keys WHERE file_id IN ({','.join('?' * len(batch))})",
+                batch)
 
     # --- dead properties ---------------------------------------------------------------
 
@@ -424,9 +434,35 @@ class MetaDB:
     def kv_keys(self) -> list[str]:
         return [r[0] for r in self.query("SELECT key FROM locks")]
 
+    def kv_items(self) -> dict[str, bytes]:
+        return dict(self.query("SELECT key, value FROM locks"))
+
     def kv_clear(self) -> None:
         with self.tx() as c:
             c.execute("DELETE FROM locks")
+
+    # --- failed logins (auth.throttle) -------------------------------------------------
+
+    def failure_counts(self, keys, since: float) -> dict[str, tuple[int, float]]:
+        """key -> (failures since ``since``, time of the oldest of them)."""
+        rows = self.query(
+            f"SELECT key, count(*), min(at) FROM login_failures WHERE key IN "
+            f"({','.join('?' * len(keys))}) AND at > ? GROUP BY key", (*keys, since))
+        return {k: (n, oldest) for k, n, oldest in rows}
+
+    def add_failures(self, keys, at: float, *, keep: int, since: float) -> None:
+        with self.tx() as c:
+            for key in keys:
+                c.execute("INSERT INTO login_failures(key, at) VALUES(?, ?)", (key, at))
+                c.execute("DELETE FROM login_failures WHERE key = ? AND (at <= ? OR at NOT IN "
+                          "(SELECT at FROM login_failures WHERE key = ? ORDER BY at DESC "
+                          "LIMIT ?))", (key, since, key, keep))
+
+    def clear_failures(self, keys) -> None:
+        marks = ",".join("?" * len(keys))
+        if self.query(f"SELECT 1 FROM login_failures WHERE key IN ({marks}) LIMIT 1", keys):
+            self._conn().execute(f"DELETE FROM login_failures WHERE key IN ({marks})",
+                                 tuple(keys))  # written only when there is something to clear
 
     # --- web sessions (in the DB so any node can serve any request) --------------------
 

@@ -33,8 +33,21 @@ S_MAINT_JOB = settings.MAINTENANCE_JOB
 S_MAINT_BEFORE = settings.MAINTENANCE_BEFORE
 
 
+#: Running servers (every worker process, every node) re-read settings within 1 s; waiting
+#: a bit longer after switching maintenance on means none of them admits new requests.
+SETTLE_SECONDS = 2.2
+
+
+def set_maintenance(db, on: bool, settle_seconds: float = SETTLE_SECONDS) -> None:
+    """Switch maintenance mode; switching it on returns once every server honours it."""
+    was_on = db.get_setting(S_MAINT, "0") == "1"
+    db.set_setting(S_MAINT, "1" if on else "0")
+    if on and not was_on:
+        time.sleep(settle_seconds)
+
+
 @contextlib.contextmanager
-def maintenance_for(db, job: str, settle_seconds: float = 2.2) -> Iterator[None]:
+def maintenance_for(db, job: str, settle_seconds: float = SETTLE_SECONDS) -> Iterator[None]:
     """Maintenance mode for the duration of ``job``; restores what was there before."""
     running = db.get_setting(S_MAINT_JOB)
     if running and running != job:

@@ -20,7 +20,6 @@ Paths are storage keys: ``"<user>/<path inside the home>"``.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from davserver.errors import (
     VersionMismatch,
 )
 from davserver.meta.db import FileRecord, MetaDB
+from davserver.meta.interprocess import PathLocks
 from davserver.storage.base import BlobReader, Entry, Storage
 from davserver.vault.keystore import Identity, KeyStore, Recipient
 
@@ -139,15 +139,14 @@ class Vault:
     def __init__(self, storage: Storage, keys: KeyStore, db: MetaDB, *,
                  identities: Callable[[], list[Identity]],
                  recipients: Callable[[str], list[Recipient]],
-                 encryption_enabled: Callable[[], bool]) -> None:
+                 encryption_enabled: Callable[[], bool], commit_locks: PathLocks) -> None:
         self.storage = storage
         self.keys = keys
         self.db = db
         self._identities = identities
         self._recipients = recipients
         self._encryption_enabled = encryption_enabled
-        self._path_locks: dict[str, threading.Lock] = {}
-        self._locks_guard = threading.Lock()
+        self._commit_locks = commit_locks  # one committer per path, across processes
 
     # --- start-up ----------------------------------------------------------------------
 
@@ -312,13 +311,6 @@ class Vault:
 
     # --- writing -----------------------------------------------------------------------
 
-    def _lock_for(self, path: str) -> threading.Lock:
-        with self._locks_guard:
-            lk = self._path_locks.get(path)
-            if lk is None:
-                lk = self._path_locks[path] = threading.Lock()
-            return lk
-
     def available(self, user: str, quota: int | None, replacing: str | None = None) -> int | None:
         """Bytes the user may still store (None: unlimited), not counting ``replacing``."""
         if quota is None:
@@ -346,7 +338,7 @@ class Vault:
                 expect_generation: int | None = None) -> FileRecord:
         path = up.path
         mtime = time.time() if mtime is None else mtime
-        with self._lock_for(path):
+        with self._commit_locks.hold(path):
             old = self.db.get_file(path)
             if expect_generation is not None and (old.generation if old else 0) \
                     != expect_generation:

@@ -1,0 +1,168 @@
+"""Locks shared by the worker processes of one node (and by their threads).
+
+``davserver serve`` runs several worker processes on one port (``[server] workers``), so
+what used to be guarded by a ``threading.Lock`` must also hold across processes:
+
+- :class:`PathLocks`: one writer at a time per path for the commit protocol. An in-process
+  lock per path (dropped when nobody holds it, so memory does not grow with the number of
+  paths ever written) plus a POSIX record lock on one byte of a shared file, at an offset
+  hashed from the path, for the other processes.
+- :class:`ChangeCounter`: a number in a file that writers increment; every process of the
+  node notices a change (settings switched by an admin command) with one ``pread``.
+- :class:`SharedRWLock`: a re-entrant reader/writer lock (``flock`` on a file) with a change
+  counter kept in the same file. WebDAV lock storage uses it both as the lock that makes
+  "check for conflicts, then grant" atomic and to learn when another process changed the
+  lock table, so its in-memory mirror is re-read only then.
+
+Both live in ``<data dir>/run/``. A cluster of nodes needs a shared lock service instead
+(the design's Redis locks); these cover the processes that share one data directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import threading
+from collections.abc import Callable, Iterator
+
+_OFFSET_MASK = (1 << 62) - 1
+
+
+def _open(path: str) -> int:
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+
+class ChangeCounter:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self._pid = 0
+
+    def _file(self) -> int:
+        if self._fd is None or self._pid != os.getpid():
+            self._fd, self._pid = _open(self.path), os.getpid()
+        return self._fd
+
+    def value(self) -> int:
+        raw = os.pread(self._file(), 8, 0)
+        return int.from_bytes(raw, "big") if len(raw) == 8 else 0
+
+    def bump(self) -> None:
+        fd = self._file()
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            os.pwrite(fd, (self.value() + 1).to_bytes(8, "big"), 0)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+class PathLocks:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self._pid = 0
+        self._held: dict[str, list] = {}  # path -> [threading.Lock, users]
+        self._guard = threading.Lock()
+
+    def _file(self) -> int:
+        # Record locks belong to a process and vanish when any descriptor of the file is
+        # closed, so each process opens the file once and keeps it (re-opened after fork).
+        if self._fd is None or self._pid != os.getpid():
+            self._fd, self._pid = _open(self.path), os.getpid()
+        return self._fd
+
+    @contextlib.contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        with self._guard:
+            entry = self._held.get(key)
+            if entry is None:
+                entry = self._held[key] = [threading.Lock(), 0]
+            entry[1] += 1
+        try:
+            with entry[0]:
+                fd = self._file()
+                offset = int.from_bytes(
+                    hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") & _OFFSET_MASK
+                fcntl.lockf(fd, fcntl.LOCK_EX, 1, offset)
+                try:
+                    yield
+                finally:
+                    fcntl.lockf(fd, fcntl.LOCK_UN, 1, offset)
+        finally:
+            with self._guard:
+                entry[1] -= 1
+                if not entry[1]:
+                    del self._held[key]
+
+
+class SharedRWLock:
+    """WsgiDAV's ``ReadWriteLock`` interface, shared between processes.
+
+    Every thread opens the lock file once (``flock`` locks belong to an open file, so two
+    threads exclude each other as two processes do). Nested acquisitions by the holder
+    only count; asking for write while holding read converts the lock. ``on_acquire``
+    runs when the outermost acquisition succeeds, with the counter's value; a writer's
+    outermost release increments the counter if :meth:`mark_changed` was called.
+    """
+
+    def __init__(self, path: str, on_acquire: Callable[[int], None] | None = None) -> None:
+        self.path = path
+        self.on_acquire = on_acquire
+        self._local = threading.local()
+
+    def _state(self):
+        st = self._local
+        if getattr(st, "pid", None) != os.getpid():
+            st.fd, st.pid = _open(self.path), os.getpid()
+            st.depth, st.mode, st.changed = 0, 0, False
+        return st
+
+    def acquire_read(self, *, timeout=None) -> None:
+        self._acquire(fcntl.LOCK_SH)
+
+    def acquire_write(self, *, timeout=None) -> None:
+        self._acquire(fcntl.LOCK_EX)
+
+    def _acquire(self, mode: int) -> None:
+        st = self._state()
+        if st.depth and (st.mode == fcntl.LOCK_EX or mode == fcntl.LOCK_SH):
+            st.depth += 1
+            return
+        fcntl.flock(st.fd, mode)  # first acquisition, or read converted to write
+        st.mode = mode
+        st.depth += 1
+        if self.on_acquire is not None:
+            try:
+                self.on_acquire(self._read_counter(st.fd))
+            except BaseException:
+                self.release()
+                raise
+
+    def release(self) -> None:
+        st = self._state()
+        if not st.depth:
+            raise ValueError("release of a lock this thread does not hold")
+        st.depth -= 1
+        if st.depth:
+            return
+        try:
+            if st.changed:
+                st.changed = False
+                os.pwrite(st.fd, (self._read_counter(st.fd) + 1).to_bytes(8, "big"), 0)
+        finally:
+            st.mode = 0
+            fcntl.flock(st.fd, fcntl.LOCK_UN)
+
+    def mark_changed(self) -> int:
+        """Called by a writer holding the lock; returns the counter value after release."""
+        st = self._state()
+        st.changed = True
+        return self._read_counter(st.fd) + 1
+
+    @staticmethod
+    def _read_counter(fd: int) -> int:
+        raw = os.pread(fd, 8, 0)
+        return int.from_bytes(raw, "big") if len(raw) == 8 else 0

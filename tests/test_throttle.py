@@ -1,0 +1,59 @@
+"""Login throttling counts failures in the DB: shared by worker processes, ends with its window."""
+
+from __future__ import annotations
+
+from davserver.auth.throttle import Throttle
+from davserver.meta.db import MetaDB
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_limit_window_and_success(tmp_path):
+    clock = Clock()
+    t = Throttle(MetaDB(str(tmp_path / "db")), max_failures=3, window_seconds=60, clock=clock)
+    keys = ("user:alice", "addr:10.0.0.1")
+    for _ in range(2):
+        t.failed(*keys)
+        clock.now += 1
+    assert t.retry_after(*keys) == 0
+    t.failed(*keys)
+    wait = t.retry_after(*keys)
+    assert 0 < wait <= 60
+    assert t.retry_after("user:bob", "addr:10.0.0.2") == 0  # others are not affected
+    assert t.retry_after("user:bob", "addr:10.0.0.1") > 0  # ... except from that address
+    clock.now += 61
+    assert t.retry_after(*keys) == 0  # the window passed
+    for _ in range(3):
+        t.failed(*keys)
+    t.succeeded("user:alice")
+    assert t.retry_after("user:alice", "addr:10.0.0.9") == 0
+    assert t.retry_after("user:carol", "addr:10.0.0.1") > 0  # the address stays counted
+
+
+def test_failures_are_shared_between_processes(tmp_path):
+    """Two Throttle objects on one DB stand for two worker processes."""
+    clock = Clock()
+    a = Throttle(MetaDB(str(tmp_path / "db")), max_failures=4, window_seconds=60, clock=clock)
+    b = Throttle(MetaDB(str(tmp_path / "db")), max_failures=4, window_seconds=60, clock=clock)
+    a.failed("user:alice")
+    b.failed("user:alice")
+    a.failed("user:alice")
+    assert a.retry_after("user:alice") == b.retry_after("user:alice") == 0
+    b.failed("user:alice")
+    assert a.retry_after("user:alice") > 0 and b.retry_after("user:alice") > 0
+
+
+def test_rows_per_key_stay_bounded(tmp_path):
+    clock = Clock()
+    db = MetaDB(str(tmp_path / "db"))
+    t = Throttle(db, max_failures=5, window_seconds=60, clock=clock)
+    for _ in range(50):
+        t.failed("addr:10.0.0.1")
+        clock.now += 0.5
+    assert db.query("SELECT count(*) FROM login_failures")[0][0] == 5

@@ -1,0 +1,204 @@
+"""Several worker processes on one port: one truth for locks and commits, and clean life cycles."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.live import LiveServer
+
+WORKERS = 3
+LOCK_BODY = ('<?xml version="1.0"?><d:lockinfo xmlns:d="DAV:"><d:lockscope><d:exclusive/>'
+             '</d:lockscope><d:locktype><d:write/></d:locktype></d:lockinfo>')
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                out.append(int(d.name))
+    return sorted(out)
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def wait_until(cond, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return cond()
+
+
+@pytest.fixture
+def srv(tmp_path):
+    s = LiveServer(tmp_path, users={"alice": None},
+                   config={"server": {"workers": WORKERS}}).create().start()
+    assert wait_until(lambda: len(children(s.proc.pid)) == WORKERS)
+    yield s
+    s.stop()
+
+
+def fresh(method: str, srv: LiveServer, path: str, **kw) -> requests.Response:
+    """One request on a new connection: the kernel picks the worker each time."""
+    kw.setdefault("auth", srv.auth("alice"))
+    with requests.Session() as s:
+        return s.request(method, srv.url("alice", path), timeout=30,
+                         headers={"Connection": "close", **kw.pop("headers", {})}, **kw)
+
+
+def test_connections_are_spread_over_the_workers(srv):
+    """Each worker serves some of 60 fresh connections (counted from their open sockets)."""
+    workers = children(srv.proc.pid)
+    served = set()
+    for _ in range(60):
+        with socket.create_connection(("127.0.0.1", srv.port)) as c:
+            c.sendall(b"GET /status.php HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert c.recv(100).startswith(b"HTTP/1.1 200")
+            port = c.getsockname()[1]
+            for pid in workers:
+                if _has_peer(pid, port):
+                    served.add(pid)
+    assert served == set(workers)
+
+
+def _has_peer(pid: int, port: int) -> bool:
+    """Does process ``pid`` hold the server side of the connection from ``port``?"""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            f = line.split()
+            if f[9] in inodes and int(f[2].rsplit(":", 1)[1], 16) == port:
+                return True
+    return False
+
+
+def test_a_lock_holds_in_every_worker(srv):
+    assert fresh("PUT", srv, "doc.txt", data=b"v1").status_code == 201
+    r = fresh("LOCK", srv, "doc.txt", data=LOCK_BODY, headers={"Timeout": "Second-300"})
+    assert r.status_code == 200, r.text
+    token = r.headers["Lock-Token"]
+    for _ in range(15):
+        assert fresh("PUT", srv, "doc.txt", data=b"intruder").status_code == 423
+    for i in range(6):
+        r = fresh("PUT", srv, "doc.txt", data=f"v{i}".encode(), headers={"If": f"({token})"})
+        assert r.status_code == 204
+    assert fresh("UNLOCK", srv, "doc.txt", headers={"Lock-Token": token}).status_code == 204
+    for _ in range(6):
+        assert fresh("PUT", srv, "doc.txt", data=b"free again").status_code == 204
+    assert fresh("GET", srv, "doc.txt").content == b"free again"
+
+
+def test_concurrent_locks_grant_exactly_one(srv):
+    for round_ in range(10):
+        name = f"contended-{round_}.txt"
+        assert fresh("PUT", srv, name, data=b"x").status_code == 201
+        barrier = threading.Barrier(12)
+        statuses: list[int] = []
+
+        def grab(barrier=barrier, statuses=statuses, name=name):
+            barrier.wait()
+            statuses.append(fresh("LOCK", srv, name, data=LOCK_BODY).status_code)
+
+        threads = [threading.Thread(target=grab) for _ in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(statuses) == [200] + [423] * 11, statuses
+
+
+def test_concurrent_uploads_to_one_path_stay_consistent(srv):
+    bodies = [os.urandom(300_000 + i) for i in range(16)]
+    barrier = threading.Barrier(len(bodies))
+    statuses: list[int] = []
+
+    def upload(body):
+        barrier.wait()
+        statuses.append(fresh("PUT", srv, "same.bin", data=body).status_code)
+
+    threads = [threading.Thread(target=upload, args=(b,)) for b in bodies]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(s in (201, 204) for s in statuses), statuses
+    got = fresh("GET", srv, "same.bin")
+    assert got.status_code == 200 and got.content in bodies
+    assert len(srv.key_files()) == 1  # every replaced version's key is gone
+    assert srv.tmp_files() == []
+
+
+def test_a_dead_worker_is_replaced(srv):
+    before = children(srv.proc.pid)
+    os.kill(before[0], signal.SIGKILL)
+    assert wait_until(lambda: len(children(srv.proc.pid)) == WORKERS
+                      and before[0] not in children(srv.proc.pid))
+    for _ in range(10):
+        assert fresh("PUT", srv, "after.txt", data=b"ok").status_code in (201, 204)
+    assert "starting a new one" in srv.log_text()
+
+
+def test_killed_parent_takes_its_workers_along(srv):
+    workers = children(srv.proc.pid)
+    srv.kill()  # SIGKILL: no chance to clean up
+    assert wait_until(lambda: not any(alive(p) for p in workers))
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", srv.port), timeout=2).close()
+
+
+def test_sigterm_stops_every_process_and_restart_works(srv):
+    workers = children(srv.proc.pid)
+    assert fresh("PUT", srv, "kept.txt", data=b"kept").status_code == 201
+    srv.stop()
+    assert srv.proc.returncode == 0
+    assert not any(alive(p) for p in workers)
+    srv.start()
+    assert fresh("GET", srv, "kept.txt").content == b"kept"
+
+
+def test_a_second_server_on_the_same_port_is_refused(srv, tmp_path):
+    other = LiveServer(tmp_path / "other", users={"alice": None},
+                       config={"server": {"workers": 2}}).create()
+    res = other.run_cli("serve", "--host", "127.0.0.1", "--port", str(srv.port), check=False,
+                        timeout=30)
+    assert res.returncode != 0
+    assert "cannot listen" in (res.stderr + res.stdout)
+    assert len((res.stderr + res.stdout).strip().splitlines()) <= 3  # no traceback
+
+
+def test_every_worker_follows_an_admin_command_at_once(srv):
+    """Settings changed by another process are seen by all workers on the next request,
+    not after a cache period: no request is refused after 'maintenance:mode --off'."""
+    assert fresh("PUT", srv, "m.txt", data=b"m").status_code == 201
+    for _ in range(3):
+        srv.run_cli("maintenance:mode", "--on")
+        assert [fresh("GET", srv, "m.txt").status_code for _ in range(12)] == [503] * 12
+        srv.run_cli("maintenance:mode", "--off")
+        assert [fresh("GET", srv, "m.txt").status_code for _ in range(12)] == [200] * 12
