@@ -18,7 +18,7 @@ def test_bench_quick_produces_figures(tmp_path):
     reports = sorted((tmp_path / "results").glob("*-quick.md"))
     assert reports, "no report written"
     text = reports[-1].read_text()
-    for figure in ("PUT", "GET", "PROPFIND", "Range", "overhead", "RSS"):
+    for figure in ("PUT", "GET", "PROPFIND", "Range", "overhead", "peak memory"):
         assert figure in text, f"{figure} missing from the report"
     rows = [ln for ln in text.splitlines() if ln.startswith("|") and "davserver" not in ln]
     numbers = re.findall(r"\d+\.\d+", "\n".join(rows))

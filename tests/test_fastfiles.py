@@ -245,3 +245,29 @@ def test_lock_taken_during_the_upload_wins(apps):
         assert inst.vault.read_all("alice/dir/race.txt") == b"original"
     finally:
         _unlock(fast, path, body.token)
+
+
+@pytest.mark.parametrize("which", ["fast", "reference"])
+def test_commit_between_stat_and_open_never_mixes_versions(apps, monkeypatch, which):
+    """Headers (Content-Length, ETag) always describe the bytes sent, even when another
+    upload commits between the lookup and the open."""
+    fast, reference, inst = apps
+    app = fast if which == "fast" else reference
+    path = f"alice/dir/race-{which}.bin"
+    old, new = b"o" * 1000, b"n" * 3000
+    inst.vault.write_bytes(path, old)
+    real_stat = type(inst.vault).stat
+    fired = []
+
+    def stat_then_commit(self, p):
+        node = real_stat(self, p)
+        if p == path and not fired:
+            fired.append(1)
+            inst.vault.write_bytes(path, new)  # lands after the lookup, before the open
+        return node
+
+    monkeypatch.setattr(type(inst.vault), "stat", stat_then_commit)
+    status, headers, body = _request(app, "GET", f"/remote.php/dav/files/{path}")
+    assert fired and status == "200 OK"
+    assert body == new and headers["content-length"] == str(len(new))
+    assert headers["etag"] == f'"{inst.vault.stat(path).etag}"'

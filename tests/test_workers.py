@@ -53,7 +53,7 @@ def wait_until(cond, seconds: float = 10.0) -> bool:
 def srv(tmp_path):
     s = LiveServer(tmp_path, users={"alice": None},
                    config={"server": {"workers": WORKERS}}).create().start()
-    assert wait_until(lambda: len(children(s.proc.pid)) == WORKERS)
+    assert wait_until(lambda: len(children(s.proc.pid)) == WORKERS - 1)  # + the first one
     yield s
     s.stop()
 
@@ -67,8 +67,9 @@ def fresh(method: str, srv: LiveServer, path: str, **kw) -> requests.Response:
 
 
 def test_connections_are_spread_over_the_workers(srv):
-    """Each worker serves some of 60 fresh connections (counted from their open sockets)."""
-    workers = children(srv.proc.pid)
+    """Each worker (the first process too) serves some of 60 fresh connections, told
+    apart by their open sockets."""
+    workers = [srv.proc.pid, *children(srv.proc.pid)]
     served = set()
     for _ in range(60):
         with socket.create_connection(("127.0.0.1", srv.port)) as c:
@@ -95,6 +96,24 @@ def _has_peer(pid: int, port: int) -> bool:
         for line in Path(table).read_text().splitlines()[1:]:
             f = line.split()
             if f[9] in inodes and int(f[2].rsplit(":", 1)[1], 16) == port:
+                return True
+    return False
+
+
+def _listens(pid: int, port: int) -> bool:
+    """Has process ``pid`` a listening socket on ``port``?"""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            f = line.split()
+            if f[9] in inodes and f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:
                 return True
     return False
 
@@ -158,8 +177,9 @@ def test_concurrent_uploads_to_one_path_stay_consistent(srv):
 def test_a_dead_worker_is_replaced(srv):
     before = children(srv.proc.pid)
     os.kill(before[0], signal.SIGKILL)
-    assert wait_until(lambda: len(children(srv.proc.pid)) == WORKERS
+    assert wait_until(lambda: len(children(srv.proc.pid)) == WORKERS - 1
                       and before[0] not in children(srv.proc.pid))
+    assert wait_until(lambda: _listens(children(srv.proc.pid)[-1], srv.port))
     for _ in range(10):
         assert fresh("PUT", srv, "after.txt", data=b"ok").status_code in (201, 204)
     assert "starting a new one" in srv.log_text()

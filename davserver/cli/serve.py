@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import signal
 import sys
@@ -69,26 +70,30 @@ def cmd_serve(args) -> int:
 
     cfg = _load(args)
     logging.getLogger().setLevel(cfg.log_level.upper())
+    if getattr(args, "worker_of", None):  # a replacement for a worker that died
+        prefork.die_with(args.worker_of)
+        return _serve(Instance(cfg), reuse_port=True, announce=False)
     _announce(cfg, init_instance(cfg))
     inst = Instance(cfg)
     inst.vault.recover()  # once, before any worker serves
-    workers = cfg.workers or prefork.default_workers()
-    if workers == 1:
+    count = cfg.workers or prefork.default_workers()
+    if count == 1:
         return _serve(inst)
     inst.close()
     cfg.port = prefork.probe_port(cfg.host, cfg.port)
+    argv = ["serve", "--config", cfg.path, "--data-dir", cfg.data_dir, "--host", cfg.host,
+            "--port", str(cfg.port)]
+    if cfg.certfile:
+        argv += ["--certfile", cfg.certfile, "--keyfile", cfg.keyfile]
+    workers = prefork.Workers(
+        count, lambda: _serve(Instance(cfg), reuse_port=True, announce=False), argv)
+    workers.fork_initial()
+    return _serve(Instance(cfg), reuse_port=True, workers=workers)
 
-    def worker() -> None:
-        _serve(Instance(cfg), reuse_port=True, announce=False)
 
-    log.info("davserver listening on %s with %d worker processes", _url(cfg, "USER"), workers)
-    print(f"davserver: serving on {_url(cfg, 'USER')} ({workers} worker processes)",
-          flush=True)
-    return prefork.serve_workers(workers, worker)
-
-
-def _serve(inst: Instance, *, reuse_port: bool = False, announce: bool = True) -> int:
-    """Serve on this process until SIGTERM/SIGINT."""
+def _serve(inst: Instance, *, reuse_port: bool = False, announce: bool = True,
+           workers=None) -> int:
+    """Serve on this process until SIGTERM/SIGINT (``workers``: the others to supervise)."""
     from davserver.dav.app import make_server
 
     cfg = inst.config
@@ -106,11 +111,16 @@ def _serve(inst: Instance, *, reuse_port: bool = False, announce: bool = True) -
     server.prepare()
     cfg.port = server.bind_addr[1]
     if announce:
-        log.info("davserver listening on %s", _url(cfg, "USER"))
-        print(f"davserver: serving on {_url(cfg, 'USER')}", flush=True)
+        extra = f" ({workers.count} worker processes)" if workers else ""
+        log.info("davserver listening on %s%s", _url(cfg, "USER"), extra)
+        print(f"davserver: serving on {_url(cfg, 'USER')}{extra}", flush=True)
+    if workers:
+        workers.supervise()
     try:
         server.serve()
     finally:
+        if workers:
+            workers.stop()
         inst.close()
     return 0
 
@@ -136,3 +146,5 @@ def register(sub, common) -> None:
         p.add_argument("--port", type=int, help="listen port (default from config: 8080)")
         p.add_argument("--certfile", help="PEM certificate for HTTPS")
         p.add_argument("--keyfile", help="PEM private key for HTTPS")
+        if name == "serve":
+            p.add_argument("--worker-of", type=int, help=argparse.SUPPRESS)

@@ -218,6 +218,14 @@ class PlaintextFile:
         self._on_close = on_close
         self.closed = False
 
+    @property
+    def size(self) -> int:
+        return self._r.plain_size
+
+    @property
+    def file_id(self) -> bytes:
+        return self._r.header.file_id
+
     def seekable(self) -> bool:
         return True
 

@@ -99,7 +99,16 @@ class FastFiles(BaseMiddleware):
             node = self.vault.stat(spath)
             if node is None or node.is_dir:
                 return None
-            f = None if head else self.vault.open_read(spath)
+            if head:
+                f = None
+            else:
+                f = self.vault.open_read(spath)
+                # The headers must describe the version being sent. Opened after the stat:
+                # if a commit came in between, the sizes or file IDs differ, and the
+                # reference path answers instead.
+                if not node.describes(f):
+                    f.close()
+                    return None
         except DavServerError:
             return None  # refusals are logged and answered by the reference path
         start_response("200 OK", [

@@ -1,28 +1,33 @@
 """Several server processes on one port: the way a Python server uses more than one core.
 
 AES-GCM, HPKE and most of a request's work hold the GIL, so one process serves one core's
-worth of requests however many threads it has. ``[server] workers`` processes each run the
-whole application with their own DB connections and caches, on sockets bound with
-``SO_REUSEPORT`` so the kernel spreads new connections over them. What must be one truth
-is not in their memory: files, index and WebDAV locks are in the data directory and the
-DB, and the locks that make commits and lock grants atomic are shared between the
-processes (``davserver.meta.interprocess``).
+worth of requests however many threads it has. With ``[server] workers = N`` the server
+process does the start-up work once (crash recovery, temp cleanup), forks N-1 more
+workers, and then serves as a worker itself. Each process runs the whole application with
+its own DB connections and caches, on sockets bound with ``SO_REUSEPORT`` so the kernel
+spreads new connections over them. What must be one truth is not in their memory: files,
+index and WebDAV locks are in the data directory and the DB, and the locks that make
+commits and lock grants atomic are shared between the processes
+(``davserver.meta.interprocess``).
 
-The parent does the start-up work once (crash recovery, temp cleanup), then only
-supervises: a worker that dies is started again, SIGTERM/SIGINT stop them all, and a
-worker dies with the parent (``PR_SET_PDEATHSIG``) so a killed server never leaves
-processes holding the port.
+Why the first process serves too, instead of only supervising: forked workers share the
+pages of everything it had loaded, and a supervisor that only waits would still hold
+~20 MiB of its own. Forked workers start before the first process runs any thread (fork
+and threads do not mix); a worker that dies later is replaced by a freshly executed one
+(``davserver serve --worker-of PID``). Workers die with the first process
+(``PR_SET_PDEATHSIG``), so a killed server never leaves processes holding the port;
+SIGTERM/SIGINT to it stop them all.
 """
 
 from __future__ import annotations
 
 import ctypes
-import errno
 import gc
 import logging
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -56,81 +61,109 @@ def probe_port(host: str, port: int) -> int:
         return s.getsockname()[1]
 
 
-def _die_with_parent(parent: int) -> None:
+def die_with(parent: int) -> None:
+    """Make this process die when ``parent`` does (or exit now if it already has)."""
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
-    if os.getppid() != parent:  # the parent died before prctl took effect
+    if os.getppid() != parent:
         os._exit(1)
 
 
-def serve_workers(count: int, run_worker: Callable[[], None]) -> int:
-    """Fork ``count`` workers that each call ``run_worker`` (which serves until told to
-    stop by SIGTERM); supervise them until SIGTERM/SIGINT. Returns the exit status."""
-    parent = os.getpid()
-    stopping = threading.Event()
-    children: dict[int, float] = {}  # pid -> start time
-    quick_deaths = 0
+class Workers:
+    """The first process's view of the other workers: start, replace, stop."""
 
-    def spawn() -> None:
-        # Signals stay blocked across fork until the child has its own handlers: the
-        # parent's would make a child signal its siblings.
-        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
-        pid = os.fork()
-        if pid == 0:
-            code = 0
+    def __init__(self, count: int, run_worker: Callable[[], None],
+                 respawn_argv: list[str]) -> None:
+        self.count = count
+        self._run_worker = run_worker
+        self._respawn_argv = respawn_argv
+        self._children: dict[int, float] = {}  # pid -> start time
+        self._stopping = threading.Event()
+        self._quick_deaths = 0
+
+    def fork_initial(self) -> None:
+        """Fork the other workers; call before this process starts any thread."""
+        parent = os.getpid()
+        gc.collect()
+        gc.freeze()  # what is loaded now stays shared with the workers (copy-on-write)
+        for _ in range(self.count - 1):
+            # Signals stay blocked across fork until the child has its own handlers.
+            signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+            pid = os.fork()
+            if pid == 0:
+                code = 0
+                try:
+                    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the first process forwards it
+                    signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+                    die_with(parent)
+                    self._run_worker()
+                except BaseException:
+                    log.exception("worker %d failed", os.getpid())
+                    code = 1
+                finally:
+                    logging.shutdown()
+                    os._exit(code)
+            self._children[pid] = time.monotonic()
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+
+    def supervise(self) -> None:
+        """Replace workers that die (on a thread of the first process)."""
+        threading.Thread(target=self._watch, name="workers", daemon=True).start()
+
+    def _watch(self) -> None:
+        while not self._stopping.is_set():
             try:
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent forwards it
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
-                _die_with_parent(parent)
-                run_worker()
-            except BaseException:
-                log.exception("worker %d failed", os.getpid())
-                code = 1
-            finally:
-                logging.shutdown()
-                os._exit(code)
-        children[pid] = time.monotonic()
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+                pid, wstatus = os.waitpid(-1, 0)
+            except ChildProcessError:
+                time.sleep(0.2)  # none right now (a replacement may be starting)
+                continue
+            except InterruptedError:
+                continue
+            started = self._children.pop(pid, None)
+            if started is None or self._stopping.is_set():
+                continue
+            code = os.waitstatus_to_exitcode(wstatus)
+            log.error("worker %d exited (%s); starting a new one", pid,
+                      f"signal {-code}" if code < 0 else f"status {code}")
+            if time.monotonic() - started < _RESTART_WINDOW:
+                self._quick_deaths += 1
+                if self._quick_deaths >= _MAX_QUICK_DEATHS:
+                    log.error("workers keep failing at start; serving with fewer")
+                    continue
+                time.sleep(0.5 * self._quick_deaths)
+            self._respawn()
 
-    def stop(signum, frame) -> None:
-        stopping.set()
-        for pid in list(children):
+    def _respawn(self) -> None:
+        argv = [sys.executable, "-m", "davserver", *self._respawn_argv,
+                "--worker-of", str(os.getpid())]
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+        self._children[proc.pid] = time.monotonic()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopping.set()
+        for pid in list(self._children):
             try:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
+        deadline = time.monotonic() + timeout
+        while self._children and time.monotonic() < deadline:
+            for pid in list(self._children):
+                try:
+                    done, _ = os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    done = pid
+                if done:
+                    self._children.pop(pid, None)
+            time.sleep(0.05)
+        for pid in list(self._children):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    gc.freeze()  # what the parent built stays shared with the workers (copy-on-write)
-    for _ in range(count):
-        spawn()
-    status = 0
-    while children:
-        try:
-            pid, wstatus = os.wait()
-        except InterruptedError:
-            continue
-        except OSError as e:
-            if e.errno == errno.ECHILD:
-                break
-            raise
-        started = children.pop(pid, None)
-        if started is None or stopping.is_set():
-            continue
-        code = os.waitstatus_to_exitcode(wstatus)
-        log.error("worker %d exited (%s); starting a new one", pid,
-                  f"signal {-code}" if code < 0 else f"status {code}")
-        if time.monotonic() - started < _RESTART_WINDOW:
-            quick_deaths += 1
-            if quick_deaths >= _MAX_QUICK_DEATHS:
-                print("davserver: workers keep failing at start; see the log", file=sys.stderr)
-                stop(signal.SIGTERM, None)
-                status = 1
-                continue
-            time.sleep(0.5 * quick_deaths)
-        spawn()
-    return status
+    def pids(self) -> list[int]:
+        return list(self._children)

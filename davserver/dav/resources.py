@@ -14,7 +14,13 @@ import mimetypes
 import time
 
 from wsgidav import util
-from wsgidav.dav_error import HTTP_BAD_REQUEST, HTTP_FORBIDDEN, HTTP_NOT_FOUND, DAVError
+from wsgidav.dav_error import (
+    HTTP_BAD_REQUEST,
+    HTTP_FORBIDDEN,
+    HTTP_NOT_FOUND,
+    HTTP_SERVICE_UNAVAILABLE,
+    DAVError,
+)
 from wsgidav.dav_provider import DAVCollection, DAVNonCollection
 from wsgidav.xml_tools import etree, string_to_xml
 
@@ -23,7 +29,7 @@ from davserver.errors import Conflict
 from davserver.vault.files import Node, Upload
 
 _LOCK_PROPS = ("{DAV:}lockdiscovery", "{DAV:}supportedlock")
-OPENED_KEY = "davserver.opened"  # environ: (storage path, open file) of a prepared GET
+OPENED_KEY = "davserver.opened"  # environ: (storage path, open file, its node), prepared GET
 _QUOTA_PROPS = ("{DAV:}quota-used-bytes", "{DAV:}quota-available-bytes")
 
 
@@ -128,15 +134,25 @@ class FileResource(_DeadProps, DAVNonCollection):
         once. The Guard closes it if the request ends without reading it."""
         held = self.environ.get(OPENED_KEY)
         if held is not None and held[0] == self.spath:
+            self.node = held[2]  # describe the version opened first, not a newer one
             return
-        f = self.provider.vault.open_read(self.spath)
+        vault = self.provider.vault
+        f = vault.open_read(self.spath)
+        if self.node is not None and not self.node.describes(f):
+            # Committed since the stat: describe the version that was opened, or give up.
+            self.node = vault.stat(self.spath)
+            if self.node is None or not self.node.describes(f):
+                f.close()
+                raise DAVError(HTTP_SERVICE_UNAVAILABLE,
+                               "the file changed while it was being opened; try again",
+                               add_headers=[("Retry-After", "1")])
         if ranged and hasattr(f, "verify_final"):
             try:
                 f.verify_final()
             except BaseException:
                 f.close()
                 raise
-        self.environ[OPENED_KEY] = (self.spath, f)
+        self.environ[OPENED_KEY] = (self.spath, f, self.node)
 
     @dav_errors
     def get_content(self):

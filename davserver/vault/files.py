@@ -56,6 +56,14 @@ class Node:
     etag: str
     encrypted: bool
 
+    def describes(self, opened) -> bool:
+        """Is ``opened`` (from open_read) the version this node was made from? A commit
+        between a stat and an open would otherwise pair one version's headers
+        (Content-Length, ETag) with another's bytes."""
+        if opened.size != self.size:
+            return False
+        return not self.encrypted or getattr(opened, "file_id", b"").hex() == self.etag
+
 
 class RawFile:
     """Seekable read-only view of a plaintext blob (files not encrypted, e.g. placed by hand)."""
@@ -63,6 +71,10 @@ class RawFile:
     def __init__(self, reader: BlobReader) -> None:
         self._r = reader
         self._pos = 0
+
+    @property
+    def size(self) -> int:
+        return self._r.size
 
     def seek(self, offset: int, whence: int = 0) -> int:
         base = {0: 0, 1: self._pos, 2: self._r.size}[whence]
