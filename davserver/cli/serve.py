@@ -71,6 +71,7 @@ def cmd_serve(args) -> int:
     cfg = _load(args)
     logging.getLogger().setLevel(cfg.log_level.upper())
     if getattr(args, "worker_of", None):  # a replacement for a worker that died
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the first process
         prefork.die_with(args.worker_of)
         return _serve(Instance(cfg), reuse_port=True, announce=False)
     _announce(cfg, init_instance(cfg))
