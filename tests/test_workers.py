@@ -82,8 +82,8 @@ def test_connections_are_spread_over_the_workers(srv):
     assert served == set(workers)
 
 
-def _has_peer(pid: int, port: int) -> bool:
-    """Does process ``pid`` hold the server side of the connection from ``port``?"""
+def _tcp_sockets(pid: int) -> list[tuple[int, int, str]]:
+    """(local port, remote port, state) of the TCP sockets process ``pid`` holds."""
     inodes = set()
     for fd in Path(f"/proc/{pid}/fd").iterdir():
         try:
@@ -92,30 +92,24 @@ def _has_peer(pid: int, port: int) -> bool:
             continue
         if target.startswith("socket:["):
             inodes.add(target[8:-1])
+    out = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
             f = line.split()
-            if f[9] in inodes and int(f[2].rsplit(":", 1)[1], 16) == port:
-                return True
-    return False
+            if f[9] in inodes:
+                out.append((int(f[1].rsplit(":", 1)[1], 16), int(f[2].rsplit(":", 1)[1], 16),
+                            f[3]))
+    return out
+
+
+def _has_peer(pid: int, port: int) -> bool:
+    """Does process ``pid`` hold the server side of the connection from ``port``?"""
+    return any(remote == port for _local, remote, _state in _tcp_sockets(pid))
 
 
 def _listens(pid: int, port: int) -> bool:
-    """Has process ``pid`` a listening socket on ``port``?"""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            f = line.split()
-            if f[9] in inodes and f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:
-                return True
-    return False
+    """Has process ``pid`` a listening socket on ``port``? (0A: TCP_LISTEN)"""
+    return any(local == port and state == "0A" for local, _r, state in _tcp_sockets(pid))
 
 
 def test_a_lock_holds_in_every_worker(srv):
