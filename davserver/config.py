@@ -85,6 +85,29 @@ class Config:
         return os.path.join(self.data_dir, "keys")
 
 
+def check_owner(data_dir: str) -> None:
+    """Refuse to work as root on a data directory that belongs to the service user.
+
+    Key files, DB journals and lock files made by root would be unreadable to the server
+    afterwards (Nextcloud's occ refuses for the same reason)."""
+    if os.geteuid() != 0:
+        return
+    try:
+        uid = os.stat(data_dir).st_uid
+    except FileNotFoundError:
+        return
+    if uid == 0:
+        return
+    try:
+        import pwd
+
+        owner = pwd.getpwuid(uid).pw_name
+    except (KeyError, ImportError):
+        owner = str(uid)
+    raise UserError(f"{data_dir} belongs to {owner}; run davserver as that user "
+                    f"(sudo -u {owner} davserver ...) so the server can read what it writes")
+
+
 def load(path: str | None = None, data_dir: str | None = None) -> Config:
     """Read the config file if it exists; command-line values win over the file."""
     path = path or default_config_path()

@@ -43,6 +43,7 @@ S_MAINTENANCE = settings.MAINTENANCE
 class Instance:
     def __init__(self, cfg: Config) -> None:
         self.config = cfg
+        config_mod.check_owner(cfg.data_dir)
         if not os.path.exists(cfg.db_path):
             raise UserError(f"no davserver instance in {cfg.data_dir} (run 'davserver init' "
                             "or 'davserver serve' once)")
@@ -196,6 +197,7 @@ def init_instance(cfg: Config, *, admin: str = "admin",
     Safe to run again: existing pieces are kept, and a password is only made (and shown)
     when the admin account is created.
     """
+    config_mod.check_owner(cfg.data_dir)
     created = False
     if not os.path.exists(cfg.path):
         config_mod.write_default(cfg)

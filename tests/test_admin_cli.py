@@ -198,6 +198,24 @@ def test_errors_are_one_line_without_traceback(tmp_path):
     assert not missing.exists()
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can make files another user owns")
+def test_root_is_refused_on_the_service_users_data_dir(instances):
+    """As occ does: files root creates (keys, DB journals, lock files) would lock the
+    server's user out, so commands run as root on its data directory stop first."""
+    srv = instances(users={"alice": None})
+    for d, _dirs, files in os.walk(srv.root):
+        for name in [d, *(os.path.join(d, f) for f in files)]:
+            os.chown(name, 65534, 65534)
+    before = sorted(str(p) for p in Path(srv.root).rglob("*"))
+    for args in (["encryption:status"], ["maintenance:mode", "--on"], ["serve"],
+                 ["user:list"], ["init"]):
+        res = srv.run_cli(*args, check=False, timeout=30)
+        assert res.returncode == 2, (args, res.stdout, res.stderr)
+        lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and "run davserver as that user" in lines[0], (args, lines)
+    assert sorted(str(p) for p in Path(srv.root).rglob("*")) == before  # nothing created
+
+
 # --- status, encrypt-all ------------------------------------------------------------------
 
 

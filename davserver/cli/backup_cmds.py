@@ -42,6 +42,7 @@ def cmd_restore(args) -> int:
     Stop the server first; --force overwrites an existing instance."""
     cfg = config_mod.load(args.config, args.data_dir)
     key_root = cfg.key_storage_root or cfg.default_key_root
+    config_mod.check_owner(cfg.data_dir)
     os.makedirs(cfg.data_dir, mode=0o700, exist_ok=True)
     result = backup.restore(args.file, passphrase=_passphrase(args),
                             secret_file=cfg.secret_file, key_root=key_root, db_path=cfg.db_path,
