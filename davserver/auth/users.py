@@ -67,6 +67,11 @@ class UserService:
     def get(self, name: str) -> UserRecord | None:
         return self.db.get_user(name)
 
+    def quota(self, name: str) -> int | None:
+        """The user's quota in bytes; None: unlimited (or no such user)."""
+        u = self.db.get_user(name)
+        return u.quota_bytes if u else None
+
     def require(self, name: str) -> UserRecord:
         u = self.db.get_user(name)
         if u is None:

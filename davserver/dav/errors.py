@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 
-from wsgidav.dav_error import DAVError
+from wsgidav.dav_error import HTTP_BAD_REQUEST, DAVError
 
 from davserver.errors import DavServerError, VersionMismatch
 
@@ -25,6 +25,12 @@ def to_dav_error(e: DavServerError) -> DAVError:
     else:
         msg = str(e)
     return DAVError(e.HTTP_STATUS, context_info=msg)
+
+
+def short_body(received: int, expected: int) -> DAVError:
+    """The client went away before sending the whole body: never store a prefix."""
+    return DAVError(HTTP_BAD_REQUEST,
+                    f"body ended after {received} of {expected} bytes; nothing was stored")
 
 
 def dav_errors(fn):

@@ -22,7 +22,6 @@ from urllib.parse import quote
 
 from wsgidav import util
 from wsgidav.dav_error import (
-    HTTP_BAD_REQUEST,
     HTTP_CREATED,
     HTTP_LOCKED,
     HTTP_NO_CONTENT,
@@ -30,7 +29,7 @@ from wsgidav.dav_error import (
 )
 from wsgidav.mw.base_mw import BaseMiddleware
 
-from davserver.dav.errors import to_dav_error
+from davserver.dav.errors import short_body, to_dav_error
 from davserver.dav.propfind import rfc1123
 from davserver.dav.resources import content_type
 from davserver.errors import DavServerError
@@ -144,9 +143,8 @@ class FastFiles(BaseMiddleware):
         if (existing is not None and existing.is_dir) or folder is None or not folder.is_dir:
             return None  # 405 / 409 from WsgiDAV
         expected = int(length)
-        user = self.users.get(spath.split("/", 1)[0])
         try:
-            up = self.vault.begin_write(spath, quota=user.quota_bytes if user else None,
+            up = self.vault.begin_write(spath, quota=self.users.quota(spath.split("/", 1)[0]),
                                         expected_size=expected)
             try:
                 self._receive(environ, up, expected)
@@ -171,8 +169,7 @@ class FastFiles(BaseMiddleware):
         while left:
             block = read(min(bs, left))
             if not block:
-                raise DAVError(HTTP_BAD_REQUEST, f"body ended after {expected - left} of "
-                               f"{expected} bytes; nothing was stored")
+                raise short_body(expected - left, expected)
             up.write(block)
             left -= len(block)
         environ["wsgidav.all_input_read"] = 1

@@ -153,8 +153,7 @@ class FastPropfind(BaseMiddleware):
 
     def _quota(self, owner: str) -> tuple[str, str | None]:
         used = self.vault.usage(owner)
-        user = self.users.get(owner)
-        q = user.quota_bytes if user else None
+        q = self.users.quota(owner)
         return str(used), (None if q is None else str(max(0, q - used)))
 
     def _live(self, rel: str, n: Node, quota) -> dict[str, str | None]:

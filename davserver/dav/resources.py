@@ -15,7 +15,6 @@ import time
 
 from wsgidav import util
 from wsgidav.dav_error import (
-    HTTP_BAD_REQUEST,
     HTTP_FORBIDDEN,
     HTTP_NOT_FOUND,
     HTTP_SERVICE_UNAVAILABLE,
@@ -24,7 +23,7 @@ from wsgidav.dav_error import (
 from wsgidav.dav_provider import DAVCollection, DAVNonCollection
 from wsgidav.xml_tools import etree, string_to_xml
 
-from davserver.dav.errors import dav_errors
+from davserver.dav.errors import dav_errors, short_body
 from davserver.errors import Conflict
 from davserver.vault.files import Node, Upload
 
@@ -166,11 +165,9 @@ class FileResource(_DeadProps, DAVNonCollection):
     def begin_write(self, *, content_type=None):
         length = self.environ.get("CONTENT_LENGTH")
         self._expected = int(length) if length and length.isdigit() else None
-        owner = self.spath.split("/", 1)[0]
-        user = self.provider.users.get(owner)
         self._upload = self.provider.vault.begin_write(
-            self.spath, quota=user.quota_bytes if user else None, expected_size=self._expected
-        )
+            self.spath, quota=self.provider.users.quota(self.spath.split("/", 1)[0]),
+            expected_size=self._expected)
         return self
 
     # The object returned by begin_write: WsgiDAV feeds the body to it.
@@ -181,9 +178,7 @@ class FileResource(_DeadProps, DAVNonCollection):
 
     def close(self) -> None:
         if self._expected is not None and self._received != self._expected:
-            # The client went away before sending the whole body: never store a prefix.
-            raise DAVError(HTTP_BAD_REQUEST, f"body ended after {self._received} of "
-                           f"{self._expected} bytes; nothing was stored")
+            raise short_body(self._received, self._expected)
 
     @dav_errors
     def end_write(self, *, with_errors):
@@ -218,10 +213,8 @@ class FileResource(_DeadProps, DAVNonCollection):
     @dav_errors
     def copy_move_single(self, dest_path, *, is_move):
         dest = self.provider.storage_path(dest_path, self.environ)
-        owner = dest.split("/", 1)[0]
-        user = self.provider.users.get(owner)
         self.provider.vault.copy_file(self.spath, dest,
-                                      quota=user.quota_bytes if user else None)
+                                      quota=self.provider.users.quota(dest.split("/", 1)[0]))
         self.provider.db.copy_props(self.spath, dest)
 
     def support_recursive_move(self, dest_path):
@@ -279,8 +272,7 @@ class FolderResource(_DeadProps, DAVCollection):
 
     def get_available_bytes(self):
         owner = self.spath.split("/", 1)[0]
-        user = self.provider.users.get(owner)
-        quota = user.quota_bytes if user else None
+        quota = self.provider.users.quota(owner)
         if quota is None:
             return None
         return self.provider.vault.available(owner, quota)

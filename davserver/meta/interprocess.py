@@ -35,7 +35,21 @@ def _open(path: str) -> int:
     return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
 
-class ChangeCounter:
+def _read_counter(fd: int) -> int:
+    raw = os.pread(fd, 8, 0)
+    return int.from_bytes(raw, "big") if len(raw) == 8 else 0
+
+
+def _write_counter(fd: int, value: int) -> None:
+    os.pwrite(fd, value.to_bytes(8, "big"), 0)
+
+
+class _ProcessFile:
+    """One descriptor of a file per process, opened again after fork.
+
+    Record locks belong to a process and vanish when any descriptor of the file is
+    closed, so a process keeps its descriptor open rather than opening one per use."""
+
     def __init__(self, path: str) -> None:
         self.path = path
         self._fd: int | None = None
@@ -46,33 +60,25 @@ class ChangeCounter:
             self._fd, self._pid = _open(self.path), os.getpid()
         return self._fd
 
+
+class ChangeCounter(_ProcessFile):
     def value(self) -> int:
-        raw = os.pread(self._file(), 8, 0)
-        return int.from_bytes(raw, "big") if len(raw) == 8 else 0
+        return _read_counter(self._file())
 
     def bump(self) -> None:
         fd = self._file()
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
-            os.pwrite(fd, (self.value() + 1).to_bytes(8, "big"), 0)
+            _write_counter(fd, _read_counter(fd) + 1)
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
 
 
-class PathLocks:
+class PathLocks(_ProcessFile):
     def __init__(self, path: str) -> None:
-        self.path = path
-        self._fd: int | None = None
-        self._pid = 0
+        super().__init__(path)
         self._held: dict[str, list] = {}  # path -> [threading.Lock, users]
         self._guard = threading.Lock()
-
-    def _file(self) -> int:
-        # Record locks belong to a process and vanish when any descriptor of the file is
-        # closed, so each process opens the file once and keeps it (re-opened after fork).
-        if self._fd is None or self._pid != os.getpid():
-            self._fd, self._pid = _open(self.path), os.getpid()
-        return self._fd
 
     @contextlib.contextmanager
     def hold(self, key: str) -> Iterator[None]:
@@ -136,7 +142,7 @@ class SharedRWLock:
         st.depth += 1
         if self.on_acquire is not None:
             try:
-                self.on_acquire(self._read_counter(st.fd))
+                self.on_acquire(_read_counter(st.fd))
             except BaseException:
                 self.release()
                 raise
@@ -151,7 +157,7 @@ class SharedRWLock:
         try:
             if st.changed:
                 st.changed = False
-                os.pwrite(st.fd, (self._read_counter(st.fd) + 1).to_bytes(8, "big"), 0)
+                _write_counter(st.fd, _read_counter(st.fd) + 1)
         finally:
             st.mode = 0
             fcntl.flock(st.fd, fcntl.LOCK_UN)
@@ -160,9 +166,4 @@ class SharedRWLock:
         """Called by a writer holding the lock; returns the counter value after release."""
         st = self._state()
         st.changed = True
-        return self._read_counter(st.fd) + 1
-
-    @staticmethod
-    def _read_counter(fd: int) -> int:
-        raw = os.pread(fd, 8, 0)
-        return int.from_bytes(raw, "big") if len(raw) == 8 else 0
+        return _read_counter(st.fd) + 1
