@@ -105,7 +105,7 @@ def check_owner(data_dir: str) -> None:
     except (KeyError, ImportError):
         owner = str(uid)
     raise UserError(f"{data_dir} belongs to {owner}; run davserver as that user "
-                    f"(sudo -u {owner} davserver ...) so the server can read what it writes")
+                    f"(runuser -u {owner} -- davserver ...) so the server can read what it writes")
 
 
 def load(path: str | None = None, data_dir: str | None = None) -> Config:
