@@ -4,6 +4,7 @@ and through a running server."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -594,6 +595,18 @@ def start_encrypt_all(srv: LiveServer) -> subprocess.Popen:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@contextlib.contextmanager
+def encrypt_all_job(srv: LiveServer):
+    """encrypt-all running in the background; killed if the block leaves it running."""
+    proc = start_encrypt_all(srv)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_maintenance_mode_during_encrypt_all(instances):
     srv = instances(users={"alice": None})
     blob = os.urandom(75_000)
@@ -604,8 +617,7 @@ def test_maintenance_mode_during_encrypt_all(instances):
     place(srv, "alice", tree)
     srv.start()
     assert get(srv, "alice", "d0/f0000.bin").status_code == 200
-    proc = start_encrypt_all(srv)
-    try:
+    with encrypt_all_job(srv) as proc:
         def maintenance_seen() -> bool:
             return requests.get(f"{srv.base}/status.php", timeout=10).json()["maintenance"]
 
@@ -622,10 +634,6 @@ def test_maintenance_mode_during_encrypt_all(instances):
             seen += 1
             time.sleep(0.02)
         out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     assert json.loads(out)["converted"] == 2000
@@ -648,8 +656,7 @@ def test_no_write_accepted_once_a_job_has_started(instances):
     srv.start()
     time.sleep(1.2)
     assert get(srv, "alice", "d0/f0000.bin").status_code == 200  # settings re-read now
-    proc = start_encrypt_all(srv)
-    try:
+    with encrypt_all_job(srv) as proc:
         def job_running() -> bool:
             rows = db_query(srv, "SELECT value FROM settings WHERE key = 'maintenance.job'")
             return bool(rows) or proc.poll() is not None
@@ -661,10 +668,6 @@ def test_no_write_accepted_once_a_job_has_started(instances):
                          auth=srv.auth("alice"), timeout=30)
         running = proc.poll() is None
         out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 0, err
     if running:
         assert r.status_code == 503, (

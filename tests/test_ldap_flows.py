@@ -133,11 +133,17 @@ def test_first_login_creates_keys_and_files_round_trip(srv, slapd):
 # --- password changed in the directory ------------------------------------------------
 
 
-def test_directory_password_change_fixed_with_cli(srv, slapd):
+def files_then_directory_change(srv, slapd) -> tuple[str, str, str, dict]:
+    """A user with uploaded files whose password the directory then changes."""
     uid, old = new_user(slapd)
     files = upload_set(srv, uid, old)
     new = f"new-{secrets.token_hex(8)}"
     slapd.set_password(uid, new)
+    return uid, old, new, files
+
+
+def test_directory_password_change_fixed_with_cli(srv, slapd):
+    uid, old, new, files = files_then_directory_change(srv, slapd)
 
     assert_locked(get(srv, uid, new, "a.txt"))
     assert get(srv, uid, old, "a.txt").status_code == 401
@@ -179,10 +185,7 @@ def test_old_password_refused_as_soon_as_directory_changes(srv, slapd):
 
 
 def test_directory_password_change_fixed_on_settings_page(srv, slapd):
-    uid, old = new_user(slapd)
-    files = upload_set(srv, uid, old)
-    new = f"new-{secrets.token_hex(8)}"
-    slapd.set_password(uid, new)
+    uid, old, new, files = files_then_directory_change(srv, slapd)
     assert_locked(get(srv, uid, new, "a.txt"))
 
     s, page = web_login(srv.base, uid, new)
@@ -208,10 +211,7 @@ def test_directory_password_change_fixed_on_settings_page(srv, slapd):
 
 
 def test_wrong_old_password_changes_nothing(srv, slapd):
-    uid, old = new_user(slapd)
-    files = upload_set(srv, uid, old)
-    new = f"new-{secrets.token_hex(8)}"
-    slapd.set_password(uid, new)
+    uid, old, new, files = files_then_directory_change(srv, slapd)
     key_path = user_key_path(srv.data_dir, uid)
     key_before = key_path.read_bytes()
     wraps_before = key_file_of(srv.data_dir, uid, "a.txt").read_bytes()

@@ -418,10 +418,6 @@ class MetaDB:
 
     # --- lock storage (key/value, used by dav.lockstore) -------------------------------
 
-    def kv_get(self, key: str) -> bytes | None:
-        rows = self.query("SELECT value FROM locks WHERE key = ?", (key,))
-        return rows[0][0] if rows else None
-
     def kv_set(self, key: str, value: bytes) -> None:
         with self.tx() as c:
             c.execute("INSERT INTO locks(key, value) VALUES(?, ?) "
@@ -430,9 +426,6 @@ class MetaDB:
     def kv_delete(self, key: str) -> None:
         with self.tx() as c:
             c.execute("DELETE FROM locks WHERE key = ?", (key,))
-
-    def kv_keys(self) -> list[str]:
-        return [r[0] for r in self.query("SELECT key FROM locks")]
 
     def kv_items(self) -> dict[str, bytes]:
         return dict(self.query("SELECT key, value FROM locks"))
