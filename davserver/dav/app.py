@@ -25,6 +25,7 @@ from wsgidav.wsgidav_app import WsgiDAVApp
 
 from davserver import __version__
 from davserver.auth.login import DirectoryDown, LoginFailed, Throttled
+from davserver.dav import sockets
 from davserver.dav.fastfiles import FastFiles
 from davserver.dav.locks import DbLockStorage
 from davserver.dav.propfind import FastPropfind
@@ -202,6 +203,7 @@ def make_server(instance: Instance, *, reuse_port: bool = False) -> wsgi.Server:
         request_queue_size=128,  # cheroot's default backlog of 5 refuses bursts of clients
     )
     server.max_request_body_size = 0
+    server.ConnectionClass = sockets.Connection
     if cfg.certfile and cfg.keyfile:
         from cheroot.ssl.builtin import BuiltinSSLAdapter
 

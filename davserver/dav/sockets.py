@@ -1,0 +1,46 @@
+"""Socket writes without cheroot's copies.
+
+cheroot's response writer appends every block to a bytearray and then sends
+``bytes(buffer)``: two copies of each block in user space, and on a partial send the rest
+is copied again. Serving a large file on a 2-core machine is bound by CPU, and those
+copies cost about as much as decrypting the block. Large blocks are therefore handed
+to ``socket.sendall`` as they are (it loops over partial sends in C, without copying);
+small writes (status line, headers) keep cheroot's path. TLS connections use the SSL
+adapter's own file objects and are not affected.
+"""
+
+from __future__ import annotations
+
+from cheroot import makefile, server
+
+#: Blocks at least this large are sent straight from the caller's buffer.
+DIRECT_MIN = 16384
+
+
+class DirectWriter(makefile.StreamWriter):
+    def __init__(self, sock, mode: str = "wb", bufsize: int = -1) -> None:
+        super().__init__(sock, mode, bufsize)
+        self._sock = sock
+
+    def write(self, b) -> int:
+        if len(b) < DIRECT_MIN or self._write_buf or isinstance(b, str):
+            return super().write(b)
+        self._checkClosed()
+        with self._write_lock:
+            self._sock.sendall(b)
+        self.bytes_written += len(b)
+        return len(b)
+
+
+def _make_file(sock, mode: str = "r", bufsize: int = -1):
+    if "r" in mode:
+        return makefile.MakeFile(sock, mode, bufsize)
+    return DirectWriter(sock, mode, bufsize)
+
+
+class Connection(server.HTTPConnection):
+    """cheroot's connection with DirectWriter for plain (non-TLS) sockets."""
+
+    def __init__(self, srv, sock, makefile_=makefile.MakeFile) -> None:
+        super().__init__(srv, sock, _make_file if makefile_ is makefile.MakeFile
+                         else makefile_)
