@@ -155,12 +155,13 @@ class Instance:
 
     def recipients(self, user: str) -> list[Recipient]:
         if self.mode() == "master":
-            m = self.master()
-            return [Recipient(m.recipient, m.suite, m.public)]
+            return [self.master().as_recipient()]
         own = self.userkeys.public(user)
         if own is None:
             raise KeyNotFound(f"user key of {user} (the user must log in once)")
-        out = [own]
+        # The owner uploading holds the private half: a self wrap (keywrap) for them.
+        mine = next((i for i in context.current() if i.recipient == own.recipient), None)
+        out = [mine.as_recipient() if mine is not None else own]
         if self.recovery_opted_in(user):
             rec = self.userkeys.recovery_public()
             if rec is not None:

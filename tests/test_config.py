@@ -48,4 +48,4 @@ def test_selftest_command_passes():
     out = subprocess.run([sys.executable, "-m", "davserver", "selftest"], capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert out.stdout.count("  ok ") == 4
+    assert out.stdout.count("  ok ") == 5

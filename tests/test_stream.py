@@ -387,6 +387,26 @@ def test_wrap_for_one_file_id_does_not_open_for_another(suite: str):
         keywrap.unwrap_data_key(suite, other_private, sealed, a)
 
 
+@pytest.mark.parametrize("suite", SUITES)
+def test_self_wrap_opens_only_with_its_private_key_and_file_id(suite: str):
+    private, public = keywrap.new_keypair(suite)
+    data_key = keywrap.new_data_key()
+    a, b = keywrap.new_file_id(), keywrap.new_file_id()
+    w = Recipient("master:x", suite, public, private).wrap(data_key, a)
+    assert w.suite == keywrap.SELF_SUITE and len(w.sealed) == 12 + 32 + 16
+    assert keywrap.open_wrap(w.suite, private, w.sealed, a) == data_key
+    assert Recipient("master:x", suite, public, private).wrap(data_key, a).sealed != w.sealed
+    other_private, _ = keywrap.new_keypair(suite)
+    for bad in ((private, w.sealed, b), (private, flip(w.sealed, 20), a),
+                (other_private, w.sealed, a)):
+        with pytest.raises(IntegrityError):
+            keywrap.open_wrap(w.suite, *bad)
+    # without the private key the same recipient gets an HPKE wrap
+    h = Recipient("master:x", suite, public).wrap(data_key, a)
+    assert h.suite == suite
+    assert keywrap.open_wrap(h.suite, private, h.sealed, a) == data_key
+
+
 def test_x25519_wrap_layout():
     private, public = keywrap.new_keypair("x25519")
     assert len(private) == len(public) == 32

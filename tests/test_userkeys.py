@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from davserver import accounts
+from davserver.crypto import keywrap
 from davserver.errors import DavServerError, KeyNotFound, UserError
 from davserver.vault import context
 from davserver.vault.userkeys import KeyLocked
@@ -38,7 +39,14 @@ def test_first_login_creates_keys_and_files_are_wrapped_for_user_only(inst):
     rec = inst.db.get_file("alice/a.txt")
     wraps = inst.keys.load(rec.file_id)
     assert [w.recipient.split(":")[0] for w in wraps] == ["user"]
-    assert wraps[0].suite == inst.config.hpke_suite
+    # alice uploading holds her private key: a self wrap, no HPKE
+    assert wraps[0].suite == keywrap.SELF_SUITE
+    # a writer without her key (an admin job) can only wrap to her public key
+    with context.acting_as():
+        inst.vault.write_bytes("alice/b.txt", b"from the admin")
+    wraps = inst.keys.load(inst.db.get_file("alice/b.txt").file_id)
+    assert [w.suite for w in wraps] == [inst.config.hpke_suite]
+    assert read(inst, p, "b.txt") == b"from the admin"
 
 
 def test_admin_cannot_read_user_files_without_recovery(inst):

@@ -19,8 +19,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from davserver.crypto import header, keywrap, stream
 from davserver.errors import FormatError, IntegrityError
@@ -177,6 +179,24 @@ def test_keywrap_x25519_wrong_file_id_vector():
                                 bytes.fromhex(fields["file id"]))
 
 
+@pytest.mark.parametrize("name", ["keywrap_self", "keywrap_self_wrong_file_id"])
+def test_keywrap_self_vectors(name: str):
+    fields, sealed = parse(VECTORS / f"{name}.txt")
+    assert fields["suite"] == keywrap.SELF_SUITE and len(sealed) == 60
+    private, fid = bytes.fromhex(fields["private key"]), bytes.fromhex(fields["file id"])
+    # the documented derivation, spelled out with cryptography alone
+    wrap_key = HKDF(hashes.SHA256(), 32, fid, b"davserver/v1 self wrap").derive(private)
+    assert wrap_key.hex() == fields["wrap key"]
+    if fields["expect"] == "unwrap failure":
+        with pytest.raises(IntegrityError):
+            keywrap.open_wrap("self", private, sealed, fid)
+        return
+    data_key = bytes.fromhex(fields["data key"])
+    assert keywrap.open_wrap("self", private, sealed, fid) == data_key
+    assert AESGCM(wrap_key).decrypt(sealed[:12], sealed[12:],
+                                    b"davserver/v1 data key" + fid) == data_key
+
+
 def _secret(tmp_path: Path, line: str) -> bytes:
     p = tmp_path / "secret"
     p.write_text(line + "\n")
@@ -203,8 +223,11 @@ def test_master_key_vectors(tmp_path: Path, name: str):
     assert fields["master file"] == f"master-{keywrap.key_id(ident.public)}.json"
 
 
-def _example_instance(tmp_path: Path) -> tuple[dict[str, str], Path, Path, Path]:
-    fields, ct = parse(VECTORS / "example_instance.txt")
+EXAMPLES = ["example_instance", "example_instance_self"]
+
+
+def _example_instance(tmp_path: Path, name: str) -> tuple[dict[str, str], Path, Path, Path]:
+    fields, ct = parse(VECTORS / f"{name}.txt")
     root = tmp_path / "keys"
     (root / Path(fields["key file"]).parent).mkdir(parents=True)
     (root / fields["master file"]).write_text(fields["master json"])
@@ -216,8 +239,11 @@ def _example_instance(tmp_path: Path) -> tuple[dict[str, str], Path, Path, Path]
     return fields, secret, root, blob
 
 
-def test_example_instance_with_davserver(tmp_path: Path):
-    fields, secret, root, blob = _example_instance(tmp_path)
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_example_instance_with_davserver(tmp_path: Path, name: str):
+    fields, secret, root, blob = _example_instance(tmp_path, name)
+    suite = json.loads(fields["key file json"])["wraps"][0]["suite"]
+    assert suite == ("self" if name.endswith("_self") else "x25519")
     store = KeyStore(str(root), fsync=False)
     ident = store.load_master(read_secret(str(secret)))
     data = blob.read_bytes()
@@ -237,12 +263,13 @@ def _snippet() -> str:
     return m.group(1)
 
 
-def test_format_md_snippet_decrypts_example(tmp_path: Path):
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_format_md_snippet_decrypts_example(tmp_path: Path, name: str):
     """The hand decryptor printed in docs/FORMAT.md works, with cryptography alone."""
     code = _snippet()
     assert "davserver" not in re.sub(r'b?"[^"]*"', "", code), "snippet must not import davserver"
     assert len(code.splitlines()) <= 40
-    fields, secret, root, blob = _example_instance(tmp_path)
+    fields, secret, root, blob = _example_instance(tmp_path, name)
     script = tmp_path / "decrypt.py"
     script.write_text(code)
     out = subprocess.run([sys.executable, str(script), str(secret), str(root), str(blob)],

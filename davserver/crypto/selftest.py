@@ -52,11 +52,23 @@ def _hpke(suite: str) -> Callable[[], None]:
     return check
 
 
+def _self_wrap() -> None:
+    priv, _pub = keywrap.new_keypair("x25519")
+    sealed = keywrap.seal_to_self(priv, _DATA_KEY, _FILE_ID)
+    assert keywrap.open_wrap(keywrap.SELF_SUITE, priv, sealed, _FILE_ID) == _DATA_KEY
+    try:
+        keywrap.open_wrap(keywrap.SELF_SUITE, priv, sealed, bytes(16))
+    except IntegrityError:
+        return
+    raise AssertionError("a self wrap opened for the wrong file ID")
+
+
 CHECKS: list[tuple[str, Callable[[], None]]] = [
     ("stream format known answers", _kat),
     ("round trip and tamper detection", _roundtrip_and_tamper),
     ("HPKE X25519 key wrap", _hpke("x25519")),
     ("HPKE ML-KEM-768+X25519 key wrap", _hpke("mlkem768-x25519")),
+    ("self key wrap", _self_wrap),
 ]
 
 

@@ -22,7 +22,7 @@ import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from davserver.crypto import keywrap
 from davserver.errors import DavServerError, FormatError, IntegrityError, KeyNotFound
@@ -52,15 +52,29 @@ class Identity:
 
     recipient: str
     suite: str
-    private: bytes
+    private: bytes = field(repr=False)
     public: bytes
+
+    def as_recipient(self) -> Recipient:
+        return Recipient(self.recipient, self.suite, self.public, self.private)
 
 
 @dataclass(frozen=True)
 class Recipient:
+    """Whom a data key is wrapped to. ``private`` is set when the writer holds the private
+    half (master key, the uploading user's own key): the wrap is then a self wrap."""
+
     recipient: str
     suite: str
     public: bytes
+    private: bytes | None = field(default=None, repr=False)
+
+    def wrap(self, data_key: bytes, file_id: bytes) -> Wrap:
+        if self.private is not None:
+            return Wrap(self.recipient, keywrap.SELF_SUITE,
+                        keywrap.seal_to_self(self.private, data_key, file_id))
+        return Wrap(self.recipient, self.suite,
+                    keywrap.wrap_data_key(self.suite, self.public, data_key, file_id))
 
 
 def write_atomic(path: str, data: bytes, *, fsync: bool = True, mode: int = 0o600) -> None:
@@ -222,11 +236,7 @@ class KeyStore:
     # --- recipes -----------------------------------------------------------------------
 
     def wrap_new(self, file_id: bytes, data_key: bytes, recipients: list[Recipient]) -> None:
-        self.save(file_id, [
-            Wrap(r.recipient, r.suite,
-                 keywrap.wrap_data_key(r.suite, r.public, data_key, file_id))
-            for r in recipients
-        ])
+        self.save(file_id, [r.wrap(data_key, file_id) for r in recipients])
         self._remember(file_id, data_key, frozenset(r.recipient for r in recipients))
 
     def unwrap(self, file_id: bytes, identities: list[Identity]) -> bytes:
@@ -244,7 +254,7 @@ class KeyStore:
         for ident in identities:
             w = by_recipient.get(ident.recipient)
             if w is not None:
-                key = keywrap.unwrap_data_key(w.suite, ident.private, w.sealed, file_id)
+                key = keywrap.open_wrap(w.suite, ident.private, w.sealed, file_id)
                 self._remember(file_id, key, frozenset(by_recipient))
                 return key
         raise KeyNotFound(f"{file_id.hex()} (no wrap for this principal)")

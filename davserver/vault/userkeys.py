@@ -34,7 +34,7 @@ from davserver.errors import (
     UserError,
     WrongPassword,
 )
-from davserver.vault.keystore import Identity, KeyStore, Recipient, Wrap, write_atomic
+from davserver.vault.keystore import Identity, KeyStore, Recipient, write_atomic
 
 USER_KEY_FORMAT = "davserver-userkey/1"
 RECOVERY_FORMAT = "davserver-recovery/1"
@@ -286,9 +286,7 @@ def rewrap_files(store: KeyStore, file_ids: Iterable[bytes], *, opener: list[Ide
                 if progress:
                     progress(1, 0)
                 continue
-            new = keep + [Wrap(r.recipient, r.suite,
-                               keywrap.wrap_data_key(r.suite, r.public, data_key, fid))
-                          for r in need]
+            new = keep + [r.wrap(data_key, fid) for r in need]
             store.save(fid, new)
             done += 1
         if progress:

@@ -56,8 +56,11 @@ MASTER_PRIVATE = bytes.fromhex("5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd
 EXAMPLE_KEY = bytes.fromhex("c0ffee00" * 8)
 EXAMPLE_FID = bytes.fromhex("a1b2c3d4e5f60718293a4b5c6d7e8f90")
 
+SELF_NONCE = bytes.fromhex("0102030405060708090a0b0c")  # random in davserver; fixed here
+
 SECRET_PREFIX = "davserver-secret-v1:"
 DATA_KEY_INFO = b"davserver/v1 data key"
+SELF_WRAP_INFO = b"davserver/v1 self wrap"
 PRIVATE_AAD = b"davserver/v1 private key"
 
 
@@ -144,6 +147,15 @@ def wrap(public: bytes, data_key: bytes, fid: bytes) -> bytes:
 def unwrap(private: bytes, sealed: bytes, fid: bytes) -> bytes:
     return hpke_suite().decrypt(sealed, X25519PrivateKey.from_private_bytes(private),
                                 info=DATA_KEY_INFO + fid)
+
+
+def self_wrap_key(private: bytes, fid: bytes) -> bytes:
+    return hkdf(private, fid, SELF_WRAP_INFO)
+
+
+def self_wrap(private: bytes, data_key: bytes, fid: bytes) -> bytes:
+    return SELF_NONCE + AESGCM(self_wrap_key(private, fid)).encrypt(
+        SELF_NONCE, data_key, DATA_KEY_INFO + fid)
 
 
 def key_id(public: bytes) -> str:
@@ -323,6 +335,21 @@ def keywrap_vectors() -> None:
            "differs, so it must not open"}, sealed)
 
 
+def self_wrap_vectors() -> None:
+    fixed = {"suite": "self", "private key": WRAP_PRIVATE.hex(), "file id": WRAP_FILE_ID.hex(),
+             "data key": WRAP_DATA_KEY.hex()}
+    sealed = self_wrap(WRAP_PRIVATE, WRAP_DATA_KEY, WRAP_FILE_ID)
+    write("keywrap_self", {"expect": "success", **fixed,
+                           "wrap key": self_wrap_key(WRAP_PRIVATE, WRAP_FILE_ID).hex(),
+                           "comment": "a self wrap: body = nonce (12) || ct+tag (48); the "
+                           "nonce is fixed here, random in davserver"}, sealed)
+    write("keywrap_self_wrong_file_id",
+          {"expect": "unwrap failure", **fixed, "file id": OTHER_FILE_ID.hex(),
+           "wrap key": self_wrap_key(WRAP_PRIVATE, OTHER_FILE_ID).hex(),
+           "comment": "the wrap of keywrap_self presented for another file ID: another wrap "
+           "key and another aad, so it must not open"}, sealed)
+
+
 def master_vectors() -> tuple[dict, str]:
     private = MASTER_PRIVATE
     public = x25519_public(private)
@@ -349,15 +376,21 @@ def master_vectors() -> tuple[dict, str]:
     return doc, secret_line
 
 
-def example_vector(master: dict, secret_line: str) -> None:
+def example_vector(master: dict, secret_line: str, *, self_wrapped: bool = False) -> None:
     """A whole instance in one file: secret, master key file, key file and ciphertext."""
+    name = "example_instance_self" if self_wrapped else "example_instance"
     plain = plaintext(3 * CS + 5, b"example")
     ct = encrypt(plain, EXAMPLE_KEY, EXAMPLE_FID)
     pub = base64.b64decode(master["public"])
     kid = master["id"]
-    old = existing("example_instance")
+    old = existing(name)
     key_doc = None
-    if old and old[0].get("master json") == json.dumps(master) and old[1] == ct:
+    if self_wrapped:
+        key_doc = {"format": "davserver-key/1", "file_id": EXAMPLE_FID.hex(),
+                   "wraps": [{"to": f"master:{kid}", "suite": "self",
+                              "sealed": b64(self_wrap(MASTER_PRIVATE, EXAMPLE_KEY,
+                                                      EXAMPLE_FID))}]}
+    elif old and old[0].get("master json") == json.dumps(master) and old[1] == ct:
         try:
             cand = json.loads(old[0]["key file json"])
             if unwrap(MASTER_PRIVATE, base64.b64decode(cand["wraps"][0]["sealed"]),
@@ -370,7 +403,7 @@ def example_vector(master: dict, secret_line: str) -> None:
                    "wraps": [{"to": f"master:{kid}", "suite": "x25519",
                               "sealed": b64(wrap(pub, EXAMPLE_KEY, EXAMPLE_FID))}]}
     h = EXAMPLE_FID.hex()
-    write("example_instance", {
+    write(name, {
         "expect": "success",
         "secret file": secret_line,
         "master file": f"master-{kid}.json",
@@ -382,16 +415,19 @@ def example_vector(master: dict, secret_line: str) -> None:
         "chunk shift": SHIFT,
         "plaintext size": len(plain),
         "plaintext sha256": hashlib.sha256(plain).hexdigest(),
-        "comment": "a key store root (master file + key file) plus one encrypted file; "
-                   "decrypt it with the FORMAT.md 'Decrypting by hand' snippet",
+        "comment": "a key store root (master file + key file"
+                   + (" with a self wrap" if self_wrapped else "") + ") plus one encrypted "
+                   "file; decrypt it with the FORMAT.md 'Decrypting by hand' snippet",
     }, ct)
 
 
 def main() -> int:
     stream_vectors()
     keywrap_vectors()
+    self_wrap_vectors()
     doc, secret_line = master_vectors()
     example_vector(doc, secret_line)
+    example_vector(doc, secret_line, self_wrapped=True)
     print(f"wrote {len(list(HERE.glob('*.txt')))} vectors to {HERE}")
     return 0
 
