@@ -5,6 +5,7 @@ filter injection, an unreachable directory and the post-quantum HPKE suite."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
@@ -510,16 +511,22 @@ def test_user_key_mode_with_mlkem768_x25519(server_factory, slapd):
     srv = server_factory(users={}, config=ldap_config(
         slapd, encryption={"hpke_suite": "mlkem768-x25519"}))
     srv.run_cli("encryption:disable-master-key", "--yes")
+    srv.run_cli("encryption:enable-recovery", env={"DAVSERVER_RECOVERY_PASS": RECOVERY_PASS})
     srv.restart()  # a running server may take up to a second to see the new mode
     uid, pw = new_user(slapd, "pq")
     files = upload_set(srv, uid, pw)
     assert_all_readable(srv, uid, pw, files)
     doc = json.loads(user_key_path(srv.data_dir, uid).read_text())
     assert doc["suite"] == "mlkem768-x25519"
+    # The user uploading holds their private key: self wraps (symmetric, so nothing for a
+    # quantum computer to break). Opting in to recovery adds HPKE wraps in the PQ suite.
+    srv.run_cli("encryption:user-recovery", uid, "--enable", env={"DAVSERVER_PASS": pw})
     for rel in files:
         wraps = wraps_of(srv.data_dir, uid, rel)
-        assert [w["suite"] for w in wraps] == ["mlkem768-x25519"], wraps
+        assert [(w["to"].split(":")[0], w["suite"]) for w in wraps] == [
+            ("user", "self"), ("recovery", "mlkem768-x25519")], wraps
         assert wraps[0]["to"] == f"user:{uid}:{doc['id']}"
+        assert len(base64.b64decode(wraps[1]["sealed"])) == 1120 + 32 + 16
     # And the key survives a restart (nothing only in memory).
     srv.restart()
     assert_all_readable(srv, uid, pw, files)

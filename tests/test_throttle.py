@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from davserver.auth.login import LoginFailed
 from davserver.auth.throttle import Throttle
 from davserver.meta.db import MetaDB
 
@@ -57,3 +60,24 @@ def test_rows_per_key_stay_bounded(tmp_path):
         t.failed("addr:10.0.0.1")
         clock.now += 0.5
     assert db.query("SELECT count(*) FROM login_failures")[0][0] == 5
+
+
+def test_login_clears_only_failures_on_record(tmp_path):
+    """A success after failures forgets the user's count; a clean login does not write."""
+    from tests.instances import make_instance
+
+    inst = make_instance(tmp_path)
+    login = inst.login
+    for _ in range(2):
+        with pytest.raises(LoginFailed):
+            login.login("admin", "wrong-password", "10.0.0.1")
+    assert login.throttle.check("user:admin")[1] == {"user:admin"}
+    login.login("admin", "adminpass1", "10.0.0.1")
+    assert login.throttle.check("user:admin", "addr:10.0.0.1")[1] == {"addr:10.0.0.1"}
+    statements = []
+    inst.db._conn().set_trace_callback(statements.append)
+    login.login("admin", "adminpass1", "10.0.0.1")
+    inst.db._conn().set_trace_callback(None)
+    assert not [s for s in statements if not s.lstrip().upper().startswith("SELECT")]
+    assert len([s for s in statements if "login_failures" in s]) == 1  # the check only
+    assert len([s for s in statements if "FROM users" in s]) == 1

@@ -88,14 +88,14 @@ class LoginService:
         if (record is None or record.backend == "ldap") and self.directory is not None:
             return self.users.verify(name, password, check=self._directory_check,
                                      ttl=self.directory_cache_seconds)
-        return self.users.verify(name, password)
+        return self.users.verify(name, password, record=record)
 
     def login(self, name: str, password: str, addr: str = "", *,
               allow_locked_key: bool = False) -> Principal:
         """Authenticate and unlock. ``allow_locked_key`` (the settings pages) lets a user
         whose key needs their old password in, so they can fix it."""
         keys = (f"user:{name}", f"addr:{addr}")
-        wait = self.throttle.retry_after(*keys)
+        wait, on_record = self.throttle.check(*keys)
         if wait:
             log.warning("login throttled for user %r from %s", name, addr)
             raise Throttled(wait)
@@ -103,7 +103,8 @@ class LoginService:
             self.throttle.failed(*keys)
             log.warning("failed login for user %r from %s", name, addr)
             raise LoginFailed()
-        self.throttle.succeeded(keys[0])
+        if keys[0] in on_record:
+            self.throttle.succeeded(keys[0])
         try:
             return Principal(name, self._instance.unlock(name, password))
         except KeyLocked:

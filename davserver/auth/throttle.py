@@ -24,16 +24,22 @@ class Throttle:
 
     def retry_after(self, *keys: str) -> int:
         """Seconds until a new attempt is allowed for all ``keys`` (0: allowed now)."""
+        return self.check(*keys)[0]
+
+    def check(self, *keys: str) -> tuple[int, frozenset[str]]:
+        """(retry_after, the keys with failures on record): a login that then succeeds
+        needs to clear only those, so a clean login costs this one query."""
         if self.max_failures <= 0:
-            return 0
+            return 0, frozenset()
         now = self._clock()
         wait = 0.0
+        counts = self.db.failure_counts(keys, now - self.window)
         # failed() keeps at most max_failures recent rows per key, so the oldest of them
         # leaving the window is when the key is allowed again.
-        for count, oldest in self.db.failure_counts(keys, now - self.window).values():
+        for count, oldest in counts.values():
             if count >= self.max_failures:
                 wait = max(wait, oldest + self.window - now)
-        return int(wait) + 1 if wait > 0 else 0
+        return (int(wait) + 1 if wait > 0 else 0), frozenset(counts)
 
     def failed(self, *keys: str) -> None:
         if self.max_failures > 0:

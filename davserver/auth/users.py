@@ -26,6 +26,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_@][A-Za-z0-9_.@-]{0,63}$")
 MIN_PASSWORD_LENGTH = 8
 
 _context = CryptContext(schemes=["argon2"], deprecated="auto")
+_LOOKUP: UserRecord = object()  # type: ignore[assignment]  # verify(): read the row itself
 
 
 def validate_name(name: str) -> str:
@@ -112,20 +113,24 @@ class UserService:
 
     def verify(self, name: str, password: str,
                check: Callable[[str, str], bool] | None = None,
-               ttl: float | None = None) -> bool:
+               ttl: float | None = None, *, record: UserRecord | None = _LOOKUP) -> bool:
         """True if ``password`` is the user's; cheap when recently verified.
 
         ``check`` verifies against somewhere else (the directory) instead of the local
         hash, and ``ttl`` bounds how long its answer is trusted. A cached local success
         holds only while the stored hash is the one it was checked against, so a reset
         from the CLI or another node ends it at once. A success with a password not seen
-        before drops the user's other cached passwords.
+        before drops the user's other cached passwords. ``record``: the user's row, when
+        the caller has just read it.
         """
         if not name or not password:
             return False
         tag = hmac.new(self._cache_key, f"{name}\0{password}".encode(), "sha256").digest()
         now = time.monotonic()
-        user = self.db.get_user(name) if check is None else None
+        if check is not None:
+            user = None
+        else:
+            user = self.db.get_user(name) if record is _LOOKUP else record
         stamp = user.password_hash if user else None
         with self._lock:
             hit = self._verified.get(tag)
