@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import socket
@@ -216,3 +217,29 @@ def test_every_worker_follows_an_admin_command_at_once(srv):
         assert [fresh("GET", srv, "m.txt").status_code for _ in range(12)] == [503] * 12
         srv.run_cli("maintenance:mode", "--off")
         assert [fresh("GET", srv, "m.txt").status_code for _ in range(12)] == [200] * 12
+
+
+def test_one_password_check_serves_every_worker(tmp_path):
+    """Argon2id (~100 ms, 64 MiB) runs once per user and password, not once per worker:
+    the workers share the table of verified passwords."""
+    s = LiveServer(tmp_path, users={"alice": None},
+                   config={"server": {"workers": WORKERS}, "logging": {"level": "debug"}})
+    s.create().start()
+    try:
+        assert wait_until(lambda: len(children(s.proc.pid)) == WORKERS - 1)
+        workers = [s.proc.pid, *children(s.proc.pid)]
+        token = base64.b64encode(f"alice:{s.users['alice']}".encode()).decode()
+        request = (f"PROPFIND /remote.php/dav/files/alice/ HTTP/1.1\r\nHost: x\r\n"
+                   f"Depth: 0\r\nAuthorization: Basic {token}\r\n"
+                   f"Content-Length: 0\r\n\r\n").encode()
+        served = set()
+        for _ in range(60):
+            with socket.create_connection(("127.0.0.1", s.port)) as c:
+                c.sendall(request)
+                assert c.recv(100).startswith(b"HTTP/1.1 207")
+                port = c.getsockname()[1]
+                served.update(pid for pid in workers if _has_peer(pid, port))
+        assert served == set(workers)
+        assert s.log_text().count("checking the password of 'alice'") == 1
+    finally:
+        s.stop()

@@ -8,19 +8,19 @@ password itself is never kept, and the process key dies with the process.
 
 from __future__ import annotations
 
-import hmac
-import os
+import logging
 import re
 import secrets
-import threading
-import time
 from collections.abc import Callable
 
 from passlib.context import CryptContext
 
+from davserver.auth import verified
 from davserver.auth.ldap import parse_size as ldap_parse_size
 from davserver.errors import Conflict, NotFound, UserError
 from davserver.meta.db import MetaDB, UserRecord
+
+log = logging.getLogger("davserver.auth")
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_@][A-Za-z0-9_.@-]{0,63}$")
 MIN_PASSWORD_LENGTH = 8
@@ -58,9 +58,7 @@ class UserService:
                  on_delete: Callable[[str], None] | None = None) -> None:
         self.db = db
         self.cache_seconds = cache_seconds
-        self._cache_key = os.urandom(32)
-        self._verified: dict[bytes, tuple[str, float]] = {}
-        self._lock = threading.Lock()
+        self._verified = verified.for_this_process()
         self._on_create = on_create
         self._on_delete = on_delete
         self.hash_checks = 0  # counted so tests can prove the cache works
@@ -125,17 +123,15 @@ class UserService:
         """
         if not name or not password:
             return False
-        tag = hmac.new(self._cache_key, f"{name}\0{password}".encode(), "sha256").digest()
-        now = time.monotonic()
+        tag = self._verified.tag(name, password)
         if check is not None:
             user = None
         else:
             user = self.db.get_user(name) if record is _LOOKUP else record
         stamp = user.password_hash if user else None
-        with self._lock:
-            hit = self._verified.get(tag)
-            if hit and hit[1] > now and hit[2] == stamp:
-                return True
+        if self._verified.hit(tag, name, stamp):
+            return True
+        log.debug("checking the password of %r (not cached)", name)
         if check is not None:
             self.hash_checks += 1
             ok = check(name, password)
@@ -147,12 +143,9 @@ class UserService:
             ok = _context.verify(password, user.password_hash)
         lifetime = self.cache_seconds if ttl is None else ttl
         if ok and lifetime > 0:
-            with self._lock:
-                self._verified = {k: v for k, v in self._verified.items()
-                                  if v[0] != name and v[1] > now}
-                self._verified[tag] = (name, now + lifetime, stamp)
+            self._verified.add(tag, name, stamp, lifetime)
         elif ok:
-            self._forget(name)
+            self._verified.forget(name)
         return ok
 
     def check_password_rules(self, password: str) -> None:
@@ -184,8 +177,7 @@ class UserService:
             self.db.update_user(name, **fields)
 
     def _forget(self, name: str) -> None:
-        with self._lock:
-            self._verified = {k: v for k, v in self._verified.items() if v[0] != name}
+        self._verified.forget(name)
 
     @staticmethod
     def _check_password(password: str) -> None:

@@ -66,6 +66,7 @@ def cmd_init(args) -> int:
 
 def cmd_serve(args) -> int:
     """Run the WebDAV server (creating the instance on first start)."""
+    from davserver.auth import verified
     from davserver.dav import prefork
 
     cfg = _load(args)
@@ -86,6 +87,7 @@ def cmd_serve(args) -> int:
             "--port", str(cfg.port)]
     if cfg.certfile:
         argv += ["--certfile", cfg.certfile, "--keyfile", cfg.keyfile]
+    verified.share_with_forked_workers()  # one password check serves every worker
     workers = prefork.Workers(
         count, lambda: _serve(Instance(cfg), reuse_port=True, announce=False), argv)
     workers.fork_initial()
