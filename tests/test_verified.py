@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from davserver.auth.verified import VerifiedCache
+from davserver.meta.verified import VerifiedCache
 
 
 def test_an_entry_matches_only_its_user_password_and_stored_hash():
@@ -42,3 +42,13 @@ def test_processes_forked_after_creation_share_the_table():
         os._exit(0)
     os.waitpid(pid, 0)
     assert c.hit(tag, "alice", "$h")
+
+
+def test_a_payload_comes_back_only_for_a_valid_entry():
+    c = VerifiedCache()
+    tag = c.tag("alice", "pw-123456")
+    c.add(tag, "alice", ("ino", 1), 60, b"sealed key")
+    assert c.get(tag, "alice", ("ino", 1)) == b"sealed key"
+    assert c.get(tag, "alice", ("ino", 2)) is None  # the key file changed
+    assert c.secret("alice", "pw-123456") != tag  # the sealing key is not what is stored
+    assert c.secret("alice", "pw-123456") != c.secret("alice", "pw-1234567")

@@ -219,12 +219,16 @@ def test_every_worker_follows_an_admin_command_at_once(srv):
         assert [fresh("GET", srv, "m.txt").status_code for _ in range(12)] == [200] * 12
 
 
-def test_one_password_check_serves_every_worker(tmp_path):
+@pytest.mark.parametrize("mode", ["master", "user"])
+def test_one_password_check_serves_every_worker(tmp_path, mode):
     """Argon2id (~100 ms, 64 MiB) runs once per user and password, not once per worker:
-    the workers share the table of verified passwords."""
+    the workers share the tables of verified passwords and unlocked user keys."""
     s = LiveServer(tmp_path, users={"alice": None},
                    config={"server": {"workers": WORKERS}, "logging": {"level": "debug"}})
-    s.create().start()
+    s.create()
+    if mode == "user":
+        s.run_cli("encryption:disable-master-key", "--yes")
+    s.start()
     try:
         assert wait_until(lambda: len(children(s.proc.pid)) == WORKERS - 1)
         workers = [s.proc.pid, *children(s.proc.pid)]
@@ -240,6 +244,11 @@ def test_one_password_check_serves_every_worker(tmp_path):
                 port = c.getsockname()[1]
                 served.update(pid for pid in workers if _has_peer(pid, port))
         assert served == set(workers)
-        assert s.log_text().count("checking the password of 'alice'") == 1
+        log = s.log_text()
+        assert log.count("checking the password of 'alice'") == 1
+        assert log.count("unlocking the key of 'alice'") == (mode == "user")
+        assert fresh("PUT", s, "f.txt", data=b"readable in every worker").status_code == 201
+        for _ in range(12):
+            assert fresh("GET", s, "f.txt").content == b"readable in every worker"
     finally:
         s.stop()

@@ -15,9 +15,9 @@ from collections.abc import Callable
 
 from passlib.context import CryptContext
 
-from davserver.auth import verified
 from davserver.auth.ldap import parse_size as ldap_parse_size
 from davserver.errors import Conflict, NotFound, UserError
+from davserver.meta import verified
 from davserver.meta.db import MetaDB, UserRecord
 
 log = logging.getLogger("davserver.auth")
@@ -58,7 +58,7 @@ class UserService:
                  on_delete: Callable[[str], None] | None = None) -> None:
         self.db = db
         self.cache_seconds = cache_seconds
-        self._verified = verified.for_this_process()
+        self._verified = verified.for_this_process(verified.PASSWORDS)
         self._on_create = on_create
         self._on_delete = on_delete
         self.hash_checks = 0  # counted so tests can prove the cache works

@@ -66,8 +66,8 @@ def cmd_init(args) -> int:
 
 def cmd_serve(args) -> int:
     """Run the WebDAV server (creating the instance on first start)."""
-    from davserver.auth import verified
     from davserver.dav import prefork
+    from davserver.meta import verified
 
     cfg = _load(args)
     logging.getLogger().setLevel(cfg.log_level.upper())

@@ -9,23 +9,25 @@ Files in the key store::
 
 Unlocking costs one Argon2id derivation (~0.1-0.3 s by design). WebDAV clients send the
 password with every request, so an unlocked key is cached in memory only, under
-``HMAC(process key, user || password)``: a request with the same password costs a hash
+``HMAC(server key, user || password)``: a request with the same password costs a hash
 and a dict lookup; another password misses the cache and must derive again. The cache
 never holds the password, lives as long as configured, and is dropped for a user whose
-password or key changes.
+password or key changes. The worker processes of a server share it (meta.verified: the
+private key sealed under a second HMAC of the password), so a user's key is derived once
+per server, not once per worker.
 """
 
 from __future__ import annotations
 
 import base64
-import hmac
 import json
+import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Iterable
 
-from davserver.crypto import kdf, keywrap
+from davserver.crypto import kdf, keywrap, primitives
 from davserver.errors import (
     DavServerError,
     IntegrityError,
@@ -34,7 +36,10 @@ from davserver.errors import (
     UserError,
     WrongPassword,
 )
+from davserver.meta import verified
 from davserver.vault.keystore import Identity, KeyStore, Recipient, write_atomic
+
+log = logging.getLogger("davserver.keys")
 
 USER_KEY_FORMAT = "davserver-userkey/1"
 RECOVERY_FORMAT = "davserver-recovery/1"
@@ -65,7 +70,7 @@ class UserKeys:
         self.suite = suite
         self.cache_seconds = cache_seconds
         self.derivations = 0  # counted so tests can prove the cache works
-        self._cache_key = os.urandom(32)
+        self._shared = verified.for_this_process(verified.USER_KEYS)
         self._cache: dict[bytes, tuple] = {}
         self._lock = threading.Lock()
 
@@ -126,19 +131,22 @@ class UserKeys:
         self.forget(user)
         return self._identity(user, doc, private)
 
-    def _tag(self, user: str, password: str) -> bytes:
-        return hmac.new(self._cache_key, f"{user}\0{password}".encode(), "sha256").digest()
-
     def unlock(self, user: str, password: str) -> Identity:
         """The user's identity for this password: cached, created on first login, and
         re-sealed with stronger KDF parameters when they were raised."""
-        tag = self._tag(user, password)
+        tag = self._shared.tag(user, password)
         now = time.monotonic()
         stamp = self._stamp(user)
         with self._lock:
             hit = self._cache.get(tag)
             if hit and hit[2] > now and hit[3] == stamp:
                 return hit[1]
+        ident = self._from_other_worker(tag, user, password, stamp)
+        if ident is not None:
+            with self._lock:
+                self._cache[tag] = (user, ident, now + self.cache_seconds, stamp)
+            return ident
+        log.debug("unlocking the key of %r (not cached)", user)
         doc = self._load_user(user)
         if doc is None:
             ident = self.create(user, password)
@@ -151,9 +159,28 @@ class UserKeys:
             if weak:
                 self._write_user(user, self._seal_doc(
                     USER_KEY_FORMAT, private, ident.public, doc["suite"], password, user=user))
+        stamp = self._stamp(user)
         with self._lock:
-            self._cache[tag] = (user, ident, now + self.cache_seconds, self._stamp(user))
+            self._cache[tag] = (user, ident, now + self.cache_seconds, stamp)
+        self._shared.add(tag, user, stamp, self.cache_seconds, primitives.aead_seal(
+            self._shared.secret(user, password), ident.private, user.encode()))
         return ident
+
+    def _from_other_worker(self, tag: bytes, user: str, password: str,
+                           stamp: tuple | None) -> Identity | None:
+        """The key another worker of this server unlocked with this password, if any."""
+        sealed = self._shared.get(tag, user, stamp)
+        if not sealed:
+            return None
+        try:
+            private = primitives.aead_open(self._shared.secret(user, password), sealed,
+                                           user.encode())
+        except IntegrityError:
+            return None
+        doc = self._load_user(user)
+        if doc is None or self._stamp(user) != stamp:
+            return None
+        return self._identity(user, doc, private)
 
     def _stamp(self, user: str) -> tuple | None:
         """Identity of the key file on disk: a cached key is only good while it is the
@@ -198,6 +225,7 @@ class UserKeys:
     def forget(self, user: str) -> None:
         with self._lock:
             self._cache = {k: v for k, v in self._cache.items() if v[0] != user}
+        self._shared.forget(user)
 
     def delete(self, user: str) -> None:
         self.forget(user)
