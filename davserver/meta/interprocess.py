@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import mmap
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -62,8 +63,23 @@ class _ProcessFile:
 
 
 class ChangeCounter(_ProcessFile):
+    """A counter other processes bump; read through a mapping of the file, because it is
+    read several times per request (settings) and a read is then a memory load."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self._map: mmap.mmap | None = None
+        self._map_pid = 0
+
     def value(self) -> int:
-        return _read_counter(self._file())
+        m = self._map
+        if m is None or self._map_pid != os.getpid():
+            fd = self._file()
+            if os.fstat(fd).st_size < 8:
+                os.ftruncate(fd, 8)  # zeros = 0; never shortens a counter already there
+            m = self._map = mmap.mmap(fd, 8, access=mmap.ACCESS_READ)
+            self._map_pid = os.getpid()
+        return int.from_bytes(m[:8], "big")
 
     def bump(self) -> None:
         fd = self._file()
