@@ -52,3 +52,16 @@ def test_a_payload_comes_back_only_for_a_valid_entry():
     assert c.get(tag, "alice", ("ino", 2)) is None  # the key file changed
     assert c.secret("alice", "pw-123456") != tag  # the sealing key is not what is stored
     assert c.secret("alice", "pw-123456") != c.secret("alice", "pw-1234567")
+
+
+def test_users_sharing_a_bucket_do_not_evict_each_other(monkeypatch):
+    from davserver.meta import verified
+
+    monkeypatch.setattr(verified, "SLOTS", verified.WAYS)  # a single bucket
+    c = VerifiedCache()
+    names = [f"user{i}" for i in range(verified.WAYS)]
+    for n in names:
+        c.add(c.tag(n, "password-1"), n, None, 60)
+    assert all(c.hit(c.tag(n, "password-1"), n, None) for n in names)
+    c.add(c.tag("one-more", "password-1"), "one-more", None, 60)  # evicts one, not all
+    assert sum(c.hit(c.tag(n, "password-1"), n, None) for n in names) == verified.WAYS - 1

@@ -162,10 +162,12 @@ def test_concurrent_uploads_to_one_path_stay_consistent(srv):
         t.start()
     for t in threads:
         t.join()
-    assert all(s in (201, 204) for s in statuses), statuses
+    assert all(s in (201, 204) for s in statuses), (statuses, srv.log_tail())
     got = fresh("GET", srv, "same.bin")
-    assert got.status_code == 200 and got.content in bodies
-    assert len(srv.key_files()) == 1  # every replaced version's key is gone
+    assert got.status_code == 200 and got.content in bodies, (got.status_code,
+                                                              srv.log_tail())
+    keys = srv.key_files()
+    assert len(keys) == 1, (keys, srv.log_tail())  # every replaced version's key is gone
     assert srv.tmp_files() == []
 
 

@@ -26,7 +26,8 @@ import os
 import struct
 import time
 
-SLOTS = 1024
+WAYS = 4  # an entry may sit in any of 4 slots of its bucket: few users evict each other
+SLOTS = 4096  # x 193 bytes: 0.8 MiB per table, shared by all workers
 PAYLOAD_MAX = 128
 # tag, name hash, expiry (CLOCK_MONOTONIC), stamp hash, payload length, payload
 _SLOT = struct.Struct(f"32s8sd16sB{PAYLOAD_MAX}s")
@@ -50,16 +51,19 @@ class VerifiedCache:
         """A key for sealing a payload: derivable only with the password, never stored."""
         return hmac.new(self._key, f"seal\0{name}\0{password}".encode(), "sha256").digest()
 
-    def _offset(self, tag: bytes) -> int:
-        return int.from_bytes(tag[:4], "big") % SLOTS * _SLOT.size
+    def _bucket(self, tag: bytes) -> range:
+        first = int.from_bytes(tag[:4], "big") % (SLOTS // WAYS) * WAYS * _SLOT.size
+        return range(first, first + WAYS * _SLOT.size, _SLOT.size)
 
     def get(self, tag: bytes, name: str, stamp: object) -> bytes | None:
         """The entry's payload (b"" if none) if it is valid, else None."""
-        off = self._offset(tag)
-        t, who, expires, st, n, payload = _SLOT.unpack(self._table[off:off + _SLOT.size])
-        if (hmac.compare_digest(t, tag) and who == _h(name, 8) and st == _h(stamp, 16)
-                and expires > time.monotonic() and n <= PAYLOAD_MAX):
-            return payload[:n]
+        for off in self._bucket(tag):
+            t, who, expires, st, n, payload = _SLOT.unpack(self._table[off:off + _SLOT.size])
+            if hmac.compare_digest(t, tag):
+                if (who == _h(name, 8) and st == _h(stamp, 16) and expires > time.monotonic()
+                        and n <= PAYLOAD_MAX):
+                    return payload[:n]
+                return None
         return None
 
     def hit(self, tag: bytes, name: str, stamp: object) -> bool:
@@ -71,7 +75,8 @@ class VerifiedCache:
         if len(payload) > PAYLOAD_MAX:
             raise ValueError("payload too large for the shared table")
         self.forget(name)
-        off = self._offset(tag)
+        # The slot expiring first (an empty one has expiry 0) makes room.
+        off = min(self._bucket(tag), key=lambda o: _SLOT.unpack_from(self._table, o)[2])
         self._table[off:off + _SLOT.size] = _SLOT.pack(
             tag, _h(name, 8), time.monotonic() + lifetime, _h(stamp, 16), len(payload), payload)
 
