@@ -139,10 +139,10 @@ class UserService:
                 return False
             ok = _context.verify(password, user.password_hash)
         lifetime = self.cache_seconds if ttl is None else ttl
+        # With no lifetime (the directory's default) nothing is cached, and nothing can be
+        # stale: the lifetime is fixed for the life of the process.
         if ok and lifetime > 0:
             self._verified.add(tag, name, stamp, lifetime)
-        elif ok:
-            self._verified.forget(name)
         return ok
 
     def check_password_rules(self, password: str) -> None:
