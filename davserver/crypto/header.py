@@ -63,7 +63,17 @@ class Header:
 
     def seal(self, data_key: bytes) -> bytes:
         """Serialise with the MAC computed under ``data_key``."""
-        return self.prefix + primitives.hmac_sha256(header_key(data_key, self.file_id), self.prefix)
+        return self.seal_with(header_key(data_key, self.file_id))
+
+    def seal_with(self, header_key: bytes) -> bytes:
+        return self.prefix + primitives.hmac_sha256(header_key, self.prefix)
+
+
+def subkeys(data_key: bytes, file_id: bytes) -> tuple[bytes, bytes]:
+    """(header_key, payload_key): the two HKDFs of the table above, one extract shared."""
+    prk = primitives.hkdf_sha256_extract(data_key, salt=file_id)
+    return (primitives.hkdf_sha256_expand(prk, _HEADER_INFO),
+            primitives.hkdf_sha256_expand(prk, _PAYLOAD_INFO))
 
 
 def header_key(data_key: bytes, file_id: bytes) -> bytes:
@@ -99,8 +109,14 @@ def parse(raw: bytes) -> Header:
 
 def verify(raw: bytes, data_key: bytes) -> Header:
     """Parse and authenticate the header; the data key is committed to by the MAC."""
+    return open_header(raw, data_key)[0]
+
+
+def open_header(raw: bytes, data_key: bytes) -> tuple[Header, bytes]:
+    """:func:`verify`, and the payload key that goes with the header."""
     hdr = parse(raw)
-    expected = primitives.hmac_sha256(header_key(data_key, hdr.file_id), raw[:32])
+    hkey, pkey = subkeys(data_key, hdr.file_id)
+    expected = primitives.hmac_sha256(hkey, raw[:32])
     if not primitives.constant_time_equal(expected, raw[32:HEADER_BYTES]):
         raise IntegrityError()
-    return hdr
+    return hdr, pkey

@@ -82,7 +82,8 @@ class StreamWriter:
         self._sink = sink
         self.header = hdr.Header(file_id=file_id, chunk_shift=chunk_shift)
         self._prefix = self.header.prefix
-        self._cipher = primitives.ChunkCipher(hdr.payload_key(data_key, file_id))
+        hkey, pkey = hdr.subkeys(data_key, file_id)
+        self._cipher = primitives.ChunkCipher(pkey)
         self._chunk_size = self.header.chunk_size
         self._buf = bytearray()  # a partial chunk (< chunk size)
         self._held = None  # one full chunk that may turn out to be the last
@@ -90,7 +91,7 @@ class StreamWriter:
         self.plain_bytes = 0
         self.cipher_bytes = hdr.HEADER_BYTES
         self._finished = False
-        sink(self.header.seal(data_key))
+        sink(self.header.seal_with(hkey))
 
     def write(self, data: bytes) -> int:
         """Encrypt ``data``; full chunks are taken from it without copying."""
@@ -160,18 +161,20 @@ class ChunkReader:
 
     ``read_at(offset, length)`` returns stored bytes; ``cipher_size`` is the stored size.
     The header is verified on construction, so a wrong key or a tampered header fails
-    before any plaintext exists.
+    before any plaintext exists. ``header_bytes``: the first 64 stored bytes, when the
+    caller has already read them.
     """
 
-    def __init__(self, read_at: ReadAt, cipher_size: int, data_key: bytes) -> None:
+    def __init__(self, read_at: ReadAt, cipher_size: int, data_key: bytes,
+                 header_bytes: bytes | None = None) -> None:
         self._read_at = read_at
-        raw = read_at(0, hdr.HEADER_BYTES)
-        self.header = hdr.verify(raw, data_key)
+        raw = read_at(0, hdr.HEADER_BYTES) if header_bytes is None else header_bytes
+        self.header, payload_key = hdr.open_header(raw, data_key)
         self.plain_size = plaintext_size(cipher_size, self.header.chunk_shift)
         self.chunk_size = self.header.chunk_size
         self.chunks = chunk_count(self.plain_size, self.chunk_size)
         self._prefix = self.header.prefix
-        self._cipher = primitives.ChunkCipher(hdr.payload_key(data_key, self.header.file_id))
+        self._cipher = primitives.ChunkCipher(payload_key)
 
     def chunk(self, index: int) -> bytes:
         if not 0 <= index < self.chunks:
