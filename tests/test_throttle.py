@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from davserver.auth.login import LoginFailed
+from davserver.auth.login import LoginFailed, Throttled
 from davserver.auth.throttle import Throttle
 from davserver.meta.db import MetaDB
 
@@ -81,3 +83,47 @@ def test_login_clears_only_failures_on_record(tmp_path):
     assert not [s for s in statements if not s.lstrip().upper().startswith("SELECT")]
     assert len([s for s in statements if "login_failures" in s]) == 1  # the check only
     assert len([s for s in statements if "FROM users" in s]) == 1
+
+
+def test_kept_answers_end_with_a_write_by_any_process(tmp_path):
+    """Between writes to users and login_failures a process answers the user row and
+    "no failures" from memory; a write from another process (its own MetaDB on the same
+    files) ends that at once, so a reset password or a throttled address takes effect on
+    the next request."""
+    from davserver.meta.db import MetaDB
+    from tests.instances import make_instance
+
+    inst = make_instance(tmp_path)
+    inst.db.ACCOUNTS_TTL = 3600.0  # no expiry inside the test: only the writes count
+    login = inst.login
+    login.login("admin", "adminpass1", "10.0.0.2")
+
+    def statements_of_a_login(password="adminpass1", addr="10.0.0.2"):
+        statements = []
+        inst.db._conn().set_trace_callback(statements.append)
+        try:
+            login.login("admin", password, addr)
+        finally:
+            inst.db._conn().set_trace_callback(None)
+        return statements
+
+    assert statements_of_a_login() == []
+    other = MetaDB(inst.db.path)  # what a second worker or an admin command uses
+    for _ in range(login.throttle.max_failures):
+        other.add_failures(["addr:10.0.0.2"], time.time(), keep=login.throttle.max_failures,
+                           since=time.time() - login.throttle.window)
+    with pytest.raises(Throttled):
+        login.login("admin", "adminpass1", "10.0.0.2")
+    other.clear_failures(["addr:10.0.0.2"])
+    assert any("login_failures" in s for s in statements_of_a_login())
+    assert statements_of_a_login() == []
+    other.update_user("admin", password_hash=inst.db.get_user("admin").password_hash)
+    assert [s for s in statements_of_a_login() if "FROM users" in s]
+    inst.users.reset_password("admin", "a-new-password-2")  # through the service
+    with pytest.raises(LoginFailed):
+        login.login("admin", "adminpass1", "10.0.0.2")
+    login.login("admin", "a-new-password-2", "10.0.0.3")  # clears the user's failure
+    assert statements_of_a_login("a-new-password-2", "10.0.0.3")  # ... so this one asks
+    assert statements_of_a_login("a-new-password-2", "10.0.0.3") == []
+    inst.db.ACCOUNTS_TTL = 1e-9  # another node's writes bump nothing here: age ends it
+    assert len(statements_of_a_login("a-new-password-2", "10.0.0.3")) == 2

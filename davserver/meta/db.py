@@ -131,13 +131,25 @@ def _under(column: str) -> str:
     return f"({column} = ? OR substr({column}, 1, length(?) + 1) = ? || '/')"
 
 
+#: Entries a process keeps of user rows and of keys without failed logins, per version.
+_MEMO_MAX = 10000
+
+
 class MetaDB:
     def __init__(self, path: str) -> None:
         self.path = path
         self._local = threading.local()
         # Bumped after every settings change, by any process using this data directory.
-        self._settings_changes = ChangeCounter(
-            os.path.join(os.path.dirname(os.path.abspath(path)), "run", "settings.version"))
+        run = os.path.join(os.path.dirname(os.path.abspath(path)), "run")
+        self._settings_changes = ChangeCounter(os.path.join(run, "settings.version"))
+        # Bumped after every write to users or login_failures. Every request reads a user
+        # row and the throttle's failure counts; between such writes (rare) each process
+        # answers both from memory, for at most ACCOUNTS_TTL (other nodes sharing the DB
+        # bump no counter here). The counter is read before a query whose answer is kept
+        # and bumped after the commit, so a kept answer is never older than its version.
+        self._account_changes = ChangeCounter(os.path.join(run, "accounts.version"))
+        self._users_seen: tuple[tuple, dict[str, UserRecord | None]] = ((), {})
+        self._clean_keys: tuple[tuple, set[str]] = ((), set())
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self._conn().executescript(SCHEMA)
 
@@ -225,10 +237,26 @@ class MetaDB:
                 "VALUES(?, ?, ?, ?, ?, ?)",
                 (name, password_hash, backend, quota_bytes, int(is_admin), time.time()),
             )
+        self._account_changes.bump()
+
+    ACCOUNTS_TTL = 1.0  # seconds a change made by another node may take to be seen here
+
+    def _accounts_version(self) -> tuple[int, int]:
+        return self._account_changes.value(), int(time.monotonic() / self.ACCOUNTS_TTL)
 
     def get_user(self, name: str) -> UserRecord | None:
+        version = self._accounts_version()
+        seen_at, seen = self._users_seen
+        if seen_at != version:
+            seen = {}
+            self._users_seen = (version, seen)
+        elif name in seen:
+            return seen[name]
         rows = self.query(f"SELECT {self._USER_COLS} FROM users WHERE name = ?", (name,))
-        return self._user(rows[0]) if rows else None
+        user = self._user(rows[0]) if rows else None
+        if len(seen) < _MEMO_MAX:
+            seen[name] = user
+        return user
 
     def list_users(self) -> list[UserRecord]:
         return [self._user(r) for r in self.query(f"SELECT {self._USER_COLS} FROM users "
@@ -241,12 +269,14 @@ class MetaDB:
         sets = ", ".join(f"{k} = ?" for k in fields)
         with self.tx() as c:
             c.execute(f"UPDATE users SET {sets} WHERE name = ?", (*fields.values(), name))
+        self._account_changes.bump()
 
     def delete_user(self, name: str) -> None:
         with self.tx() as c:
             c.execute("DELETE FROM users WHERE name = ?", (name,))
             c.execute(f"DELETE FROM files WHERE {_under('path')}", (name, name, name))
             c.execute(f"DELETE FROM props WHERE {_under('path')}", (name, name, name))
+        self._account_changes.bump()
 
     # --- file index --------------------------------------------------------------------
 
@@ -438,9 +468,18 @@ class MetaDB:
 
     def failure_counts(self, keys, since: float) -> dict[str, tuple[int, float]]:
         """key -> (failures since ``since``, time of the oldest of them)."""
+        version = self._accounts_version()
+        clean_at, clean = self._clean_keys
+        if clean_at != version:
+            clean = set()
+            self._clean_keys = (version, clean)
+        elif all(k in clean for k in keys):
+            return {}  # none then, and none written since: time only ages failures out
         rows = self.query(
             f"SELECT key, count(*), min(at) FROM login_failures WHERE key IN "
             f"({','.join('?' * len(keys))}) AND at > ? GROUP BY key", (*keys, since))
+        if len(clean) < _MEMO_MAX:
+            clean.update(k for k in keys if k not in {r[0] for r in rows})
         return {k: (n, oldest) for k, n, oldest in rows}
 
     def add_failures(self, keys, at: float, *, keep: int, since: float) -> None:
@@ -450,12 +489,14 @@ class MetaDB:
                 c.execute("DELETE FROM login_failures WHERE key = ? AND (at <= ? OR at NOT IN "
                           "(SELECT at FROM login_failures WHERE key = ? ORDER BY at DESC "
                           "LIMIT ?))", (key, since, key, keep))
+        self._account_changes.bump()
 
     def clear_failures(self, keys) -> None:
         marks = ",".join("?" * len(keys))
         if self.query(f"SELECT 1 FROM login_failures WHERE key IN ({marks}) LIMIT 1", keys):
             self._conn().execute(f"DELETE FROM login_failures WHERE key IN ({marks})",
                                  tuple(keys))  # written only when there is something to clear
+            self._account_changes.bump()
 
     # --- web sessions (in the DB so any node can serve any request) --------------------
 
