@@ -23,8 +23,25 @@ def put(inst, rel: str, data: bytes) -> None:
     inst.vault.write_bytes(storage_path("alice", rel), data)
 
 
+AS_OF_STAT = False
+
+
+@pytest.fixture(autouse=True, params=["open", "stat then open"])
+def _read_way(request, monkeypatch):
+    """Every tamper is also read the way the direct GET reads: a stat, then an open that
+    trusts the stat's index row when the stored header names the same file ID."""
+    monkeypatch.setattr(f"{__name__}.AS_OF_STAT", request.param == "stat then open")
+
+
 def read(inst, rel: str) -> bytes:
-    return inst.vault.read_all(storage_path("alice", rel))
+    spath = storage_path("alice", rel)
+    if not AS_OF_STAT:
+        return inst.vault.read_all(spath)
+    f = inst.vault.open_read(spath, as_of=inst.vault.stat(spath))
+    try:
+        return f.read()
+    finally:
+        f.close()
 
 
 def patch(path: str, offset: int, data: bytes) -> None:

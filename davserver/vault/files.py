@@ -55,6 +55,8 @@ class Node:
     mtime: float
     etag: str
     encrypted: bool
+    #: The file ID the index named when this node was made (None: not from the index).
+    indexed_id: bytes | None = None
 
     def describes(self, opened) -> bool:
         """Is ``opened`` (from open_read) the version this node was made from? A commit
@@ -209,7 +211,8 @@ class Vault:
                         f"d-{int(e.mtime * 1e6):x}-{dir_etag or 0}", False)
         if rec is not None:
             if rec.file_id is not None:
-                return Node(path, name, False, rec.size, rec.mtime, rec.file_id.hex(), True)
+                return Node(path, name, False, rec.size, rec.mtime, rec.file_id.hex(), True,
+                            rec.file_id)
             if rec.size == e.size:
                 return Node(path, name, False, rec.size, e.mtime,
                             f"p-{rec.generation}-{int(e.mtime * 1e6):x}", False)
@@ -245,18 +248,25 @@ class Vault:
 
     # --- reading -----------------------------------------------------------------------
 
-    def open_read(self, path: str):
-        """Open for reading: a seekable file of verified plaintext (or a plaintext blob)."""
+    def open_read(self, path: str, as_of: Node | None = None):
+        """Open for reading: a seekable file of verified plaintext (or a plaintext blob).
+
+        ``as_of``: the caller's stat of ``path``. When the stored header names the file ID
+        that stat found in the index, that read of the index serves for this one too.
+        """
         reader = self.storage.open_reader(path)
         try:
-            return self._open_checked(path, reader)
+            return self._open_checked(path, reader, as_of)
         except BaseException:
             reader.close()
             raise
 
-    def _open_checked(self, path: str, reader: BlobReader):
-        rec = self.db.get_file(path)
+    def _open_checked(self, path: str, reader: BlobReader, as_of: Node | None = None):
         raw = reader.read_at(0, hdr.HEADER_BYTES)
+        if (as_of is not None and as_of.indexed_id is not None and hdr.is_encrypted(raw)
+                and hdr.parse(raw).file_id == as_of.indexed_id):
+            return self._open_verified(path, reader, raw, as_of.indexed_id, as_of.size)
+        rec = self.db.get_file(path)
         if not hdr.is_encrypted(raw):
             if rec is not None and rec.encrypted:
                 marks = self.db.pending_for(path, plain=True)
@@ -273,17 +283,21 @@ class Vault:
             else:
                 self._refuse(path, f"stored file ID {h.file_id.hex()} is not the indexed "
                              f"{rec.file_id.hex()} (swapped or rolled back)")
+        return self._open_verified(path, reader, raw, h.file_id, rec.size)
+
+    def _open_verified(self, path: str, reader: BlobReader, raw: bytes, file_id: bytes,
+                       indexed_size: int):
         try:
-            data_key = self.keys.unwrap(h.file_id, self._identities())
+            data_key = self.keys.unwrap(file_id, self._identities())
         except KeyNotFound:
-            log.error("no key for %s (file ID %s)", path, h.file_id.hex())
+            log.error("no key for %s (file ID %s)", path, file_id.hex())
             raise
         try:
-            cr = stream.ChunkReader(reader.read_at, reader.size, data_key)
+            cr = stream.ChunkReader(reader.read_at, reader.size, data_key, raw)
         except (IntegrityError, FormatError):
             self._refuse(path, "header or size failed authentication")
-        if cr.plain_size != rec.size:
-            self._refuse(path, f"size {cr.plain_size} differs from the indexed {rec.size} "
+        if cr.plain_size != indexed_size:
+            self._refuse(path, f"size {cr.plain_size} differs from the indexed {indexed_size} "
                          "(truncated or extended)")
         return stream.PlaintextFile(cr, on_close=reader.close)
 
