@@ -186,10 +186,37 @@ def test_short_body_stores_nothing(apps):
 
 def test_quota_is_enforced(apps):
     fast, reference, inst = apps
-    for app, name in ((fast, "q1"), (reference, "q2")):
-        status, _, _ = _put(app, f"/remote.php/dav/files/quinn/d/{name}", b"x" * 20_000)
-        assert status.startswith("507")
-        assert inst.vault.stat(f"quinn/d/{name}") is None
+    answers = []
+    for app in (fast, reference):
+        answers.append(_put(app, "/remote.php/dav/files/quinn/d/q", b"x" * 20_000))
+        assert answers[-1][0].startswith("507")
+        assert inst.vault.stat("quinn/d/q") is None
+    assert answers[0] == answers[1]  # the error page WsgiDAV renders, from the direct path
+
+
+WRONG = "Basic " + base64.b64encode(b"alice:wrong-one").decode()
+
+
+@pytest.mark.parametrize("auth", [WRONG, "Basic !!", None], ids=["wrong password", "malformed",
+                                                          "none"])
+@pytest.mark.parametrize("method", ["GET", "PUT"])
+def test_refused_logins_get_the_same_answer_and_count_once(apps, auth, method):
+    fast, reference, inst = apps
+    headers = {"HTTP_AUTHORIZATION": auth} if auth else {"HTTP_AUTHORIZATION": ""}
+    body = b"data" if method == "PUT" else b""
+    if method == "PUT":
+        headers["CONTENT_LENGTH"] = "4"
+    answers = []
+    for app in (fast, reference):
+        before = inst.db.failure_counts(["user:alice"], 0).get("user:alice", (0,))[0]
+        answers.append(_request(app, method, "/remote.php/dav/files/alice/dir/a.txt", body,
+                                **headers))
+        after = inst.db.failure_counts(["user:alice"], 0).get("user:alice", (0,))[0]
+        assert after - before == (1 if auth == WRONG else 0)
+        inst.db.clear_failures(["user:alice", "addr:"])
+    assert answers[0] == answers[1]
+    assert answers[0][0][:3] == ("401" if auth != "Basic !!" else "400")
+    assert inst.vault.read_all("alice/dir/a.txt") == FILES["a.txt"]
 
 
 LOCK_BODY = (b'<?xml version="1.0"?><d:lockinfo xmlns:d="DAV:"><d:lockscope><d:exclusive/>'

@@ -3,15 +3,14 @@
 Request path, outermost first:
 
     Guard        status.php, maintenance 503, last-resort 500 without a traceback
-    WsgiDAV      ErrorPrinter -> BasicAuth, FastFiles, FastPropfind (ours) -> dir browser
+    FastFiles    whole-file GET/HEAD/PUT in the caller's home, before WsgiDAV's layers
+    WsgiDAV      ErrorPrinter -> BasicAuth, FastPropfind (ours) -> dir browser
                  -> RequestResolver
     HomeProvider resources -> vault
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
 import os
@@ -19,13 +18,13 @@ import os
 from cheroot import wsgi
 from wsgidav.dir_browser import WsgiDavDirBrowser
 from wsgidav.error_printer import ErrorPrinter
-from wsgidav.mw.base_mw import BaseMiddleware
 from wsgidav.request_resolver import RequestResolver
 from wsgidav.wsgidav_app import WsgiDAVApp
 
 from davserver import __version__
-from davserver.auth.login import DirectoryDown, LoginFailed, Throttled
 from davserver.dav import sockets
+from davserver.dav.basicauth import BasicAuth
+from davserver.dav.errors import plain_text
 from davserver.dav.fastfiles import FastFiles
 from davserver.dav.locks import DbLockStorage
 from davserver.dav.propfind import FastPropfind
@@ -33,66 +32,12 @@ from davserver.dav.provider import HomeProvider
 from davserver.dav.resources import OPENED_KEY
 from davserver.instance import Instance
 from davserver.vault import context
-from davserver.vault.userkeys import KeyLocked
 from davserver.web.app import SettingsApp
 
 log = logging.getLogger("davserver.http")
 
 FILES_PREFIX = "/remote.php/dav/files"
 WEBDAV_PREFIX = "/remote.php/webdav"
-REALM = "davserver"
-
-
-def _plain(start_response, status: str, text: str, headers: list | None = None):
-    body = (text.rstrip("\n") + "\n").encode()
-    start_response(status, [("Content-Type", "text/plain; charset=utf-8"),
-                            ("Content-Length", str(len(body)))] + (headers or []))
-    return [body]
-
-
-class BasicAuth(BaseMiddleware):
-    """HTTP Basic against the user service, with throttling per user and per address.
-
-    Digest is not offered: it would need the plaintext password (or an MD5 of it) on the
-    server, and in user-key mode only the password itself can unlock a user's key.
-    """
-
-    def __init__(self, wsgidav_app, next_app, config):
-        super().__init__(wsgidav_app, next_app, config)
-        self.instance: Instance = config["davserver.instance"]
-
-    def __call__(self, environ, start_response):
-        header = environ.get("HTTP_AUTHORIZATION", "")
-        if not header.lower().startswith("basic "):
-            return self._challenge(start_response, "authentication required")
-        try:
-            raw = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
-            user, _, password = raw.partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            return _plain(start_response, "400 Bad Request", "malformed Authorization header")
-        try:
-            principal = self.instance.login.login(user, password, environ.get("REMOTE_ADDR", ""))
-        except LoginFailed as e:
-            return self._challenge(start_response, str(e))
-        except Throttled as e:
-            return _plain(start_response, "429 Too Many Requests", str(e),
-                          [("Retry-After", str(e.seconds))])
-        except KeyLocked as e:
-            return _plain(start_response, "403 Forbidden", str(e))
-        except DirectoryDown as e:
-            return _plain(start_response, "503 Service Unavailable", str(e),
-                          [("Retry-After", "30")])
-        context.set_current(principal.identities)
-        environ["wsgidav.auth.realm"] = REALM
-        environ["wsgidav.auth.user_name"] = principal.user
-        environ["wsgidav.auth.roles"] = ()
-        environ["wsgidav.auth.permissions"] = ()
-        return self.next_app(environ, start_response)
-
-    @staticmethod
-    def _challenge(start_response, text: str):
-        return _plain(start_response, "401 Unauthorized", text,
-                      [("WWW-Authenticate", f'Basic realm="{REALM}", charset="UTF-8"')])
 
 
 class Guard:
@@ -124,7 +69,7 @@ class Guard:
             if not self._maintenance():
                 return self.settings(environ, start_response)
         if self._maintenance():
-            return _plain(start_response, "503 Service Unavailable",
+            return plain_text(start_response, "503 Service Unavailable",
                           "davserver is in maintenance mode; try again later",
                           [("Retry-After", "120")])
         try:
@@ -132,7 +77,7 @@ class Guard:
         except Exception:
             _close_prepared(environ)
             log.exception("unhandled error for %s %s", environ.get("REQUEST_METHOD"), path)
-            return _plain(start_response, "500 Internal Server Error",
+            return plain_text(start_response, "500 Internal Server Error",
                           "internal error; the server log has details")
 
 
@@ -170,9 +115,8 @@ def build_app(instance: Instance, *, fast_files: bool = True):
         "provider_mapping": {FILES_PREFIX: files, WEBDAV_PREFIX: webdav},
         "davserver.instance": instance,
         "davserver.providers": (files, webdav),
-        "davserver.fast_files": fast_files,
-        "middleware_stack": [ErrorPrinter, BasicAuth, FastFiles, FastPropfind,
-                             WsgiDavDirBrowser, RequestResolver],
+        "middleware_stack": [ErrorPrinter, BasicAuth, FastPropfind, WsgiDavDirBrowser,
+                             RequestResolver],
         "lock_storage": locks,
         "property_manager": None,
         "block_size": cfg.block_size,
@@ -191,7 +135,9 @@ def build_app(instance: Instance, *, fast_files: bool = True):
     # WsgiDAV's lock manager checks for conflicts and then grants under its own in-process
     # lock; with several worker processes that must be the shared one.
     dav.lock_manager._lock = locks.shared_lock
-    return Guard(dav, instance)
+    if not fast_files:
+        return Guard(dav, instance)
+    return Guard(FastFiles(dav, instance, (files, webdav), locks, cfg.block_size), instance)
 
 
 def make_server(instance: Instance, *, reuse_port: bool = False) -> wsgi.Server:

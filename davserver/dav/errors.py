@@ -16,6 +16,14 @@ from davserver.errors import DavServerError, VersionMismatch
 log = logging.getLogger("davserver.dav")
 
 
+def plain_text(start_response, status: str, text: str, headers: list | None = None):
+    """An answer of our own (not WsgiDAV's): one line of text for people and scripts."""
+    body = (text.rstrip("\n") + "\n").encode()
+    start_response(status, [("Content-Type", "text/plain; charset=utf-8"),
+                            ("Content-Length", str(len(body)))] + (headers or []))
+    return [body]
+
+
 def to_dav_error(e: DavServerError) -> DAVError:
     if isinstance(e, VersionMismatch):
         msg = ("the stored file does not match the server's index and was not served; "

@@ -27,12 +27,15 @@ from wsgidav.dav_error import (
     HTTP_NO_CONTENT,
     DAVError,
 )
-from wsgidav.mw.base_mw import BaseMiddleware
+from wsgidav.error_printer import ErrorPrinter
+from wsgidav.wsgidav_app import WsgiDAVApp
 
+from davserver.dav.basicauth import OUTCOME_KEY, Refusal, admit, authenticate
 from davserver.dav.errors import short_body, to_dav_error
 from davserver.dav.propfind import rfc1123
 from davserver.dav.resources import content_type
 from davserver.errors import DavServerError
+from davserver.instance import Instance
 from davserver.vault.files import storage_path
 
 #: Request headers that need WsgiDAV's evaluation (preconditions).
@@ -43,57 +46,96 @@ _DEFER_PUT = _CONDITIONAL + ("HTTP_CONTENT_RANGE", "HTTP_CONTENT_ENCODING",
                              "HTTP_TRANSFER_ENCODING")
 
 
-class FastFiles(BaseMiddleware):
-    def __init__(self, wsgidav_app, next_app, config):
-        super().__init__(wsgidav_app, next_app, config)
-        instance = config["davserver.instance"]
-        self.providers = config["davserver.providers"]
+class FastFiles:
+    """In front of WsgiDAV: answers what it can and passes the rest on unchanged.
+
+    It logs in once (dav.basicauth) and hands the outcome to WsgiDAV's stack with what it
+    passes on. The path is decoded and normalised with WsgiDAV's own helpers, and errors
+    are rendered by WsgiDAV's ErrorPrinter, so answers match the reference byte for byte.
+    """
+
+    def __init__(self, dav: WsgiDAVApp, instance: Instance, providers: tuple,
+                 locks, block_size: int) -> None:
+        self.dav = dav
+        self.instance = instance
+        self.providers = providers
         self.vault = instance.vault
         self.users = instance.users
-        self.locks = config["lock_storage"]
-        self.block_size = config["block_size"]
-        self.enabled = config.get("davserver.fast_files", True)
+        self.locks = locks
+        self.block_size = block_size
 
     def __call__(self, environ, start_response):
         method = environ.get("REQUEST_METHOD")
-        answer = None
-        if not self.enabled:
-            pass
-        elif method in ("GET", "HEAD"):
-            answer = self._get(environ, start_response, method == "HEAD")
+        if method in ("GET", "HEAD"):
+            handler = self._get
+            if any(h in environ for h in _DEFER_GET) or environ.get("HTTP_DEPTH", "0") != "0" \
+                    or (environ.get("CONTENT_LENGTH") or "0") != "0":
+                handler = None
         elif method == "PUT":
-            answer = self._put(environ, start_response)
-        if answer is None:
-            return self.next_app(environ, start_response)
-        return answer
+            handler = self._put
+            length, mtime = environ.get("CONTENT_LENGTH") or "", environ.get("HTTP_X_OC_MTIME")
+            if any(h in environ for h in _DEFER_PUT) or not length.isdigit() or (
+                    mtime is not None and not mtime.isdigit()):
+                handler = None
+        else:
+            handler = None
+        target = handler and self._target(environ)
+        if not target:
+            return self.dav(environ, start_response)
+        outcome = authenticate(self.instance, environ)
+        if not isinstance(outcome, Refusal):
+            admit(environ, outcome)
+            owner, rel = target[1]._split(target[2], environ)
+            if owner == outcome.user and rel:
+                try:
+                    answer = handler(environ, start_response, target[0],
+                                     storage_path(owner, rel))
+                except DAVError as e:
+                    return self._error(environ, start_response, e)
+                if answer is not None:
+                    return answer
+        environ[OUTCOME_KEY] = outcome
+        return self.dav(environ, start_response)
 
-    def _own_path(self, environ) -> tuple[str, str] | None:
-        """(share prefix, storage path) of a path inside the caller's home, else None."""
-        provider = environ.get("wsgidav.provider")
+    def _target(self, environ) -> tuple | None:
+        """(share, provider, path inside the share) as WsgiDAV will resolve them, if the
+        share is a home share; None for anything else (WsgiDAV answers, errors included)."""
+        try:
+            path = util.normalize_path(util.re_encode_wsgi(environ.get("PATH_INFO") or "/"))
+        except (UnicodeError, DAVError):
+            return None
+        share, provider = self.dav.resolve_provider(path)
         if provider not in self.providers:
             return None
-        user = environ.get("wsgidav.auth.user_name")
         try:
-            owner, rel = provider._split(environ.get("PATH_INFO") or "/", environ)
-        except Exception:
-            return None  # invalid paths get WsgiDAV's answer
-        if not user or owner != user or not rel:
+            provider._split(path[len(share):], environ)
+        except DAVError:
             return None
-        return environ.get("SCRIPT_NAME", ""), storage_path(owner, rel)
+        return share, provider, path[len(share):]
 
-    def _locked(self, prefix: str) -> bool:
-        return self.locks.has_lock_under(quote(prefix))
+    def _error(self, environ, start_response, e: DAVError):
+        """What WsgiDAV answers for ``e``: its ErrorPrinter's page, and its rule that a
+        body not read to the end closes the connection."""
+
+        def raise_it(_environ, _start_response):
+            raise e
+
+        def finish(status, headers, exc_info=None):
+            util.read_and_discard_input(environ)
+            if util.get_content_length(environ) != 0 \
+                    and not environ.get("wsgidav.all_input_read"):
+                headers.append(("Connection", "close"))
+            return start_response(status, headers, exc_info)
+
+        return ErrorPrinter(self.dav, raise_it, self.dav.config)(environ, finish)
+
+    def _locked(self, share: str) -> bool:
+        return self.locks.has_lock_under(quote(share))
 
     # --- GET / HEAD --------------------------------------------------------------------
 
-    def _get(self, environ, start_response, head: bool):
-        if any(h in environ for h in _DEFER_GET) or environ.get("HTTP_DEPTH", "0") != "0" \
-                or (environ.get("CONTENT_LENGTH") or "0") != "0":
-            return None
-        target = self._own_path(environ)
-        if target is None:
-            return None
-        spath = target[1]
+    def _get(self, environ, start_response, share: str, spath: str):
+        head = environ["REQUEST_METHOD"] == "HEAD"
         try:
             node = self.vault.stat(spath)
             if node is None or node.is_dir:
@@ -101,7 +143,7 @@ class FastFiles(BaseMiddleware):
             if head:
                 f = None
             else:
-                f = self.vault.open_read(spath)
+                f = self.vault.open_read(spath, as_of=node)
                 # The headers must describe the version being sent. Opened after the stat:
                 # if a commit came in between, the sizes or file IDs differ, and the
                 # reference path answers instead.
@@ -124,16 +166,10 @@ class FastFiles(BaseMiddleware):
 
     # --- PUT ---------------------------------------------------------------------------
 
-    def _put(self, environ, start_response):
-        length = environ.get("CONTENT_LENGTH") or ""
-        mtime = environ.get("HTTP_X_OC_MTIME")
-        if any(h in environ for h in _DEFER_PUT) or not length.isdigit() or (
-                mtime is not None and not mtime.isdigit()):
+    def _put(self, environ, start_response, share: str, spath: str):
+        if self._locked(share):
             return None
-        target = self._own_path(environ)
-        if target is None or self._locked(target[0]):
-            return None
-        spath = target[1]
+        length, mtime = environ["CONTENT_LENGTH"], environ.get("HTTP_X_OC_MTIME")
         parent = spath.rpartition("/")[0]
         try:
             existing = self.vault.storage.stat(spath)
@@ -148,7 +184,7 @@ class FastFiles(BaseMiddleware):
                                         expected_size=expected)
             try:
                 self._receive(environ, up, expected)
-                if self._locked(target[0]):
+                if self._locked(share):
                     raise DAVError(HTTP_LOCKED, "a lock was taken while the body arrived; "
                                    "nothing was stored")
                 rec = up.commit(mtime=float(mtime) if mtime is not None else None)

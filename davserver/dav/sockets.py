@@ -11,10 +11,14 @@ adapter's own file objects and are not affected.
 
 from __future__ import annotations
 
+import select
+
 from cheroot import makefile, server
 
 #: Blocks at least this large are sent straight from the caller's buffer.
 DIRECT_MIN = 16384
+#: Seconds a worker thread waits for the next request on a connection it just answered.
+NEXT_REQUEST_WAIT = 0.002
 
 
 class DirectWriter(makefile.StreamWriter):
@@ -39,8 +43,33 @@ def _make_file(sock, mode: str = "r", bufsize: int = -1):
 
 
 class Connection(server.HTTPConnection):
-    """cheroot's connection with DirectWriter for plain (non-TLS) sockets."""
+    """cheroot's connection with DirectWriter for plain (non-TLS) sockets, and a short
+    wait for the client's next request.
+
+    After each answer cheroot hands a keep-alive connection back to its selector thread,
+    which wakes when the next request arrives and queues it for a worker: two thread
+    hand-offs, a selector registration and a removal per request, about 70 us of a
+    0.5 ms small-file GET here. Sync clients send their next request within a fraction
+    of a millisecond, so the worker that answered waits up to NEXT_REQUEST_WAIT for it
+    and serves it directly. It does not wait while other connections are queued for a
+    worker or the server is stopping, so a busy server loses no capacity to it.
+    """
 
     def __init__(self, srv, sock, makefile_=makefile.MakeFile) -> None:
         super().__init__(srv, sock, _make_file if makefile_ is makefile.MakeFile
                          else makefile_)
+
+    def communicate(self) -> bool:
+        keep = super().communicate()
+        while keep and self._next_request_soon():
+            keep = super().communicate()
+        return keep
+
+    def _next_request_soon(self) -> bool:
+        if self.rfile.has_data():
+            return True
+        if not self.server.ready or NEXT_REQUEST_WAIT <= 0 or self.server.requests.qsize:
+            return False
+        p = select.poll()
+        p.register(self.socket, select.POLLIN)
+        return bool(p.poll(NEXT_REQUEST_WAIT * 1000))
