@@ -267,7 +267,7 @@ def parallel_get(port: int, base: str, headers: dict, rels: list[str], size: int
     return mb_s(size * len(rels), dt), rs.peak
 
 
-def _small_worker(port, base, headers, rel_dir, idx, count, data, start_evt, q):
+def _small_worker(port, base, headers, rel_dir, idx, count, data, start_evt, put_done, q):
     try:
         cl = Client(port, base, headers)
         cl.request("OPTIONS", rel_dir + "/", ok=None)  # open the connection, warm auth
@@ -276,6 +276,11 @@ def _small_worker(port, base, headers, rel_dir, idx, count, data, start_evt, q):
         for i in range(count):
             cl.request("PUT", f"{rel_dir}/c{idx}_{i}.bin", body=data)
         t1 = time.monotonic()
+        # Every client starts its GETs when the last one has finished its PUTs: a server
+        # that finished some clients' PUTs early must not have the others' PUTs counted
+        # in its GET time.
+        put_done.wait(1800)
+        t1 = max(t1, time.monotonic())
         for i in range(count):
             _s, body, _h = cl.request("GET", f"{rel_dir}/c{idx}_{i}.bin", ok=(200,))
             if body != data:
@@ -284,6 +289,7 @@ def _small_worker(port, base, headers, rel_dir, idx, count, data, start_evt, q):
         cl.close()
         q.put((idx, t0, t1, t2, None))
     except BaseException as e:  # noqa: BLE001 - sent to parent
+        put_done.abort()  # the others stop waiting for this one
         q.put((idx, 0.0, 0.0, 0.0, repr(e)))
 
 
@@ -291,15 +297,18 @@ def small_ops(port: int, base: str, headers: dict, rel_dir: str, total: int,
               clients: int) -> tuple[float, float]:
     """``total`` 4 KiB PUTs then the same GETs, split over ``clients`` processes.
 
-    Returns (PUT ops/s, GET ops/s), each = total ops / (last end - first start).
+    Returns (PUT ops/s, GET ops/s), each = total ops / (last end - first start). The
+    GETs start together once every client has finished its PUTs.
     """
     data = os.urandom(4096)
     ctx = mp.get_context("fork")
     q = ctx.Queue()
     start_evt = ctx.Event()
+    put_done = ctx.Barrier(clients)
     per = [total // clients + (1 if i < total % clients else 0) for i in range(clients)]
     procs = [ctx.Process(target=_small_worker, daemon=True,
-                         args=(port, base, headers, rel_dir, i, per[i], data, start_evt, q))
+                         args=(port, base, headers, rel_dir, i, per[i], data, start_evt,
+                               put_done, q))
              for i in range(clients)]
     for p in procs:
         p.start()
@@ -319,7 +328,7 @@ def small_ops(port: int, base: str, headers: dict, rel_dir: str, total: int,
         raise BenchError(f"small ops failed: {errs[0]}")
     t0 = min(r[1] for r in results)
     t1 = max(r[2] for r in results)
-    # GET phase: from the first worker that started GETting to the last one finishing
+    # GET phase: from the release of the barrier to the last worker finishing
     g0 = min(r[2] for r in results)
     g1 = max(r[3] for r in results)
     return total / (t1 - t0), total / (g1 - g0)
