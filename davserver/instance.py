@@ -47,7 +47,7 @@ class Instance:
         if not os.path.exists(cfg.db_path):
             raise UserError(f"no davserver instance in {cfg.data_dir} (run 'davserver init' "
                             "or 'davserver serve' once)")
-        self.db = MetaDB(cfg.db_path)
+        self.db = MetaDB(cfg.db_path, durable_markers=cfg.fsync)
         self._settings: dict[str, str] = {}
         self._settings_at = -1e9
         self._settings_version = -1

@@ -213,3 +213,29 @@ def test_interrupted_commit_before_rename_rolls_back(inst):
     assert not inst.keys.exists(up.file_id)
     assert os.listdir(inst.config.tmp_dir) == []
     assert read(inst, "a.txt") == b"old"
+
+
+@pytest.mark.parametrize("durable", [True, False])
+def test_pending_row_is_synced_before_the_commit_goes_on(tmp_path, durable):
+    """With fsync on, the pending row is its own synced transaction: the DB otherwise
+    runs with synchronous=NORMAL, and a rename that reached the disk without its pending
+    row would leave a file refused as rolled back after a power loss."""
+    import sqlite3
+
+    from davserver.meta.db import MetaDB
+
+    db = MetaDB(str(tmp_path / "meta.db"), durable_markers=durable)
+    statements = []
+    db._conn().set_trace_callback(statements.append)
+    db.add_pending(b"\x01" * 16, "alice/a.txt")
+    with pytest.raises(sqlite3.IntegrityError):
+        db.add_pending(b"\x01" * 16, "alice/a.txt")  # the same marker twice
+    db._conn().set_trace_callback(None)
+    kinds = [s.split()[0] + (" " + s.split()[1] if s.startswith("PRAGMA") else "")
+             for s in statements]
+    if durable:
+        assert kinds == ["PRAGMA synchronous=FULL", "INSERT", "PRAGMA synchronous=NORMAL"] * 2
+    else:
+        assert kinds == ["INSERT", "INSERT"]
+    assert db.query("PRAGMA synchronous") == [(1,)]  # NORMAL again, even after the error
+    assert db.pending_for("alice/a.txt") == [b"\x01" * 16]

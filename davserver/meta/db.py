@@ -136,8 +136,11 @@ _MEMO_MAX = 10000
 
 
 class MetaDB:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, durable_markers: bool = True) -> None:
+        """``durable_markers``: a commit's pending row is on disk before the commit goes
+        on (the instance's ``fsync`` setting); see :meth:`add_pending`."""
         self.path = path
+        self.durable_markers = durable_markers
         self._local = threading.local()
         # Bumped after every settings change, by any process using this data directory.
         run = os.path.join(os.path.dirname(os.path.abspath(path)), "run")
@@ -375,10 +378,24 @@ class MetaDB:
 
     def add_pending(self, file_id: bytes, path: str, *, plain: bool = False) -> None:
         """Announce a commit; ``plain`` marks a plaintext version replacing an encrypted
-        one (then ``file_id`` is just a random marker). One statement: its own transaction."""
-        self._conn().execute(
-            "INSERT INTO pending(file_id, path, created, plain) VALUES(?, ?, ?, ?)",
-            (file_id, path, time.time(), int(plain)))
+        one (then ``file_id`` is just a random marker). One statement: its own transaction.
+
+        The DB runs with synchronous=NORMAL: a commit survives a crash of the process but
+        may be lost with power. This row must not be: the commit's rename is made durable
+        right after, and a file on disk that the index does not expect, with no pending
+        row, is refused as swapped or rolled back. So with ``durable_markers`` this one
+        transaction is synced (one fsync of the WAL), whatever the filesystem does with
+        the WAL's blocks, which SQLite overwrites in place after a checkpoint.
+        """
+        c = self._conn()
+        if self.durable_markers:
+            c.execute("PRAGMA synchronous=FULL")
+        try:
+            c.execute("INSERT INTO pending(file_id, path, created, plain) VALUES(?, ?, ?, ?)",
+                      (file_id, path, time.time(), int(plain)))
+        finally:
+            if self.durable_markers:
+                c.execute("PRAGMA synchronous=NORMAL")
 
     def pending_for(self, path: str, *, plain: bool = False) -> list[bytes]:
         return [r[0] for r in self.query(

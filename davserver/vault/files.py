@@ -4,8 +4,9 @@ Every caller (WebDAV, CLI, web pages) reads and writes files through :class:`Vau
 the rules below hold whatever the entry point:
 
 * A write is invisible until committed, and the commit is crash-safe across three stores.
-  Order: ciphertext to a temp blob -> key file (fsync) -> ``pending`` row -> atomic rename
-  -> index row + pending row removed in one transaction -> old key deleted. A crash at any
+  Order: ciphertext to a temp blob -> ``pending`` row (synced) -> key file (fsync) ->
+  atomic rename (fsync) -> index row + pending row removed in one transaction -> old key
+  deleted. A crash at any
   point leaves either the old version or the new one; :meth:`Vault.recover` (run at start)
   finishes or rolls back what a crash interrupted.
 * A stored file must match the index: same file ID (fresh for every write) and same
