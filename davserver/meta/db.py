@@ -131,8 +131,27 @@ def _under(column: str) -> str:
     return f"({column} = ? OR substr({column}, 1, length(?) + 1) = ? || '/')"
 
 
-#: Entries a process keeps of user rows and of keys without failed logins, per version.
-_MEMO_MAX = 10000
+class _KeptAnswers:
+    """Answers a process keeps while a version stays the same; a new version starts
+    afresh. Version and answers are one attribute, so a thread never pairs one version
+    with another version's answers."""
+
+    MAX = 10000  # answers kept per version
+
+    def __init__(self) -> None:
+        self._kept: tuple[object, dict] = ((), {})
+
+    def for_version(self, version: object) -> dict:
+        at, kept = self._kept
+        if at != version:
+            kept = {}
+            self._kept = (version, kept)
+        return kept
+
+    @classmethod
+    def keep(cls, kept: dict, key, answer) -> None:
+        if len(kept) < cls.MAX:
+            kept[key] = answer
 
 
 class MetaDB:
@@ -151,8 +170,8 @@ class MetaDB:
         # bump no counter here). The counter is read before a query whose answer is kept
         # and bumped after the commit, so a kept answer is never older than its version.
         self._account_changes = ChangeCounter(os.path.join(run, "accounts.version"))
-        self._users_seen: tuple[tuple, dict[str, UserRecord | None]] = ((), {})
-        self._clean_keys: tuple[tuple, set[str]] = ((), set())
+        self._user_rows = _KeptAnswers()  # name -> UserRecord | None
+        self._clean_keys = _KeptAnswers()  # throttle key -> True: no failures on record
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self._conn().executescript(SCHEMA)
 
@@ -248,17 +267,12 @@ class MetaDB:
         return self._account_changes.value(), int(time.monotonic() / self.ACCOUNTS_TTL)
 
     def get_user(self, name: str) -> UserRecord | None:
-        version = self._accounts_version()
-        seen_at, seen = self._users_seen
-        if seen_at != version:
-            seen = {}
-            self._users_seen = (version, seen)
-        elif name in seen:
-            return seen[name]
+        kept = self._user_rows.for_version(self._accounts_version())
+        if name in kept:
+            return kept[name]
         rows = self.query(f"SELECT {self._USER_COLS} FROM users WHERE name = ?", (name,))
         user = self._user(rows[0]) if rows else None
-        if len(seen) < _MEMO_MAX:
-            seen[name] = user
+        _KeptAnswers.keep(kept, name, user)
         return user
 
     def list_users(self) -> list[UserRecord]:
@@ -485,19 +499,17 @@ class MetaDB:
 
     def failure_counts(self, keys, since: float) -> dict[str, tuple[int, float]]:
         """key -> (failures since ``since``, time of the oldest of them)."""
-        version = self._accounts_version()
-        clean_at, clean = self._clean_keys
-        if clean_at != version:
-            clean = set()
-            self._clean_keys = (version, clean)
-        elif all(k in clean for k in keys):
+        clean = self._clean_keys.for_version(self._accounts_version())
+        if all(k in clean for k in keys):
             return {}  # none then, and none written since: time only ages failures out
         rows = self.query(
             f"SELECT key, count(*), min(at) FROM login_failures WHERE key IN "
             f"({','.join('?' * len(keys))}) AND at > ? GROUP BY key", (*keys, since))
-        if len(clean) < _MEMO_MAX:
-            clean.update(k for k in keys if k not in {r[0] for r in rows})
-        return {k: (n, oldest) for k, n, oldest in rows}
+        counts = {k: (n, oldest) for k, n, oldest in rows}
+        for k in keys:
+            if k not in counts:
+                _KeptAnswers.keep(clean, k, True)
+        return counts
 
     def add_failures(self, keys, at: float, *, keep: int, since: float) -> None:
         with self.tx() as c:
