@@ -70,15 +70,15 @@ class Guard:
                 return self.settings(environ, start_response)
         if self._maintenance():
             return plain_text(start_response, "503 Service Unavailable",
-                          "davserver is in maintenance mode; try again later",
-                          [("Retry-After", "120")])
+                              "davserver is in maintenance mode; try again later",
+                              [("Retry-After", "120")])
         try:
             return _Closing(self.app(environ, start_response), environ)
         except Exception:
             _close_prepared(environ)
             log.exception("unhandled error for %s %s", environ.get("REQUEST_METHOD"), path)
             return plain_text(start_response, "500 Internal Server Error",
-                          "internal error; the server log has details")
+                              "internal error; the server log has details")
 
 
 def _close_prepared(environ) -> None:

@@ -6,9 +6,8 @@ the rules below hold whatever the entry point:
 * A write is invisible until committed, and the commit is crash-safe across three stores.
   Order: ciphertext to a temp blob -> ``pending`` row (synced) -> key file (fsync) ->
   atomic rename (fsync) -> index row + pending row removed in one transaction -> old key
-  deleted. A crash at any
-  point leaves either the old version or the new one; :meth:`Vault.recover` (run at start)
-  finishes or rolls back what a crash interrupted.
+  deleted. A crash at any point leaves either the old version or the new one;
+  :meth:`Vault.recover` (run at start) finishes or rolls back what a crash interrupted.
 * A stored file must match the index: same file ID (fresh for every write) and same
   plaintext size. Otherwise it was swapped, rolled back, truncated or extended, and it is
   refused with a log line naming the path. A file the index does not know (placed or moved
