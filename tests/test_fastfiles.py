@@ -124,6 +124,23 @@ def test_plain_get_takes_the_direct_path(apps, monkeypatch):
     assert _request(reference, "GET", path)[2] == b"hello" and calls
 
 
+def test_large_file_is_read_ahead_with_the_same_answer(apps, monkeypatch):
+    from davserver.dav import overlap
+
+    bodies = []
+    real = overlap.ReadAhead
+    monkeypatch.setattr(overlap, "READ_AHEAD_MIN", 500_000)
+    monkeypatch.setattr(overlap, "ReadAhead",
+                        lambda *a, **k: bodies.append(real(*a, **k)) or bodies[-1])
+    fast, reference, _ = apps
+    path = "/remote.php/dav/files/alice/dir/big.tar.gz"
+    got = _request(fast, "GET", path)
+    assert len(bodies) == 1  # the 600 kB file took the helper; a.txt below does not
+    assert got == _request(reference, "GET", path) and got[2] == FILES["big.tar.gz"]
+    assert _request(fast, "GET", "/remote.php/dav/files/alice/dir/a.txt")[2] == b"hello"
+    assert len(bodies) == 1
+
+
 def _put(app, path, data, **headers):
     return _request(app, "PUT", path, data, CONTENT_LENGTH=str(len(data)), **headers)
 

@@ -32,6 +32,7 @@ from wsgidav.wsgidav_app import WsgiDAVApp
 
 from davserver.dav.basicauth import OUTCOME_KEY, Refusal, admit, authenticate
 from davserver.dav.errors import short_body, to_dav_error
+from davserver.dav.overlap import response_body
 from davserver.dav.propfind import rfc1123
 from davserver.dav.resources import content_type
 from davserver.errors import DavServerError
@@ -162,7 +163,7 @@ class FastFiles:
         ])
         if f is None:
             return [b""]
-        return _Body(f, self.block_size)
+        return response_body(f, self.block_size, node.size)
 
     # --- PUT ---------------------------------------------------------------------------
 
@@ -208,23 +209,4 @@ class FastFiles:
                 raise short_body(expected - left, expected)
             up.write(block)
             left -= len(block)
-        environ["wsgidav.all_input_read"] = 1
 
-
-class _Body:
-    """The response iterable: blocks of verified plaintext, and the file closed after."""
-
-    def __init__(self, f, block_size: int) -> None:
-        self._f = f
-        self._bs = block_size
-
-    def __iter__(self):
-        read, bs = self._f.read, self._bs
-        while True:
-            block = read(bs)
-            if not block:
-                return
-            yield block
-
-    def close(self) -> None:
-        self._f.close()
