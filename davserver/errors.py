@@ -8,6 +8,9 @@ cryptographic check failed, so a forger learns nothing from it.
 
 from __future__ import annotations
 
+import errno
+import sqlite3
+
 
 class DavServerError(Exception):
     """failed: {detail}"""
@@ -100,6 +103,12 @@ class StorageError(DavServerError):
     EXIT_CODE = 9
 
 
+class StorageFull(StorageError):
+    """the server's storage is full{detail}"""
+
+    HTTP_STATUS = 507
+
+
 class StorageNotFound(StorageError, NotFound):
     """not found in storage: {detail}"""
 
@@ -111,3 +120,22 @@ class MaintenanceMode(DavServerError):
 
     HTTP_STATUS = 503
     EXIT_CODE = 10
+
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def known(e: BaseException) -> DavServerError | None:
+    """The DavServerError that ``e`` is or stands for, else None (a bug: log and 500).
+
+    A full disk or quota is StorageFull wherever it shows: as OSError from a data, key or
+    temp file, or as SQLite's SQLITE_FULL from the index, so the client gets 507 and the
+    CLI one line instead of a traceback.
+    """
+    if isinstance(e, DavServerError):
+        return e
+    if isinstance(e, OSError) and e.errno in _NO_SPACE:
+        return StorageFull()
+    if isinstance(e, sqlite3.Error) and getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+        return StorageFull()
+    return None

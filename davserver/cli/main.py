@@ -14,7 +14,7 @@ import sys
 
 from davserver import __version__
 from davserver.cli import backup_cmds, encryption_cmds, serve, user
-from davserver.errors import DavServerError
+from davserver.errors import known
 
 MODULES = (serve, user, encryption_cmds, backup_cmds)
 
@@ -44,14 +44,17 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
-    except DavServerError as e:
-        print(f"davserver: failed to {args.action}: {e}", file=sys.stderr)
-        return e.EXIT_CODE
     except KeyboardInterrupt:
         print(f"davserver: {args.action} interrupted; it is safe to run it again",
               file=sys.stderr)
         return 130
-    except OSError as e:
+    except Exception as e:
+        err = known(e)
+        if err is not None:
+            print(f"davserver: failed to {args.action}: {err}", file=sys.stderr)
+            return err.EXIT_CODE
+        if not isinstance(e, OSError):
+            raise
         print(f"davserver: failed to {args.action}: {e.strerror or e}"
               + (f": {e.filename}" if getattr(e, "filename", None) else ""), file=sys.stderr)
         return 1

@@ -11,7 +11,7 @@ import logging
 
 from wsgidav.dav_error import HTTP_BAD_REQUEST, DAVError
 
-from davserver.errors import DavServerError, VersionMismatch
+from davserver.errors import DavServerError, VersionMismatch, known
 
 log = logging.getLogger("davserver.dav")
 
@@ -41,6 +41,17 @@ def short_body(received: int, expected: int) -> DAVError:
                     f"body ended after {received} of {expected} bytes; nothing was stored")
 
 
+def as_dav_error(e: Exception, where: str) -> DAVError | None:
+    """The DAVError for one of our errors (or a full disk), logged if it is the server's
+    fault; None for anything else, which the caller re-raises as a bug."""
+    err = known(e)
+    if err is None:
+        return None
+    if err.HTTP_STATUS >= 500:
+        log.error("%s: %s", where, e)
+    return to_dav_error(err)
+
+
 def dav_errors(fn):
     """Translate our errors raised inside a WsgiDAV callback into DAVErrors."""
 
@@ -48,9 +59,10 @@ def dav_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except DavServerError as e:
-            if e.HTTP_STATUS >= 500:
-                log.error("%s: %s", fn.__qualname__, e)
-            raise to_dav_error(e) from None
+        except Exception as e:
+            dav = as_dav_error(e, fn.__qualname__)
+            if dav is None:
+                raise
+            raise dav from None
 
     return wrapper

@@ -31,7 +31,7 @@ from wsgidav.error_printer import ErrorPrinter
 from wsgidav.wsgidav_app import WsgiDAVApp
 
 from davserver.dav.basicauth import OUTCOME_KEY, Refusal, admit, authenticate
-from davserver.dav.errors import short_body, to_dav_error
+from davserver.dav.errors import as_dav_error, short_body
 from davserver.dav.overlap import response_body
 from davserver.dav.propfind import rfc1123
 from davserver.dav.resources import content_type
@@ -194,8 +194,11 @@ class FastFiles:
                 raise
             etag = rec.file_id.hex() if rec.file_id else getattr(self.vault.stat(spath),
                                                                   "etag", None)
-        except DavServerError as e:
-            raise to_dav_error(e) from None
+        except Exception as e:
+            dav = as_dav_error(e, f"PUT {spath}")
+            if dav is None:
+                raise
+            raise dav from None
         headers = [("ETag", f'"{etag}"')] if etag is not None else None
         return util.send_status_response(
             environ, start_response, HTTP_NO_CONTENT if existing else HTTP_CREATED,

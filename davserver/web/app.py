@@ -22,7 +22,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from davserver import accounts
 from davserver.auth.login import DirectoryDown, LoginFailed, Throttled
-from davserver.errors import DavServerError, UserError
+from davserver.errors import DavServerError, UserError, known
 from davserver.instance import Instance
 from davserver.vault.userkeys import KeyLocked
 
@@ -151,10 +151,11 @@ class SettingsApp:
                 return self._status(start_response, user, csrf, key_locked)
             return self._render(start_response, "error.html", "404 Not Found",
                                 message="No such page.")
-        except DavServerError as e:
-            return self._render(start_response, "error.html",
-                                f"{e.HTTP_STATUS} Error", message=str(e))
-        except Exception:
+        except Exception as e:
+            err = known(e)
+            if err is not None:
+                return self._render(start_response, "error.html",
+                                    f"{err.HTTP_STATUS} Error", message=str(err))
             log.exception("settings page failed")
             return self._render(start_response, "error.html", "500 Internal Server Error",
                                 message="Something went wrong; the server log has details.")
