@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import threading
 
@@ -115,3 +116,19 @@ def test_a_body_is_iterated_once(stored):
     with pytest.raises(RuntimeError):
         next(iter(body))
     body.close()
+
+
+def test_a_forked_worker_does_not_inherit_a_held_slot(stored, monkeypatch):
+    """prefork replaces a dead worker by forking the first process, maybe mid-download."""
+    inst, path = stored
+    monkeypatch.setattr(overlap, "READ_AHEAD_MIN", 1)
+    held = overlap.response_body(_open(inst, path), BS, len(DATA))
+    assert isinstance(held, overlap.ReadAhead)
+    assert isinstance(overlap.response_body(_open(inst, path), BS, 10), overlap.Blocks)
+    pid = os.fork()
+    if pid == 0:  # the child: its own slot is free
+        body = overlap.response_body(io.BytesIO(b"x" * 10), BS, 10)
+        os._exit(0 if isinstance(body, overlap.ReadAhead) else 1)
+    _, status = os.waitpid(pid, 0)
+    held.close()
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -17,6 +17,7 @@ READ_AHEAD_MIN bytes; every other download is read in the request's thread.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -29,6 +30,16 @@ READ_AHEAD_MIN = 16 << 20
 
 #: Read-ahead helpers one process may run at once.
 _helpers = threading.BoundedSemaphore(1)
+
+
+def _fresh_after_fork() -> None:
+    # A worker forked to replace a dead one must not inherit a slot held by a download
+    # of its parent's that it will never see end.
+    global _helpers
+    _helpers = threading.BoundedSemaphore(1)
+
+
+os.register_at_fork(after_in_child=_fresh_after_fork)
 
 
 def response_body(f, block_size: int, size: int):
