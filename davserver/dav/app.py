@@ -24,7 +24,7 @@ from wsgidav.wsgidav_app import WsgiDAVApp
 from davserver import __version__
 from davserver.dav import sockets
 from davserver.dav.basicauth import BasicAuth
-from davserver.dav.errors import plain_text
+from davserver.dav.errors import KnownErrors, plain_text
 from davserver.dav.fastfiles import FastFiles
 from davserver.dav.locks import DbLockStorage
 from davserver.dav.propfind import FastPropfind
@@ -115,8 +115,8 @@ def build_app(instance: Instance, *, fast_files: bool = True):
         "provider_mapping": {FILES_PREFIX: files, WEBDAV_PREFIX: webdav},
         "davserver.instance": instance,
         "davserver.providers": (files, webdav),
-        "middleware_stack": [ErrorPrinter, BasicAuth, FastPropfind, WsgiDavDirBrowser,
-                             RequestResolver],
+        "middleware_stack": [ErrorPrinter, KnownErrors, BasicAuth, FastPropfind,
+                             WsgiDavDirBrowser, RequestResolver],
         "lock_storage": locks,
         "property_manager": None,
         "block_size": cfg.block_size,

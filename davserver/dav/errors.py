@@ -9,11 +9,16 @@ from __future__ import annotations
 import functools
 import logging
 
-from wsgidav.dav_error import HTTP_BAD_REQUEST, DAVError
+from wsgidav import dav_error
+from wsgidav.dav_error import HTTP_BAD_REQUEST, HTTP_INSUFFICIENT_STORAGE, DAVError
+from wsgidav.mw.base_mw import BaseMiddleware
 
 from davserver.errors import DavServerError, VersionMismatch, known
 
 log = logging.getLogger("davserver.dav")
+
+# WsgiDAV has no reason phrase for 507 and would send "507 Status".
+dav_error.ERROR_DESCRIPTIONS.setdefault(HTTP_INSUFFICIENT_STORAGE, "507 Insufficient Storage")
 
 
 def plain_text(start_response, status: str, text: str, headers: list | None = None):
@@ -66,3 +71,23 @@ def dav_errors(fn):
             raise dav from None
 
     return wrapper
+
+
+class KnownErrors(BaseMiddleware):
+    """Just inside WsgiDAV's ErrorPrinter: one of our errors, or a full disk, that escapes
+    a WsgiDAV handler outside our provider (the lock storage, for one) is answered with
+    its own status, such as 507, instead of a 500 naming the exception."""
+
+    def __call__(self, environ, start_response):
+        app_iter = None
+        try:
+            app_iter = self.next_app(environ, start_response)
+            yield from app_iter
+        except Exception as e:
+            dav = as_dav_error(e, f"{environ.get('REQUEST_METHOD')} {environ.get('PATH_INFO')}")
+            if dav is None:
+                raise
+            raise dav from None
+        finally:
+            if hasattr(app_iter, "close"):
+                app_iter.close()

@@ -73,6 +73,7 @@ class _DeadProps:
             raise DAVError(HTTP_NOT_FOUND)
         return string_to_xml(value)
 
+    @dav_errors
     def set_property_value(self, name, value, *, dry_run=False):
         if name in _LOCK_PROPS or name.startswith("{DAV:}"):
             return super().set_property_value(name, value, dry_run=dry_run)
@@ -85,6 +86,7 @@ class _DeadProps:
         self._props = None
         return None
 
+    @dav_errors
     def remove_all_properties(self, *, recursive):
         self.provider.db.remove_props(self.spath, tree=recursive)
 

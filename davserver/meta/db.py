@@ -198,8 +198,20 @@ class MetaDB:
 
         def __exit__(self, exc_type, exc, tb) -> None:
             if exc_type is None:
-                self.conn.execute("COMMIT")
-            else:
+                try:
+                    self.conn.execute("COMMIT")
+                    return
+                except BaseException:
+                    # A failed COMMIT (disk full) leaves the transaction open and its write
+                    # lock held: every process's next write would wait on this thread.
+                    self._rollback()
+                    raise
+            self._rollback()
+
+        def _rollback(self) -> None:
+            # After some errors (SQLITE_FULL, SQLITE_IOERR) SQLite has rolled back already;
+            # a second ROLLBACK would fail and hide the error that matters.
+            if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
 
     def tx(self) -> MetaDB._Tx:

@@ -28,6 +28,7 @@ from davserver.crypto import header as hdr
 from davserver.crypto import keywrap, stream
 from davserver.errors import (
     Conflict,
+    DavServerError,
     FormatError,
     IntegrityError,
     KeyNotFound,
@@ -442,7 +443,16 @@ class Vault:
 
     def make_dir(self, path: str) -> None:
         self.storage.make_dir(path)
-        self.db.touch_dirs(path)
+        try:
+            self.db.touch_dirs(path)  # after the folder exists: a new ETag means a change
+        except BaseException:
+            # A folder the index never heard of would appear to sync clients only with
+            # the next change around it; the caller is told it failed, so take it back.
+            try:
+                self.storage.remove_dir(path)
+            except (DavServerError, OSError) as e:
+                log.error("could not take back folder %s: %s", path, e)
+            raise
 
     def delete(self, path: str) -> None:
         e = self.storage.stat(path)
