@@ -121,6 +121,7 @@ WRITES = {
     "PUT": ("new.bin", b"x" * 10_000, {}),
     "MKCOL": ("newdir", b"", {}),
     "COPY": ("keep.bin", b"", {"HTTP_DESTINATION": f"http://x{URL}copy.bin"}),
+    "MOVE": ("keep.bin", b"", {"HTTP_DESTINATION": f"http://x{URL}moved.bin"}),
     "LOCK": ("keep.bin", b'<?xml version="1.0"?><D:lockinfo xmlns:D="DAV:"><D:lockscope>'
              b"<D:exclusive/></D:lockscope><D:locktype><D:write/></D:locktype><D:owner>"
              + _BIG + b"</D:owner></D:lockinfo>", {"HTTP_TIMEOUT": "Second-600"}),
@@ -144,6 +145,7 @@ def test_every_write_on_a_full_disk_is_507_and_changes_nothing(inst, small_disk,
         assert status == "507 Insufficient Storage", (status, out)
         assert b"storage is full" in out and b"Error(" not in out
     assert sorted(os.listdir(home)) == before  # no folder, copy or temp file left behind
+    assert inst.vault.read_all(storage_path("alice", "keep.bin")) == b"old version"
     small_disk.free()
     # no lock or half-written row stands in the way once there is room again
     assert _request(app, "PUT", "keep.bin", b"new version")[0].startswith("204")

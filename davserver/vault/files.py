@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from davserver.crypto import header as hdr
@@ -443,16 +444,8 @@ class Vault:
 
     def make_dir(self, path: str) -> None:
         self.storage.make_dir(path)
-        try:
+        with _undone_on_error(lambda: self.storage.remove_dir(path), f"new folder {path}"):
             self.db.touch_dirs(path)  # after the folder exists: a new ETag means a change
-        except BaseException:
-            # A folder the index never heard of would appear to sync clients only with
-            # the next change around it; the caller is told it failed, so take it back.
-            try:
-                self.storage.remove_dir(path)
-            except (DavServerError, OSError) as e:
-                log.error("could not take back folder %s: %s", path, e)
-            raise
 
     def delete(self, path: str) -> None:
         e = self.storage.stat(path)
@@ -480,7 +473,8 @@ class Vault:
     def move(self, src: str, dst: str) -> None:
         """Rename a file or folder; ``dst`` must not exist. Keys do not move."""
         self.storage.rename(src, dst)
-        with self.db.tx() as c:
+        with _undone_on_error(lambda: self.storage.rename(dst, src), f"move {src} -> {dst}"), \
+                self.db.tx() as c:
             self.db.move_files(src, dst, conn=c)
             self.db.move_props(src, dst, conn=c)
             self.db.touch_dirs(src, conn=c)
@@ -507,6 +501,24 @@ class Vault:
 
     def iter_paths(self, path: str) -> Iterator[tuple[str, Entry]]:
         yield from self.storage.walk(path)
+
+
+@contextmanager
+def _undone_on_error(undo: Callable[[], object], what: str) -> Iterator[None]:
+    """For the index update that follows a change in storage: if it fails, undo the change.
+
+    The caller is told the operation failed, so storage must not keep it either: a folder
+    or a moved file the index does not know would surface later (adopted, or seen by sync
+    clients only with the next change around it) as something nobody asked for.
+    """
+    try:
+        yield
+    except BaseException:
+        try:
+            undo()
+        except (DavServerError, OSError) as e:
+            log.error("could not undo %s after a failed index update: %s", what, e)
+        raise
 
 
 def pump(src, up: Upload, block_size: int = 1 << 20) -> None:
