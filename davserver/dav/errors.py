@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from typing import NoReturn
 
 from wsgidav import dav_error
 from wsgidav.dav_error import HTTP_BAD_REQUEST, HTTP_INSUFFICIENT_STORAGE, DAVError
@@ -46,15 +47,15 @@ def short_body(received: int, expected: int) -> DAVError:
                     f"body ended after {received} of {expected} bytes; nothing was stored")
 
 
-def as_dav_error(e: Exception, where: str) -> DAVError | None:
-    """The DAVError for one of our errors (or a full disk), logged if it is the server's
-    fault; None for anything else, which the caller re-raises as a bug."""
+def raise_as_dav_error(e: Exception, where: str) -> NoReturn:
+    """Raise the DAVError for one of our errors (or a full disk), logged if it is the
+    server's fault; anything else is a bug and is raised as it is."""
     err = known(e)
     if err is None:
-        return None
+        raise e
     if err.HTTP_STATUS >= 500:
         log.error("%s: %s", where, e)
-    return to_dav_error(err)
+    raise to_dav_error(err) from None
 
 
 def dav_errors(fn):
@@ -65,10 +66,7 @@ def dav_errors(fn):
         try:
             return fn(*args, **kwargs)
         except Exception as e:
-            dav = as_dav_error(e, fn.__qualname__)
-            if dav is None:
-                raise
-            raise dav from None
+            raise_as_dav_error(e, fn.__qualname__)
 
     return wrapper
 
@@ -84,10 +82,7 @@ class KnownErrors(BaseMiddleware):
             app_iter = self.next_app(environ, start_response)
             yield from app_iter
         except Exception as e:
-            dav = as_dav_error(e, f"{environ.get('REQUEST_METHOD')} {environ.get('PATH_INFO')}")
-            if dav is None:
-                raise
-            raise dav from None
+            raise_as_dav_error(e, f"{environ.get('REQUEST_METHOD')} {environ.get('PATH_INFO')}")
         finally:
             if hasattr(app_iter, "close"):
                 app_iter.close()

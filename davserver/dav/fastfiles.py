@@ -31,7 +31,7 @@ from wsgidav.error_printer import ErrorPrinter
 from wsgidav.wsgidav_app import WsgiDAVApp
 
 from davserver.dav.basicauth import OUTCOME_KEY, Refusal, admit, authenticate
-from davserver.dav.errors import as_dav_error, short_body
+from davserver.dav.errors import raise_as_dav_error, short_body
 from davserver.dav.overlap import response_body
 from davserver.dav.propfind import rfc1123
 from davserver.dav.resources import content_type
@@ -195,10 +195,7 @@ class FastFiles:
             etag = rec.file_id.hex() if rec.file_id else getattr(self.vault.stat(spath),
                                                                   "etag", None)
         except Exception as e:
-            dav = as_dav_error(e, f"PUT {spath}")
-            if dav is None:
-                raise
-            raise dav from None
+            raise_as_dav_error(e, f"PUT {spath}")
         headers = [("ETag", f'"{etag}"')] if etag is not None else None
         return util.send_status_response(
             environ, start_response, HTTP_NO_CONTENT if existing else HTTP_CREATED,
@@ -212,4 +209,5 @@ class FastFiles:
                 raise short_body(expected - left, expected)
             up.write(block)
             left -= len(block)
+        environ["wsgidav.all_input_read"] = 1
 

@@ -197,16 +197,16 @@ class MetaDB:
             return self.conn
 
         def __exit__(self, exc_type, exc, tb) -> None:
-            if exc_type is None:
-                try:
-                    self.conn.execute("COMMIT")
-                    return
-                except BaseException:
-                    # A failed COMMIT (disk full) leaves the transaction open and its write
-                    # lock held: every process's next write would wait on this thread.
-                    self._rollback()
-                    raise
-            self._rollback()
+            if exc_type is not None:
+                self._rollback()
+                return
+            try:
+                self.conn.execute("COMMIT")
+            except BaseException:
+                # A failed COMMIT (disk full) can leave the transaction open and its write
+                # lock held: every process's next write would wait on this thread.
+                self._rollback()
+                raise
 
         def _rollback(self) -> None:
             # After some errors (SQLITE_FULL, SQLITE_IOERR) SQLite has rolled back already;
