@@ -12,13 +12,14 @@ WEAK_KDF_TOML = "[encryption]\nkdf_time_cost = 1\nkdf_memory_kib = 1024\nkdf_par
 
 
 def make_instance(tmp_path: Path, *, admin_password: str = "adminpass1",
-                  user_mode: bool = False, suite: str = "x25519") -> Instance:
+                  user_mode: bool = False, suite: str = "x25519",
+                  fsync: bool = False) -> Instance:
     conf = tmp_path / "etc" / "davserver.toml"
     conf.parent.mkdir(parents=True, exist_ok=True)
     if not conf.exists():
         conf.write_text(WEAK_KDF_TOML + f'hpke_suite = "{suite}"\n')
     cfg = config_mod.load(str(conf), str(tmp_path / "data"))
-    cfg.fsync = False  # tests: crash safety is exercised by killing real processes
+    cfg.fsync = fsync  # off in most tests: crash safety is exercised by killing processes
     init_instance(cfg, admin_password=admin_password)
     inst = Instance(cfg)
     if user_mode:

@@ -433,7 +433,7 @@ SMALL = {("alice", "a.txt"): b"alpha" * 1000, ("alice", "d/b.bin"): os.urandom(3
          ("bob", "c.txt"): b"c"}
 
 HOOKS = [
-    # encrypt-all: the key file is written before the pending row announces it
+    # encrypt-all: the pending row announces the key file before it is written
     ("encrypt", "davserver.meta.db.MetaDB.add_pending", "before"),
     ("encrypt", "davserver.meta.db.MetaDB.add_pending", "after"),
     # ciphertext renamed into place, index not yet updated
@@ -462,9 +462,10 @@ def test_kill_at_commit_step(instances, tmp_path, job, target, point):
 
 @pytest.mark.parametrize("job", ["encrypt-all", "change-key-storage-root"])
 def test_kill_inside_a_key_file_write(instances, tmp_path, job):
-    """A kill inside the atomic write of a key file (new key, or a key copied to the new
-    root) must not leave its temp file in the key store for good (re-run and a server
-    start may clean it up)."""
+    """A kill inside the write of a key file must not leave a part-written file in the key
+    store for good (re-run and a server start clean it up). A new file ID's key is written
+    in place (durable.write_new), so the kill leaves an empty key file under its final
+    name; a key copied to a new root goes through a temp file (durable.write_atomic)."""
     srv = instances("hook-tmp", fsync=False)
     place(srv, SMALL)
     expected = digests(SMALL)
@@ -472,13 +473,15 @@ def test_kill_inside_a_key_file_write(instances, tmp_path, job):
     if job == "encrypt-all":
         args = ["encryption:encrypt-all", "--yes"]
         store = Path(srv.data_dir) / "keys"
+        run_until_hook(srv, "davserver.durable._write_fd", "before", *args)
+        assert [p for p in store.rglob("files/*/*.json") if p.stat().st_size == 0], \
+            "the hook did not fire inside write_new"
     else:
         cli(srv, "encryption:encrypt-all", "--yes")
         args = ["encryption:change-key-storage-root", str(target), "--yes"]
-        store = target
-    # write_atomic reaches os.replace only after its temp file is written.
-    run_until_hook(srv, "davserver.vault.keystore.os.replace", "before", *args)
-    assert list(store.rglob(".tmp-*")), "the hook did not fire inside write_atomic"
+        # write_atomic reaches os.replace only after its temp file is written.
+        run_until_hook(srv, "davserver.durable.os.replace", "before", *args)
+        assert list(target.rglob(".tmp-*")), "the hook did not fire inside write_atomic"
     rerun_until_done(srv, args)
     if job != "encrypt-all":
         assert key_root(srv) == target

@@ -402,25 +402,30 @@ class MetaDB:
 
     # --- pending commits ---------------------------------------------------------------
 
-    def add_pending(self, file_id: bytes, path: str, *, plain: bool = False) -> None:
+    def add_pending(self, file_id: bytes, path: str, *, plain: bool = False,
+                    durable: bool = True) -> None:
         """Announce a commit; ``plain`` marks a plaintext version replacing an encrypted
         one (then ``file_id`` is just a random marker). One statement: its own transaction.
 
         The DB runs with synchronous=NORMAL: a commit survives a crash of the process but
-        may be lost with power. This row must not be: the commit's rename is made durable
-        right after, and a file on disk that the index does not expect, with no pending
-        row, is refused as swapped or rolled back. So with ``durable_markers`` this one
-        transaction is synced (one fsync of the WAL), whatever the filesystem does with
-        the WAL's blocks, which SQLite overwrites in place after a checkpoint.
+        may be lost with power. A row that replaces an encrypted version must not be: the
+        commit's rename is made durable right after, and a file on disk that the index
+        does not expect, with no pending row, is refused as swapped or rolled back. So with
+        ``durable_markers`` and ``durable`` this one transaction is synced (one fsync of
+        the WAL), whatever the filesystem does with the WAL's blocks, which SQLite
+        overwrites in place after a checkpoint. For a path the index does not hold yet,
+        a lost row costs at most a key file that ``clean-orphaned-keys`` finds (if the
+        power failed before the rename) and the caller passes ``durable=False``.
         """
+        sync = self.durable_markers and durable
         c = self._conn()
-        if self.durable_markers:
+        if sync:
             c.execute("PRAGMA synchronous=FULL")
         try:
             c.execute("INSERT INTO pending(file_id, path, created, plain) VALUES(?, ?, ?, ?)",
                       (file_id, path, time.time(), int(plain)))
         finally:
-            if self.durable_markers:
+            if sync:
                 c.execute("PRAGMA synchronous=NORMAL")
 
     def pending_for(self, path: str, *, plain: bool = False) -> list[bytes]:

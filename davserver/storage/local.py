@@ -16,16 +16,9 @@ import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+from davserver.durable import fsync_dir
 from davserver.errors import Conflict, StorageError, StorageNotFound
 from davserver.storage.base import BlobReader, BlobWriter, Entry, Storage, split_key
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class _FileReader(BlobReader):
@@ -102,7 +95,7 @@ class _FileWriter(BlobWriter):
                 raise Conflict("parent folder does not exist")
             os.replace(self._tmp, self._final)
             if self._fsync:
-                _fsync_dir(parent)
+                fsync_dir(parent)
         except BaseException:
             self.abort()
             raise
@@ -179,12 +172,17 @@ class LocalStorage(Storage):
             raise StorageNotFound(key) from None
 
     def make_dir(self, key: str) -> None:
+        path = self._path(key)
         try:
-            os.mkdir(self._path(key))
+            os.mkdir(path)
         except FileExistsError:
             raise Conflict(f"{key} exists") from None
         except FileNotFoundError:
             raise Conflict("parent folder does not exist") from None
+        if self.fsync:
+            # The files later committed into it are flushed with their folder; this makes
+            # the folder itself (their way in) survive a power loss as well.
+            fsync_dir(os.path.dirname(path))
 
     def remove_dir(self, key: str) -> None:
         try:
@@ -208,7 +206,7 @@ class LocalStorage(Storage):
         except FileNotFoundError:
             raise StorageNotFound(src) from None
         if self.fsync:
-            _fsync_dir(os.path.dirname(d))
+            fsync_dir(os.path.dirname(d))
 
     def cleanup(self) -> int:
         n = 0

@@ -26,8 +26,8 @@ import tempfile
 import time
 
 from davserver.crypto import keywrap, primitives, stream
+from davserver.durable import write_atomic
 from davserver.errors import DavServerError, IntegrityError, UserError, WrongPassword
-from davserver.vault.keystore import write_atomic
 
 MAGIC = b"DAVSERVER-BACKUP-1\n"
 FORMAT = "davserver-backup/1"

@@ -168,11 +168,18 @@ def fix_key_location(vault, users: list[str] | None = None, *, apply: bool = Fal
 
 
 def orphan_keys(vault) -> list[str]:
-    """Key files whose file ID no stored file carries and no commit in flight uses."""
-    files = list(_stored_files(vault, None, None))
-    used = set(_holders(vault, files))
-    used.update(fid for fid, _p, plain in vault.db.list_pending() if not plain)
-    return [fid.hex() for fid in vault.keys.iter_file_ids() if fid not in used]
+    """Key files whose file ID no indexed or stored file carries and no commit in flight
+    uses. Read in this order so that work running meanwhile is never taken for an orphan:
+    key files, then commits in flight (a key is written after its pending row), then the
+    index (a commit records its file before it drops that row; a move changes the index
+    and the file together), then the stored headers (files placed by hand). Keys the
+    index holds are never orphans, even when the storage lists nothing (an unmounted
+    disk) or the file went missing."""
+    found = list(vault.keys.iter_file_ids())
+    used = {fid for fid, _p, plain in vault.db.list_pending() if not plain}
+    used.update(r.file_id for r in vault.db.iter_files() if r.file_id is not None)
+    used.update(_holders(vault, list(_stored_files(vault, None, None))))
+    return [fid.hex() for fid in found if fid not in used]
 
 
 def clean_orphaned_keys(vault, *, apply: bool = False) -> list[str]:

@@ -4,10 +4,11 @@ Every caller (WebDAV, CLI, web pages) reads and writes files through :class:`Vau
 the rules below hold whatever the entry point:
 
 * A write is invisible until committed, and the commit is crash-safe across three stores.
-  Order: ciphertext to a temp blob -> ``pending`` row (synced) -> key file (fsync) ->
-  atomic rename (fsync) -> index row + pending row removed in one transaction -> old key
-  deleted. A crash at any point leaves either the old version or the new one;
-  :meth:`Vault.recover` (run at start) finishes or rolls back what a crash interrupted.
+  Order: ciphertext to a temp blob -> ``pending`` row (synced when it replaces an
+  encrypted version) -> key file (fsync) -> atomic rename (fsync) -> index row + pending
+  row removed in one transaction -> old key deleted. A crash at any point leaves either
+  the old version or the new one; :meth:`Vault.recover` (run at start) finishes or rolls
+  back what a crash interrupted.
 * A stored file must match the index: same file ID (fresh for every write) and same
   plaintext size. Otherwise it was swapped, rolled back, truncated or extended, and it is
   refused with a log line naming the path. A file the index does not know (placed or moved
@@ -383,7 +384,11 @@ class Vault:
             if marker is not None:
                 # Announce before the key exists: a crash from here on is rolled back
                 # (key deleted) or finished by recover(), never leaves a stray key.
-                self.db.add_pending(marker, path, plain=plain)
+                # Only a replaced encrypted version needs the row to survive a power loss:
+                # without it, the index would refuse the new file as a swap. A new path
+                # (or a plaintext one) would be adopted, so its row need not be flushed.
+                self.db.add_pending(marker, path, plain=plain,
+                                    durable=old is not None and old.encrypted)
             try:
                 if not plain and marker is not None:
                     self.keys.wrap_new(up.file_id, up._data_key, up._recipients)

@@ -15,9 +15,9 @@ import shutil
 import time
 from collections.abc import Callable
 
+from davserver.durable import write_atomic
 from davserver.errors import DavServerError, UserError
 from davserver.meta import settings
-from davserver.vault.keystore import write_atomic
 
 S_KEY_ROOT = settings.KEY_ROOT
 S_JOB = settings.JOB_KEY_ROOT

@@ -19,12 +19,12 @@ import base64
 import json
 import os
 import threading
-import uuid
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from davserver.crypto import keywrap
+from davserver.durable import TMP_PREFIX, write_atomic, write_new
 from davserver.errors import DavServerError, FormatError, IntegrityError, KeyNotFound
 
 KEY_FILE_FORMAT = "davserver-key/1"
@@ -75,31 +75,6 @@ class Recipient:
                         keywrap.seal_to_self(self.private, data_key, file_id))
         return Wrap(self.recipient, self.suite,
                     keywrap.wrap_data_key(self.suite, self.public, data_key, file_id))
-
-
-def write_atomic(path: str, data: bytes, *, fsync: bool = True, mode: int = 0o600) -> None:
-    """Write a small file so that readers see the old or the new content, never a mix."""
-    d = os.path.dirname(path)
-    os.makedirs(d, exist_ok=True)
-    tmp = os.path.join(d, f".tmp-{uuid.uuid4().hex}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        os.write(fd, data)
-        if fsync:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    if fsync:
-        dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
 
 
 class KeyStore:
@@ -172,15 +147,19 @@ class KeyStore:
         h = file_id.hex()
         return os.path.join(self.root, "files", h[:2], f"{h}.json")
 
-    def save(self, file_id: bytes, wraps: list[Wrap]) -> None:
-        doc = {
+    @staticmethod
+    def _document(file_id: bytes, wraps: list[Wrap]) -> bytes:
+        return json.dumps({
             "format": KEY_FILE_FORMAT,
             "file_id": file_id.hex(),
             "wraps": [{"to": w.recipient, "suite": w.suite, "sealed": _b64(w.sealed)}
                       for w in wraps],
-        }
+        }).encode()
+
+    def save(self, file_id: bytes, wraps: list[Wrap]) -> None:
+        """Replace the wraps of an existing file ID (sharing, recovery, key rotation)."""
         self._forget(file_id)  # the recipients may have changed
-        write_atomic(self._path(file_id), json.dumps(doc).encode(), fsync=self.fsync)
+        write_atomic(self._path(file_id), self._document(file_id, wraps), fsync=self.fsync)
 
     def load(self, file_id: bytes) -> list[Wrap]:
         try:
@@ -212,7 +191,7 @@ class KeyStore:
         n = 0
         for d, _dirs, names in os.walk(self.root):
             for name in names:
-                if name.startswith(".tmp-"):
+                if name.startswith(TMP_PREFIX):
                     try:
                         os.unlink(os.path.join(d, name))
                         n += 1
@@ -236,7 +215,10 @@ class KeyStore:
     # --- recipes -----------------------------------------------------------------------
 
     def wrap_new(self, file_id: bytes, data_key: bytes, recipients: list[Recipient]) -> None:
-        self.save(file_id, [r.wrap(data_key, file_id) for r in recipients])
+        """Store the key of a file ID just drawn: written in place, as no file names the
+        ID before the commit renames it in (see durable.write_new)."""
+        wraps = [r.wrap(data_key, file_id) for r in recipients]
+        write_new(self._path(file_id), self._document(file_id, wraps), fsync=self.fsync)
         self._remember(file_id, data_key, frozenset(r.recipient for r in recipients))
 
     def unwrap(self, file_id: bytes, identities: list[Identity]) -> bytes:

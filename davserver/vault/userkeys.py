@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from davserver.crypto import kdf, keywrap, primitives
+from davserver.durable import write_atomic
 from davserver.errors import (
     DavServerError,
     IntegrityError,
@@ -37,7 +38,7 @@ from davserver.errors import (
     WrongPassword,
 )
 from davserver.meta import verified
-from davserver.vault.keystore import Identity, KeyStore, Recipient, write_atomic
+from davserver.vault.keystore import Identity, KeyStore, Recipient
 
 log = logging.getLogger("davserver.keys")
 

@@ -1,0 +1,90 @@
+"""Small files that survive a power loss once written: key files, key pairs, settings.
+
+A file is durable when its bytes are flushed (fsync of the file) and so is the name that
+leads to it (fsync of its folder, and of every folder created on the way). Readers must see
+the old or the new content, never a mix, so a file that may already exist is replaced
+through a temporary name; a file written once under a fresh name (a new file ID) needs no
+second name, because nothing refers to it until it is complete.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+#: Prefix of the temporary names; a crash may leave such files behind (see KeyStore.cleanup).
+TMP_PREFIX = ".tmp-"
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_dirs(path: str, *, fsync: bool) -> None:
+    """``os.makedirs`` whose new folders are recorded in their parents when ``fsync``."""
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path)
+    make_dirs(parent, fsync=fsync)
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        return
+    if fsync:
+        fsync_dir(parent)
+
+
+def _write_fd(fd: int, data: bytes, fsync: bool) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    if fsync:
+        os.fsync(fd)
+
+
+def write_atomic(path: str, data: bytes, *, fsync: bool = True, mode: int = 0o600) -> None:
+    """Write or replace a small file so that readers see the old or the new content."""
+    d = os.path.dirname(path)
+    make_dirs(d, fsync=fsync)
+    tmp = os.path.join(d, f"{TMP_PREFIX}{uuid.uuid4().hex}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        _write_fd(fd, data, fsync)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    if fsync:
+        fsync_dir(d)
+
+
+def write_new(path: str, data: bytes, *, fsync: bool = True, mode: int = 0o600) -> None:
+    """Create a file under a name never used before, in place: one rename fewer than
+    :func:`write_atomic`. Fails with ``FileExistsError`` if the name is taken. A crash
+    mid-write leaves a short file under that name; callers make sure nothing points at the
+    name until this returns (the key of a new file ID, before the file is renamed in)."""
+    d = os.path.dirname(path)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except FileNotFoundError:
+        make_dirs(d, fsync=fsync)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        _write_fd(fd, data, fsync)
+    except BaseException:
+        os.close(fd)
+        os.unlink(path)
+        raise
+    os.close(fd)
+    if fsync:
+        fsync_dir(d)
