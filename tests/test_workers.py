@@ -55,6 +55,8 @@ def srv(tmp_path):
     s = LiveServer(tmp_path, users={"alice": None},
                    config={"server": {"workers": WORKERS}}).create().start()
     assert wait_until(lambda: len(children(s.proc.pid)) == WORKERS - 1)  # + the first one
+    assert wait_until(lambda: all(f"worker {p} serving" in s.log_text()
+                                  for p in [s.proc.pid, *children(s.proc.pid)]), 30)
     yield s
     s.stop()
 
@@ -68,19 +70,77 @@ def fresh(method: str, srv: LiveServer, path: str, **kw) -> requests.Response:
 
 
 def test_connections_are_spread_over_the_workers(srv):
-    """Each worker (the first process too) serves some of 60 fresh connections, told
+    """Each worker (the first process too) takes some of 30 connections kept open, told
     apart by their open sockets."""
     workers = [srv.proc.pid, *children(srv.proc.pid)]
-    served = set()
-    for _ in range(60):
-        with socket.create_connection(("127.0.0.1", srv.port)) as c:
-            c.sendall(b"GET /status.php HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert c.recv(100).startswith(b"HTTP/1.1 200")
-            port = c.getsockname()[1]
-            for pid in workers:
-                if _has_peer(pid, port):
-                    served.add(pid)
-    assert served == set(workers)
+    conns = [_open_kept(srv.port) for _ in range(30)]
+    try:
+        served = {pid for pid in workers for c in conns
+                  if _has_peer(pid, c.sock.getsockname()[1])}
+        assert served == set(workers)
+    finally:
+        for c in conns:
+            c.close()
+
+
+def _open_kept(port: int):
+    """A keep-alive connection that has had one answer and stays open."""
+    import http.client
+
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    c.request("GET", "/status.php")
+    r = c.getresponse()
+    assert r.status == 200
+    r.read()
+    return c
+
+
+def _held(pids: list[int], conns) -> dict[int, int]:
+    return {pid: sum(_has_peer(pid, c.sock.getsockname()[1]) for c in conns) for pid in pids}
+
+
+def _established(pid: int, port: int) -> int:
+    """Connections to ``port`` that process ``pid`` holds (01: TCP_ESTABLISHED)."""
+    return sum(local == port and state == "01" for local, _r, state in _tcp_sockets(pid))
+
+
+def test_held_connections_are_spread_evenly_also_to_a_replacement(tmp_path, monkeypatch):
+    """Keep-alive connections opened one after another end up evenly on the workers, and
+    a worker started to replace a dead one gets the next ones. (Workers leave a new
+    connection to a less loaded one for DAVSERVER_ACCEPT_WAIT seconds: long here, so
+    the outcome does not depend on how fast a process is scheduled.)"""
+    monkeypatch.setenv("DAVSERVER_ACCEPT_WAIT", "0.5")
+    srv = LiveServer(tmp_path, config={"server": {"workers": WORKERS}}).create().start()
+    conns = []
+    try:
+        assert wait_until(lambda: len(children(srv.proc.pid)) == WORKERS - 1)
+        workers = [srv.proc.pid, *children(srv.proc.pid)]
+        assert wait_until(lambda: all(f"worker {p} serving" in srv.log_text()
+                                      for p in workers), 30)
+        conns = [_open_kept(srv.port) for _ in range(3 * WORKERS)]
+        # Counted from the sockets each process holds: other clients' count too.
+        load = [_established(pid, srv.port) for pid in workers]
+        assert max(load) - min(load) <= 1 and sum(load) >= len(conns), load
+        # A worker dies with its connections; its replacement takes the next three, as
+        # the others hold three or more each.
+        victim = children(srv.proc.pid)[0]
+        dead = [c for c in conns if _has_peer(victim, c.sock.getsockname()[1])]
+        os.kill(victim, signal.SIGKILL)
+        assert wait_until(lambda: [p for p in children(srv.proc.pid) if p not in workers])
+        new = [p for p in children(srv.proc.pid) if p not in workers]
+        assert wait_until(lambda: f"worker {new[0]} serving" in srv.log_text(), 30), (
+            new, children(srv.proc.pid), workers, srv.log_tail())
+        for c in dead:
+            c.close()
+        conns = [c for c in conns if c not in dead]
+        assert all(_established(p, srv.port) >= 3 for p in workers if p != victim)
+        more = [_open_kept(srv.port) for _ in range(3)]
+        conns += more
+        assert _held(new, more) == {new[0]: 3}
+    finally:
+        for c in conns:
+            c.close()
+        srv.stop()
 
 
 def _tcp_sockets(pid: int) -> list[tuple[int, int, str]]:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
+import socket
 import sys
 import threading
 
@@ -66,7 +68,7 @@ def cmd_init(args) -> int:
 
 def cmd_serve(args) -> int:
     """Run the WebDAV server (creating the instance on first start)."""
-    from davserver.dav import prefork
+    from davserver.dav import balance, prefork
     from davserver.meta import verified
 
     cfg = _load(args)
@@ -74,7 +76,10 @@ def cmd_serve(args) -> int:
     if getattr(args, "worker_of", None):  # a replacement for a worker that died
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the first process
         prefork.die_with(args.worker_of)
-        return _serve(Instance(cfg), reuse_port=True, announce=False)
+        balance.table = balance.LoadTable(fd=args.load_fd)
+        balance.table.take(args.worker_slot)
+        sock = socket.socket(fileno=args.listen_fd)
+        return _serve(Instance(cfg), shared_socket=sock, announce=False)
     _announce(cfg, init_instance(cfg))
     inst = Instance(cfg)
     inst.vault.recover()  # once, before any worker serves
@@ -82,25 +87,26 @@ def cmd_serve(args) -> int:
     if count == 1:
         return _serve(inst)
     inst.close()
-    cfg.port = prefork.probe_port(cfg.host, cfg.port)
+    sock = prefork.listen(cfg.host, cfg.port)
+    cfg.port = sock.getsockname()[1]
     argv = ["serve", "--config", cfg.path, "--data-dir", cfg.data_dir, "--host", cfg.host,
             "--port", str(cfg.port)]
     if cfg.certfile:
         argv += ["--certfile", cfg.certfile, "--keyfile", cfg.keyfile]
     verified.share_with_forked_workers()  # one password check serves every worker
     workers = prefork.Workers(
-        count, lambda: _serve(Instance(cfg), reuse_port=True, announce=False), argv)
+        count, lambda: _serve(Instance(cfg), shared_socket=sock, announce=False), argv, sock)
     workers.fork_initial()
-    return _serve(Instance(cfg), reuse_port=True, workers=workers)
+    return _serve(Instance(cfg), shared_socket=sock, workers=workers)
 
 
-def _serve(inst: Instance, *, reuse_port: bool = False, announce: bool = True,
-           workers=None) -> int:
+def _serve(inst: Instance, *, shared_socket: socket.socket | None = None,
+           announce: bool = True, workers=None) -> int:
     """Serve on this process until SIGTERM/SIGINT (``workers``: the others to supervise)."""
     from davserver.dav.app import make_server
 
     cfg = inst.config
-    server = make_server(inst, reuse_port=reuse_port)
+    server = make_server(inst, shared_socket=shared_socket)
 
     def stop(signum, frame):
         # cheroot's stop() waits for serve() to return, and serve() runs on this very
@@ -113,6 +119,11 @@ def _serve(inst: Instance, *, reuse_port: bool = False, announce: bool = True,
         signal.signal(signal.SIGINT, stop)
     server.prepare()
     cfg.port = server.bind_addr[1]
+    if shared_socket is not None:
+        from davserver.dav import balance
+
+        balance.table.serving()
+        log.info("worker %d serving", os.getpid())
     if announce:
         extra = f" ({workers.count} worker processes)" if workers else ""
         log.info("davserver listening on %s%s", _url(cfg, "USER"), extra)
@@ -150,4 +161,7 @@ def register(sub, common) -> None:
         p.add_argument("--certfile", help="PEM certificate for HTTPS")
         p.add_argument("--keyfile", help="PEM private key for HTTPS")
         if name == "serve":
-            p.add_argument("--worker-of", type=int, help=argparse.SUPPRESS)
+            # A replacement worker: its parent, the inherited listening socket and load
+            # table (descriptors), and its slot in that table.
+            for flag in ("--worker-of", "--listen-fd", "--load-fd", "--worker-slot"):
+                p.add_argument(flag, type=int, help=argparse.SUPPRESS)

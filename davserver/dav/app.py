@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 
 from cheroot import wsgi
 from wsgidav.dir_browser import WsgiDavDirBrowser
@@ -22,7 +23,7 @@ from wsgidav.request_resolver import RequestResolver
 from wsgidav.wsgidav_app import WsgiDAVApp
 
 from davserver import __version__
-from davserver.dav import sockets
+from davserver.dav import balance, sockets
 from davserver.dav.basicauth import BasicAuth
 from davserver.dav.errors import KnownErrors, plain_text
 from davserver.dav.fastfiles import FastFiles
@@ -140,14 +141,47 @@ def build_app(instance: Instance, *, fast_files: bool = True):
     return Guard(FastFiles(dav, instance, (files, webdav), locks, cfg.block_size), instance)
 
 
-def make_server(instance: Instance, *, reuse_port: bool = False) -> wsgi.Server:
-    """``reuse_port``: one of several worker processes sharing the port (dav.prefork)."""
+#: Idle keep-alive connections one worker process keeps open.
+KEEP_ALIVE_LIMIT = 256
+
+
+class _Server(wsgi.Server):
+    """cheroot's server, optionally on a listening socket shared by several workers."""
+
+    shared_socket: socket.socket | None = None
+
+    def bind(self, family, type, proto=0):
+        if self.shared_socket is None:
+            return super().bind(family, type, proto)
+        self.socket = self.shared_socket
+        self.bind_addr = self.resolve_real_bind_addr(self.socket)
+        return self.socket
+
+    def prepare(self) -> None:
+        super().prepare()
+        if self.shared_socket is not None:
+            # Another worker may take a connection this one was woken for: never wait in
+            # accept() (cheroot returns on EAGAIN), and leave new ones to a less loaded
+            # worker for a moment (dav.balance).
+            self.socket.setblocking(False)
+            plain, self._connections = self._connections, balance.BalancedConnections(self)
+            plain._selector.close()
+
+
+def make_server(instance: Instance, *, shared_socket: socket.socket | None = None
+                ) -> wsgi.Server:
+    """``shared_socket``: the listening socket of several worker processes (dav.prefork)."""
     cfg = instance.config
-    server = wsgi.Server(
+    server = _Server(
         (cfg.host, cfg.port), build_app(instance), numthreads=cfg.threads,
-        timeout=int(cfg.socket_timeout), server_name="davserver", reuse_port=reuse_port,
+        timeout=int(cfg.socket_timeout), server_name="davserver",
         request_queue_size=128,  # cheroot's default backlog of 5 refuses bursts of clients
     )
+    server.shared_socket = shared_socket
+    # cheroot answers "Connection: close" once 10 idle keep-alive connections wait in one
+    # process; sync clients keep theirs for hours, and a new connection (and TLS
+    # handshake) for every request would cost far more than an idle socket does.
+    server.keep_alive_conn_limit = KEEP_ALIVE_LIMIT
     server.max_request_body_size = 0
     server.ConnectionClass = sockets.Connection
     if cfg.certfile and cfg.keyfile:

@@ -4,8 +4,9 @@ AES-GCM, HPKE and most of a request's work hold the GIL, so one process serves o
 worth of requests however many threads it has. With ``[server] workers = N`` the server
 process does the start-up work once (crash recovery, temp cleanup), forks N-1 more
 workers, and then serves as a worker itself. Each process runs the whole application with
-its own DB connections and caches, on sockets bound with ``SO_REUSEPORT`` so the kernel
-spreads new connections over them. What must be one truth is not in their memory: files,
+its own DB connections and caches, on one listening socket that the first process opens
+before it forks; ``dav.balance`` spreads new connections over the workers by how many each
+already holds. What must be one truth is not in their memory: files,
 index and WebDAV locks are in the data directory and the DB, and the locks that make
 commits and lock grants atomic are shared between the processes
 (``davserver.meta.interprocess``).
@@ -33,6 +34,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from davserver.dav import balance
 from davserver.errors import UserError
 
 log = logging.getLogger("davserver")
@@ -46,19 +48,22 @@ def default_workers() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
 
-def probe_port(host: str, port: int) -> int:
-    """Fail early (EADDRINUSE) if anyone already listens, and resolve port 0.
+def listen(host: str, port: int) -> socket.socket:
+    """The listening socket all workers share, set up as cheroot sets up its own.
 
-    Without this, SO_REUSEPORT would let a second server started by mistake on the same
-    port quietly share its connections with the first."""
+    Opened once, before any worker exists, so a second server started by mistake on the
+    same port fails here (EADDRINUSE) with a clear line."""
+    from cheroot.server import HTTPServer
+
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError as e:
-            raise UserError(f"cannot listen on {host}:{port}: {e.strerror}") from None
-        return s.getsockname()[1]
+    try:
+        sock = HTTPServer.prepare_socket((host, port), family, socket.SOCK_STREAM, 0,
+                                         True, None)
+        sock = HTTPServer.bind_socket(sock, (host, port))
+    except OSError as e:
+        raise UserError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    sock.listen(128)
+    return sock
 
 
 def die_with(parent: int) -> None:
@@ -75,11 +80,15 @@ class Workers:
     """The first process's view of the other workers: start, replace, stop."""
 
     def __init__(self, count: int, run_worker: Callable[[], None],
-                 respawn_argv: list[str]) -> None:
+                 respawn_argv: list[str], sock: socket.socket) -> None:
         self.count = count
         self._run_worker = run_worker
         self._respawn_argv = respawn_argv
+        self._sock = sock
         self._children: dict[int, float] = {}  # pid -> start time
+        self._slots: dict[int, int] = {}  # pid -> slot in the load table
+        balance.table = balance.LoadTable(count)
+        balance.table.take(0)  # the first process
         self._stopping = threading.Event()
         self._quick_deaths = 0
 
@@ -88,7 +97,7 @@ class Workers:
         parent = os.getpid()
         gc.collect()
         gc.freeze()  # what is loaded now stays shared with the workers (copy-on-write)
-        for _ in range(self.count - 1):
+        for slot in range(1, self.count):
             # Signals stay blocked across fork until the child has its own handlers.
             signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
             pid = os.fork()
@@ -99,6 +108,7 @@ class Workers:
                     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the first process forwards it
                     signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
                     die_with(parent)
+                    balance.table.take(slot)
                     self._run_worker()
                 except BaseException:
                     log.exception("worker %d failed", os.getpid())
@@ -107,6 +117,7 @@ class Workers:
                     logging.shutdown()
                     os._exit(code)
             self._children[pid] = time.monotonic()
+            self._slots[pid] = slot
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
 
     def supervise(self) -> None:
@@ -123,8 +134,10 @@ class Workers:
             except InterruptedError:
                 continue
             started = self._children.pop(pid, None)
+            slot = self._slots.pop(pid, None)
             if started is None or self._stopping.is_set():
                 continue
+            balance.table.release(slot)
             code = os.waitstatus_to_exitcode(wstatus)
             log.error("worker %d exited (%s); starting a new one", pid,
                       f"signal {-code}" if code < 0 else f"status {code}")
@@ -134,13 +147,18 @@ class Workers:
                     log.error("workers keep failing at start; serving with fewer")
                     continue
                 time.sleep(0.5 * self._quick_deaths)
-            self._respawn()
+            self._respawn(slot)
 
-    def _respawn(self) -> None:
+    def _respawn(self, slot: int) -> None:
+        """Start a replacement by exec: it inherits the listening socket and the load
+        table as descriptors, and takes over the dead worker's slot."""
+        fds = (self._sock.fileno(), balance.table.fd)
         argv = [sys.executable, "-m", "davserver", *self._respawn_argv,
-                "--worker-of", str(os.getpid())]
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+                "--worker-of", str(os.getpid()), "--listen-fd", str(fds[0]),
+                "--load-fd", str(fds[1]), "--worker-slot", str(slot)]
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, pass_fds=fds)
         self._children[proc.pid] = time.monotonic()
+        self._slots[proc.pid] = slot
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stopping.set()

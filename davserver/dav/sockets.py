@@ -15,6 +15,8 @@ import select
 
 from cheroot import makefile, server
 
+from davserver.dav import balance
+
 #: Blocks at least this large are sent straight from the caller's buffer.
 DIRECT_MIN = 16384
 #: Seconds a worker thread waits for the next request on a connection it just answered.
@@ -58,6 +60,11 @@ class Connection(server.HTTPConnection):
     def __init__(self, srv, sock, makefile_=makefile.MakeFile) -> None:
         super().__init__(srv, sock, _make_file if makefile_ is makefile.MakeFile
                          else makefile_)
+        balance.counted_open(self)
+
+    def close(self) -> None:
+        balance.counted_close(self)
+        super().close()
 
     def communicate(self) -> bool:
         keep = super().communicate()
