@@ -38,34 +38,41 @@ def make_dirs(path: str, *, fsync: bool) -> None:
         fsync_dir(parent)
 
 
-def _write_fd(fd: int, data: bytes, fsync: bool) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-    if fsync:
-        os.fsync(fd)
+def _open_new(path: str, fsync: bool, mode: int) -> int:
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except FileNotFoundError:
+        make_dirs(os.path.dirname(path), fsync=fsync)
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+
+
+def _create(path: str, data: bytes, fsync: bool, mode: int) -> None:
+    """Write ``data`` to a file that must not exist yet; on failure remove it again."""
+    fd = _open_new(path, fsync, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        if fsync:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(path)
+        raise
+    os.close(fd)
 
 
 def write_atomic(path: str, data: bytes, *, fsync: bool = True, mode: int = 0o600) -> None:
     """Write or replace a small file so that readers see the old or the new content."""
-    d = os.path.dirname(path)
-    make_dirs(d, fsync=fsync)
-    tmp = os.path.join(d, f"{TMP_PREFIX}{uuid.uuid4().hex}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        _write_fd(fd, data, fsync)
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
-        raise
-    os.close(fd)
+    tmp = os.path.join(os.path.dirname(path), f"{TMP_PREFIX}{uuid.uuid4().hex}")
+    _create(tmp, data, fsync, mode)
     try:
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
     if fsync:
-        fsync_dir(d)
+        fsync_dir(os.path.dirname(path))
 
 
 def write_new(path: str, data: bytes, *, fsync: bool = True, mode: int = 0o600) -> None:
@@ -73,18 +80,6 @@ def write_new(path: str, data: bytes, *, fsync: bool = True, mode: int = 0o600) 
     :func:`write_atomic`. Fails with ``FileExistsError`` if the name is taken. A crash
     mid-write leaves a short file under that name; callers make sure nothing points at the
     name until this returns (the key of a new file ID, before the file is renamed in)."""
-    d = os.path.dirname(path)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    except FileNotFoundError:
-        make_dirs(d, fsync=fsync)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        _write_fd(fd, data, fsync)
-    except BaseException:
-        os.close(fd)
-        os.unlink(path)
-        raise
-    os.close(fd)
+    _create(path, data, fsync, mode)
     if fsync:
-        fsync_dir(d)
+        fsync_dir(os.path.dirname(path))

@@ -473,7 +473,7 @@ def test_kill_inside_a_key_file_write(instances, tmp_path, job):
     if job == "encrypt-all":
         args = ["encryption:encrypt-all", "--yes"]
         store = Path(srv.data_dir) / "keys"
-        run_until_hook(srv, "davserver.durable._write_fd", "before", *args)
+        run_until_hook(srv, "davserver.durable._open_new", "after", *args)
         assert [p for p in store.rglob("files/*/*.json") if p.stat().st_size == 0], \
             "the hook did not fire inside write_new"
     else:

@@ -55,8 +55,7 @@ def srv(tmp_path):
     s = LiveServer(tmp_path, users={"alice": None},
                    config={"server": {"workers": WORKERS}}).create().start()
     assert wait_until(lambda: len(children(s.proc.pid)) == WORKERS - 1)  # + the first one
-    assert wait_until(lambda: all(f"worker {p} serving" in s.log_text()
-                                  for p in [s.proc.pid, *children(s.proc.pid)]), 30)
+    _wait_serving(s, [s.proc.pid, *children(s.proc.pid)])
     yield s
     s.stop()
 
@@ -83,16 +82,22 @@ def test_connections_are_spread_over_the_workers(srv):
             c.close()
 
 
-def _open_kept(port: int):
+def _open_kept(port: int, method: str = "GET", path: str = "/status.php",
+               headers: dict | None = None, status: int = 200):
     """A keep-alive connection that has had one answer and stays open."""
     import http.client
 
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    c.request("GET", "/status.php")
+    c.request(method, path, headers=headers or {})
     r = c.getresponse()
-    assert r.status == 200
+    assert r.status == status
     r.read()
     return c
+
+
+def _wait_serving(srv: LiveServer, pids: list[int]) -> None:
+    """Until every worker accepts connections (and so counts in the spreading)."""
+    assert wait_until(lambda: all(f"worker {p} serving" in srv.log_text() for p in pids), 30)
 
 
 def _held(pids: list[int], conns) -> dict[int, int]:
@@ -115,8 +120,7 @@ def test_held_connections_are_spread_evenly_also_to_a_replacement(tmp_path, monk
     try:
         assert wait_until(lambda: len(children(srv.proc.pid)) == WORKERS - 1)
         workers = [srv.proc.pid, *children(srv.proc.pid)]
-        assert wait_until(lambda: all(f"worker {p} serving" in srv.log_text()
-                                      for p in workers), 30)
+        _wait_serving(srv, workers)
         conns = [_open_kept(srv.port) for _ in range(3 * WORKERS)]
         # Counted from the sockets each process holds: other clients' count too.
         load = [_established(pid, srv.port) for pid in workers]
@@ -128,8 +132,7 @@ def test_held_connections_are_spread_evenly_also_to_a_replacement(tmp_path, monk
         os.kill(victim, signal.SIGKILL)
         assert wait_until(lambda: [p for p in children(srv.proc.pid) if p not in workers])
         new = [p for p in children(srv.proc.pid) if p not in workers]
-        assert wait_until(lambda: f"worker {new[0]} serving" in srv.log_text(), 30), (
-            new, children(srv.proc.pid), workers, srv.log_tail())
+        _wait_serving(srv, new)
         for c in dead:
             c.close()
         conns = [c for c in conns if c not in dead]
@@ -304,17 +307,15 @@ def test_one_password_check_serves_every_worker(tmp_path, mode):
     try:
         assert wait_until(lambda: len(children(s.proc.pid)) == WORKERS - 1)
         workers = [s.proc.pid, *children(s.proc.pid)]
+        _wait_serving(s, workers)
         token = base64.b64encode(f"alice:{s.users['alice']}".encode()).decode()
-        request = (f"PROPFIND /remote.php/dav/files/alice/ HTTP/1.1\r\nHost: x\r\n"
-                   f"Depth: 0\r\nAuthorization: Basic {token}\r\n"
-                   f"Content-Length: 0\r\n\r\n").encode()
-        served = set()
-        for _ in range(60):
-            with socket.create_connection(("127.0.0.1", s.port)) as c:
-                c.sendall(request)
-                assert c.recv(100).startswith(b"HTTP/1.1 207")
-                port = c.getsockname()[1]
-                served.update(pid for pid in workers if _has_peer(pid, port))
+        conns = [_open_kept(s.port, "PROPFIND", "/remote.php/dav/files/alice/",
+                            {"Depth": "0", "Authorization": f"Basic {token}"}, 207)
+                 for _ in range(30)]
+        served = {pid for pid in workers for c in conns
+                  if _has_peer(pid, c.sock.getsockname()[1])}
+        for c in conns:
+            c.close()
         assert served == set(workers)
         log = s.log_text()
         assert log.count("checking the password of 'alice'") == 1
