@@ -84,3 +84,18 @@ def test_usage_counter_follows_every_index_change(inst):
     assert v.usage("alice") == summed() == 100
     v.delete("alice/e")
     assert v.usage("alice") == summed() == 50
+
+
+def test_new_and_overwritten_plaintext_files_commit_with_encryption_off(inst):
+    """Regression: the commit branch without an encryption marker left ``plain`` unset
+    (UnboundLocalError -> 500 for every upload with encryption disabled)."""
+    inst.db.set_setting("encryption.enabled", "0")
+    inst.refresh()
+    assert not inst.encryption_enabled()
+    rec = inst.vault.write_bytes("alice/new.txt", b"plain one")
+    assert rec.file_id is None
+    rec2 = inst.vault.write_bytes("alice/new.txt", b"plain two")
+    assert rec2.file_id is None and rec2.generation == rec.generation + 1
+    assert inst.vault.read_all("alice/new.txt") == b"plain two"
+    with open(f"{inst.config.files_dir}/alice/new.txt", "rb") as f:
+        assert f.read() == b"plain two"  # stored as it is: encryption is off

@@ -89,6 +89,10 @@ CREATE TABLE IF NOT EXISTS web_sessions(
 );
 """
 
+#: Tables of later features, one module each (davserver/meta/*_schema.py), so features
+#: built side by side do not edit one string. Every statement is idempotent.
+SCHEMA_PARTS: list[str] = []
+
 
 @dataclass(frozen=True)
 class FileRecord:
@@ -174,6 +178,8 @@ class MetaDB:
         self._clean_keys = _KeptAnswers()  # throttle key -> True: no failures on record
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self._conn().executescript(SCHEMA)
+        for part in SCHEMA_PARTS:
+            self._conn().executescript(part)
 
     # --- connections -------------------------------------------------------------------
 

@@ -380,7 +380,7 @@ class Vault:
             elif old is not None and old.encrypted:
                 marker, plain = keywrap.new_file_id(), True
             else:
-                marker = None
+                marker, plain = None, True
             if marker is not None:
                 # Announce before the key exists: a crash from here on is rolled back
                 # (key deleted) or finished by recover(), never leaves a stray key.
