@@ -58,6 +58,8 @@ def candidates(paths: list[FileKeyPaths], private_keys: dict[str, object], secre
     if not usable:
         held = ", ".join(sorted(private_keys)) or "none"
         found = sorted({n for p in paths for n in p.share_key_of})
+        hint = "" if private_keys else (": per-user keys need --password-from-env or "
+                                        "--recovery-password-from-env")
         raise ShareKeyMissing(f"(share keys for {', '.join(found) or 'nobody'}; "
-                          f"keys opened: {held})")
+                              f"keys opened: {held}){hint}")
     return list(dict.fromkeys(out))

@@ -30,7 +30,7 @@ def is_wrapped(data: bytes) -> bool:
     return _WRAPPED.match(data) is not None
 
 
-def _keys_for(secret: str, version: str) -> tuple[bytes, bytes]:
+def keys_for(secret: str, version: str) -> tuple[bytes, bytes]:
     if version == "3":
         km = nc.hkdf_sha512(secret.encode())
         return km[:32], km[32:]
@@ -51,7 +51,7 @@ def unwrap(data: bytes, secret: str) -> bytes:
     if len(mac_hex) % 2 or len(ct_hex) % 2:
         raise FormatError("odd-length hex in a wrapped key file")
     for candidate in (secret, ""):
-        enc_pw, mac_pw = _keys_for(candidate, version)
+        enc_pw, mac_pw = keys_for(candidate, version)
         mac_key = nc.sha512(mac_pw + b"a").hex().encode()
         expect = nc.hmac_sha512(mac_key, (ct_hex + iv_text).encode())
         if not nc.equal(expect, binascii.unhexlify(mac_hex)):
@@ -66,16 +66,6 @@ def unwrap(data: bytes, secret: str) -> bytes:
             raise FormatError("wrapped key file does not hold a key") from None
     raise IntegrityError("key file does not match the instance secret (wrong config.php "
                          "or a damaged key file)")
-
-
-def wrap(key: bytes, secret: str, iv: bytes, *, uid: str = "", version: str = "3") -> bytes:
-    """The inverse of :func:`unwrap` (for the test encoder and benchmark)."""
-    doc = json.dumps({"key": base64.b64encode(key).decode(), "uid": uid}).encode()
-    enc_pw, mac_pw = _keys_for(secret, version)
-    ct_hex = nc.cbc_encrypt(nc.pbkdf2_sha1(enc_pw, b"phpseclib", 1000, 16), iv, doc).hex()
-    iv_text = iv.hex() if int(version) >= 2 else iv.decode()
-    mac = nc.hmac_sha512(nc.sha512(mac_pw + b"a").hex().encode(), (ct_hex + iv_text).encode())
-    return f"{ct_hex}|{iv_text}|{mac.hex()}|{version}".encode()
 
 
 def read_key(path: str, secret: str) -> bytes:

@@ -51,23 +51,3 @@ def decrypt_private_key(blob: bytes, password: str, uids: list[str], cfg: Nextcl
             continue
     raise WrongPassword(f" for {what} (or a different config.php)")
 
-
-def encrypt_private_key(pem: bytes, password: str, uid: str, cfg: NextcloudConfig, *,
-                        cipher: str = "AES-256-CTR", key_format: str = "hash",
-                        encoding: str = "binary", signed: bool = True, iv: bytes) -> bytes:
-    """The inverse of :func:`decrypt_private_key` (for the test encoder)."""
-    fields = f"cipher:{cipher}"
-    if key_format != "password":
-        fields += f":keyFormat:{key_format}"
-    fields += f":encoding:{encoding}"
-    header = content.Header(cipher=cipher, encoding=encoding, signed=signed,
-                            key_format=key_format, present=True)
-    key = derive_key(password, header, uid, cfg)
-    ct = nc.stream_encrypt(cipher, key, iv, pem)
-    stored = ct if encoding == "binary" else content.base64.b64encode(ct)
-    body = stored + b"00iv00" + iv
-    if signed:
-        body += b"00sig00" + content.block_mac(key, 0, "0", stored) + b"xxx"
-    else:
-        body += b"xx"
-    return f"HBEGIN:{fields}:HEND".encode() + body
