@@ -30,8 +30,10 @@ def cmd_import_nextcloud(args) -> int:
     to DIR/<user>/<path>. Every block's signature is checked; a file that fails is listed
     with the reason and not written. Safe to run again: files already there are skipped.
     See docs/MIGRATING.md."""
-    if bool(args.into_instance) == bool(args.decrypt_to):
-        raise UserError("give exactly one of --into-instance and --decrypt-to DIR")
+    if args.into_instance and args.decrypt_to or not (
+            args.into_instance or args.decrypt_to or args.dry_run):
+        raise UserError("give exactly one of --into-instance and --decrypt-to DIR "
+                        "(or --dry-run to only check)")
     if args.password_from_env and args.recovery_password_from_env:
         raise UserError("give --password-from-env or --recovery-password-from-env, not both")
     users = importer.select_users(args.datadir, args.user)

@@ -112,12 +112,13 @@ def split_block(block: bytes, signed: bool) -> tuple[bytes, bytes, bytes | None]
     if signed:
         if len(block) < _SIGNED_TAIL or not block_signed(block) \
                 or block[-96:-90] != _IV_TAG:
-            raise FormatError("block is not a signed Nextcloud block (tags missing)")
+            raise FormatError("a block is cut short or damaged (its signature tags are "
+                              "missing)")
         return block[:-96], block[-90:-74], block[-67:-3]
     if block.endswith(b"xx"):
         block = block[:-2]
     if len(block) < 22 or block[-22:-16] != _IV_TAG:
-        raise FormatError("block is not a Nextcloud block (IV tag missing)")
+        raise FormatError("a block is cut short or damaged (its IV tag is missing)")
     return block[:-22], block[-16:], None
 
 
@@ -207,7 +208,8 @@ def find_key_and_version(path: str, info: FileInfo, candidates: Iterable[bytes],
     """
     keys = [k for k in candidates if k]
     if not keys:
-        raise IntegrityError("no file key")
+        raise IntegrityError("no share key opened with the keys held (another key pair's "
+                             "share key, or a wrong password)")
     if info.blocks == 0:
         return keys[0], None
     with open(path, "rb") as f:
