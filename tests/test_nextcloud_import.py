@@ -387,3 +387,32 @@ def test_config_php_with_code_is_refused(text):
 def test_header_of_other_module_is_refused():
     with pytest.raises(DavServerError):
         content.parse_header(b"HBEGIN:oc_encryption_module:OTHER:cipher:AES-256-CTR:HEND")
+
+
+def test_plain_file_with_stale_keys_is_copied(tmp_path):
+    """decrypt-all leaves a plaintext file; keys left behind must not make it 'legacy'."""
+    d = NcData(tmp_path / "nc")
+    m = d.add_master()
+    d.add_file("bob", "was-encrypted.txt", b"old", [m])
+    d.add_plain_file("bob", "was-encrypted.txt", b"now plain text, header gone\n" * 500)
+    out = tmp_path / "out"
+    r = run_cli("--datadir", str(d.datadir), "--config", str(d.config_path),
+                "--decrypt-to", str(out), "--output", "json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads(r.stdout)["plain"] == 1
+    assert (out / "bob" / "was-encrypted.txt").read_bytes() == \
+        b"now plain text, header gone\n" * 500
+
+
+def test_newer_file_at_target_is_kept(tmp_path):
+    d = NcData(tmp_path / "nc")
+    m = d.add_master()
+    d.add_file("bob", "doc.txt", b"from nextcloud", [m], mtime=1_600_000_000.0)
+    out = tmp_path / "out"
+    (out / "bob").mkdir(parents=True)
+    (out / "bob" / "doc.txt").write_bytes(b"edited later")
+    r = run_cli("--datadir", str(d.datadir), "--config", str(d.config_path),
+                "--decrypt-to", str(out), "--output", "json")
+    assert r.returncode == 3
+    assert "newer file" in json.loads(r.stdout)["failed"][0]["reason"]
+    assert (out / "bob" / "doc.txt").read_bytes() == b"edited later"

@@ -184,6 +184,21 @@ def read_info(path: str) -> FileInfo:
     return FileInfo(header, size)
 
 
+def looks_legacy(path: str, info: FileInfo) -> bool:
+    """Does a file without header have ownCloud <= 6's block structure? (A file that
+    Nextcloud decrypted in place can keep stale keys; it must be copied, not decrypted.)"""
+    if info.blocks == 0:
+        return False
+    with open(path, "rb") as f:
+        first = f.read(BLOCK_BYTES)
+    try:
+        ct, _iv, _mac = split_block(first, False)
+        decode_ct(ct, "base64")
+    except FormatError:
+        return False
+    return True
+
+
 def plaintext_size(path: str, info: FileInfo) -> int:
     """Exact plaintext size from the sizes and the last block (no decryption)."""
     if info.blocks == 0:

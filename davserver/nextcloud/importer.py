@@ -165,7 +165,7 @@ class Opened:
 def open_item(source: Source, item: Item) -> Opened:
     info = content.read_info(item.path)
     paths = layout.file_key_paths(source.datadir, item.user, item.rel)
-    if not info.header.present and not paths:
+    if not info.header.present and (not paths or not content.looks_legacy(item.path, info)):
         return Opened(item, False, item.size)  # never encrypted (or decrypt-all'ed)
     if not paths:
         raise NoKeysForFile()
@@ -325,8 +325,12 @@ def run_import(source: Source, users: list[str], target, *, dry_run: bool = Fals
                 report.folders += 1
                 continue
             opened = open_item(source, item)
-            if _same(target.existing(item.user, item.rel), opened.size, item.mtime):
+            there = target.existing(item.user, item.rel)
+            if _same(there, opened.size, item.mtime):
                 report.skipped += 1
+            elif there is not None and there[1] > item.mtime + 1e-3:
+                report.failed.append((name, "a newer file with other content is at the "
+                                            "target; kept it (move it away to import)"))
             else:
                 report.bytes += target.store(opened)
                 report.files += 1
