@@ -416,3 +416,16 @@ def test_newer_file_at_target_is_kept(tmp_path):
     assert r.returncode == 3
     assert "newer file" in json.loads(r.stdout)["failed"][0]["reason"]
     assert (out / "bob" / "doc.txt").read_bytes() == b"edited later"
+
+
+@pytest.mark.parametrize("version", ["1", "2", "3"])
+def test_key_file_wrapping_versions(version):
+    from davserver.nextcloud import keyfiles
+    from tests.nc_format import wrap
+
+    key = os.urandom(32)
+    iv = b"abcdefghABCDEFGH" if version == "1" else os.urandom(16)
+    blob = wrap(key, "the-secret", iv, version=version)
+    assert keyfiles.unwrap(blob, "the-secret") == key
+    with pytest.raises(DavServerError):
+        keyfiles.unwrap(blob, "another-secret")
