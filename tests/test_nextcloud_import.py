@@ -395,6 +395,7 @@ def test_plain_file_with_stale_keys_is_copied(tmp_path):
     m = d.add_master()
     d.add_file("bob", "was-encrypted.txt", b"old", [m])
     d.add_plain_file("bob", "was-encrypted.txt", b"now plain text, header gone\n" * 500)
+    d.add_plain_file("bob", "upload.bin.ocTransferId123.part", b"unfinished")
     out = tmp_path / "out"
     r = run_cli("--datadir", str(d.datadir), "--config", str(d.config_path),
                 "--decrypt-to", str(out), "--output", "json")
@@ -402,6 +403,7 @@ def test_plain_file_with_stale_keys_is_copied(tmp_path):
     assert json.loads(r.stdout)["plain"] == 1
     assert (out / "bob" / "was-encrypted.txt").read_bytes() == \
         b"now plain text, header gone\n" * 500
+    assert set(tree(out)) == {"bob/was-encrypted.txt"}  # the unfinished upload left out
 
 
 def test_newer_file_at_target_is_kept(tmp_path):

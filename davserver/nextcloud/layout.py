@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 MODULE = "OC_DEFAULT_MODULE"
 _SYSTEM_KEY = re.compile(r"^(master|recoveryKey|recovery|pubShare)_[0-9A-Za-z]+$")
+#: An upload Nextcloud never finished (its client retries from scratch): not a user file.
+_UNFINISHED_UPLOAD = re.compile(r"\.ocTransferId\d+\.part$")
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,8 @@ def users(datadir: str) -> list[str]:
 
 
 def walk_files(datadir: str, user: str) -> Iterator[tuple[str, bool]]:
-    """(path below files/, is_dir) in a stable order; symlinks are not followed."""
+    """(path below files/, is_dir) in a stable order; symlinks are not followed and
+    unfinished uploads (``*.ocTransferId<n>.part``) are left out."""
     root = os.path.join(datadir, user, "files")
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
@@ -82,7 +85,8 @@ def walk_files(datadir: str, user: str) -> Iterator[tuple[str, bool]]:
             yield (f"{rel_dir}/{d}" if rel_dir else d), True
         for name in sorted(filenames):
             full = os.path.join(dirpath, name)
-            if os.path.islink(full) or not os.path.isfile(full):
+            if os.path.islink(full) or not os.path.isfile(full) \
+                    or _UNFINISHED_UPLOAD.search(name):
                 continue
             yield (f"{rel_dir}/{name}" if rel_dir else name), False
 
