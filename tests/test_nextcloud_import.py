@@ -431,3 +431,18 @@ def test_key_file_wrapping_versions(version):
     assert keyfiles.unwrap(blob, "the-secret") == key
     with pytest.raises(DavServerError):
         keyfiles.unwrap(blob, "another-secret")
+
+
+def test_one_password_needs_named_users(tmp_path):
+    d = NcData(tmp_path / "nc")
+    for user, pw in (("ann", "ann-pw"), ("ben", "ben-pw")):
+        d.add_user_key(user, pw)
+        d.add_file(user, "f.txt", f"{user}'s".encode(), [user])
+    base = ["--datadir", str(d.datadir), "--config", str(d.config_path), "--password-from-env",
+            "--decrypt-to", str(tmp_path / "out")]
+    r = run_cli(*base, env={"DAVSERVER_PASS": "ann-pw"})
+    assert r.returncode == 2 and "--user" in r.stderr
+    r = run_cli(*base, "--user", "ann", env={"DAVSERVER_PASS": "ann-pw"})
+    assert r.returncode == 0, r.stderr
+    assert set(tree(tmp_path / "out")) == {"ann/f.txt"}
+    assert (tmp_path / "out" / "ann" / "f.txt").read_bytes() == b"ann's"

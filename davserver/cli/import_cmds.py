@@ -37,6 +37,9 @@ def cmd_import_nextcloud(args) -> int:
     if args.password_from_env and args.recovery_password_from_env:
         raise UserError("give --password-from-env or --recovery-password-from-env, not both")
     users = importer.select_users(args.datadir, args.user)
+    if args.password_from_env and not args.user and len(users) > 1:
+        raise UserError(f"{len(users)} users found: with --password-from-env name the "
+                        "user(s) whose password $DAVSERVER_PASS is (--user NAME)")
     password = password_from_env() if args.password_from_env else None
     recovery = (password_from_env("DAVSERVER_RECOVERY_PASS")
                 if args.recovery_password_from_env else None)

@@ -20,10 +20,12 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from davserver.auth.users import new_password
 from davserver.errors import Conflict, DavServerError, FormatError, UserError
 from davserver.nextcloud import content, filekeys, keyfiles, layout
 from davserver.nextcloud.phpconfig import NextcloudConfig, read_config
 from davserver.nextcloud.privatekeys import decrypt_private_key
+from davserver.vault import context
 
 log = logging.getLogger("davserver.nextcloud")
 
@@ -227,16 +229,11 @@ class InstanceTarget:
     configured), users created when missing."""
 
     def __init__(self, inst, password: str | None) -> None:
-        from davserver.vault import context  # the vault only when importing into it
-
         self.inst = inst
         self.password = password
-        self._context = context
         self._identities: dict[str, tuple] = {}
 
     def prepare_user(self, user: str, report: Report) -> None:
-        from davserver.auth.users import new_password
-
         inst = self.inst
         login = None
         if inst.users.get(user) is None:
@@ -276,7 +273,7 @@ class InstanceTarget:
         item = opened.item
         if "/" in item.rel:
             self.make_dir(item.user, item.rel.rsplit("/", 1)[0])
-        with self._context.acting_as(*self._identities.get(item.user, ())):
+        with context.acting_as(*self._identities.get(item.user, ())):
             up = self.inst.vault.begin_write(self._path(item.user, item.rel),
                                              quota=self.inst.users.quota(item.user),
                                              expected_size=opened.size)
