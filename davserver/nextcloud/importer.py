@@ -240,13 +240,13 @@ class InstanceTarget:
             login = self.password or new_password()
             inst.users.add(user, login)
             report.created_users[user] = None if self.password else login
-        if inst.mode() != "master":
+        if inst.mode() != "master" and inst.userkeys.public(user) is None:
+            # Writing needs only the public half; a user without keys gets them now.
             login = login or self.password
-            if inst.userkeys.public(user) is None and login is None:
+            if login is None:
                 raise UserError(f"user {user} has no davserver key yet: give their password "
                                 "in $DAVSERVER_PASS (--password-from-env)")
-            if login is not None:
-                self._identities[user] = inst.unlock(user, login)
+            self._identities[user] = inst.unlock(user, login)
 
     def _path(self, user: str, rel: str) -> str:
         return f"{user}/{rel}" if rel else user
