@@ -20,7 +20,8 @@ from urllib.parse import quote
 import pytest
 import requests
 
-from tests.browser import WEAK_KDF
+from tests.browser import WEAK_KDF, ldap_config
+from tests.conftest_ldap import unique
 from tests.live import LiveServer, wait_until
 from tests.test_http_errors import basic
 
@@ -80,10 +81,12 @@ def parse_reply(raw: bytes) -> Reply:
 
 
 def exchange(srv: LiveServer, data: bytes, *, shut_write: bool = False,
-             timeout: float = TIMEOUT) -> bytes:
-    """Send ``data`` on a fresh connection and read until the server closes it. A server
-    that neither answers nor closes within ``timeout`` fails the test (a hang)."""
-    with socket.create_connection(("127.0.0.1", srv.port), timeout=timeout) as s:
+             timeout: float = TIMEOUT, source: str = "") -> bytes:
+    """Send ``data`` on a fresh connection (from the loopback address ``source``, if
+    given) and read until the server closes it. A server that neither answers nor closes
+    within ``timeout`` fails the test (a hang)."""
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=timeout,
+                                  source_address=(source, 0) if source else None) as s:
         try:
             s.sendall(data)
             if shut_write:
@@ -541,3 +544,114 @@ def test_slowloris_is_dropped(checked, case):
     assert_alive(srv)
     assert srv.session("alice").get(srv.url("alice", "slow.txt"),
                                     timeout=TIMEOUT).status_code == 404
+
+
+# --- authentication -------------------------------------------------------------------
+
+THROTTLE = 3
+
+
+@pytest.fixture(scope="module")
+def auth_server(tmp_path_factory, slapd):
+    """Local users and directory (slapd) users, throttled after THROTTLE failures. Each
+    test logs in from its own loopback addresses (127.0.0.0/8 all reach the server), so
+    per-address counts do not leak from one test into the next."""
+    srv = LiveServer(tmp_path_factory.mktemp("hostile-auth"),
+                     users={"alice": None, "bob": None, "dave": None},
+                     config=ldap_config(slapd, throttle=THROTTLE))
+    try:
+        yield srv.create().start()
+    finally:
+        srv.stop()
+
+
+def login(srv: LiveServer, user: str, password: str, source: str,
+          extra: str = "") -> Reply:
+    head = (f"PROPFIND {DAV}/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\nDepth: 0\r\n"
+            f"Authorization: {basic(user, password)}\r\n{extra}Content-Length: 0\r\n\r\n")
+    return parse_reply(exchange(srv, head.encode("latin-1"), source=source))
+
+
+def assert_throttled(r: Reply) -> None:
+    assert_refused(r, 429)
+    retry = r.headers.get("retry-after", "")
+    assert retry.isdigit() and 0 < int(retry) <= 300, r.headers
+
+
+def test_brute_force_on_one_user_from_many_addresses_is_throttled(auth_server):
+    """Per user: failures from different addresses add up; then even the right
+    password is refused (429 + Retry-After) until the window passes, from anywhere."""
+    srv = auth_server
+    for i in range(THROTTLE):
+        assert_refused(login(srv, "alice", f"guess-{i}", f"127.0.1.{i + 1}"), 401)
+    assert_throttled(login(srv, "alice", srv.users["alice"], "127.0.1.99"))
+    assert_throttled(login(srv, "alice", "guess-x", "127.0.1.98"))
+    # other users are not affected
+    assert login(srv, "bob", srv.users["bob"], "127.0.1.97").status == 207
+
+
+def test_brute_force_from_one_address_over_many_users_is_throttled(auth_server):
+    """Per address: guessing a different user each time is throttled too, and only for
+    that address; a spoofed X-Forwarded-For does not count as another address."""
+    srv = auth_server
+    src = "127.0.2.1"
+    for i in range(THROTTLE):
+        r = login(srv, f"nobody{i}", "guess", src, f"X-Forwarded-For: 10.9.9.{i}\r\n")
+        assert_refused(r, 401)
+    assert_throttled(login(srv, "dave", srv.users["dave"], src,
+                           "X-Forwarded-For: 10.9.9.200\r\n"))
+    assert login(srv, "dave", srv.users["dave"], "127.0.2.2").status == 207
+
+
+ODD_CREDENTIALS = {
+    "empty-password": ("bob", ""),
+    "10KiB-password": ("bob", "x" * 10240),
+    "empty-user": ("", "whatever"),
+    "both-empty": ("", ""),
+    "10KiB-user": ("b" * 10240, "whatever"),
+    "colon-in-user": ("bob:extra", "x"),
+    "nul-user-empty-password": ("bob\x00", ""),
+}
+
+
+@pytest.mark.parametrize("case", list(ODD_CREDENTIALS))
+def test_odd_credentials_are_plain_401(auth_server, case):
+    srv = auth_server
+    user, password = ODD_CREDENTIALS[case]
+    r = login(srv, user, password, f"127.0.3.{list(ODD_CREDENTIALS).index(case) + 1}")
+    assert_refused(r, 401)
+    assert r.headers.get("www-authenticate", "").lower().startswith("basic")
+
+
+def test_malformed_authorization_header_is_400(auth_server):
+    srv = auth_server
+    for value in ("Basic !!!not-base64!!!", "Basic " + "QQ" * 5000 + "=",
+                  "Basic //79", "Basic"):
+        head = (f"GET {DAV}/bob/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                f"Authorization: {value}\r\n\r\n").encode()
+        r = parse_reply(exchange(srv, head, source="127.0.4.1"))
+        assert_refused(r, 400, 401)
+
+
+#: LDAP filter metacharacters in a login name: each must neither match another entry
+#: (a wildcard or an injected clause) nor make the directory query fail.
+INJECTIONS = {
+    "star": lambda uid: ["*", uid[:5] + "*", "*" + uid[5:]],
+    "open-paren": lambda uid: [f"{uid}(", f"(uid={uid}", f"{uid})(|(uid=*"],
+    "close-paren": lambda uid: [f"{uid})", f"*)(uid={uid}", f"{uid})(objectClass=*"],
+    "backslash": lambda uid: [f"{uid}\\", f"{uid}\\2a", uid[:5] + "\\2a"],
+    "nul": lambda uid: [f"{uid}\x00", f"{uid}\x00junk", "\x00"],
+}
+
+
+@pytest.mark.parametrize("case", list(INJECTIONS))
+def test_ldap_filter_injection_in_user_name(auth_server, slapd, case):
+    srv = auth_server
+    uid = unique("inj")
+    pw = f"pw-{os.urandom(6).hex()}"
+    slapd.add_user(uid, pw, cn=f"User {uid}", mail=f"{uid}@example.org")
+    n = list(INJECTIONS).index(case) + 1
+    for j, name in enumerate(INJECTIONS[case](uid)):
+        # one address per attempt: these failures must not add up to a 429
+        assert_refused(login(srv, name, pw, f"127.0.{5 + j}.{n}"), 401)
+    assert login(srv, uid, pw, f"127.0.9.{n}").status == 207
