@@ -23,6 +23,13 @@ class ClientStopped(DavServerError):
     EXIT_CODE = 1
 
 
+class BadFraming(DavServerError):
+    """the request body is not valid chunked encoding; nothing was stored"""
+
+    HTTP_STATUS = 400
+    EXIT_CODE = 1
+
+
 class ClientInput:
     """Wraps ``wsgi.input``; everything but the reads is passed through."""
 
@@ -33,11 +40,17 @@ class ClientInput:
         try:
             return fn(*args)
         except OSError:  # TimeoutError, ConnectionResetError, "timed out object"
-            try:
-                setattr(self._inner, BROKEN, True)
-            except AttributeError:
-                pass
+            self._broken()
             raise ClientStopped() from None
+        except ValueError:  # cheroot's chunked reader: bad sizes, missing CRLF, cut short
+            self._broken()
+            raise BadFraming() from None
+
+    def _broken(self) -> None:
+        try:
+            setattr(self._inner, BROKEN, True)
+        except AttributeError:
+            pass
 
     def read(self, *args):
         return self._call(self._inner.read, *args)

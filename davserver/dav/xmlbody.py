@@ -83,10 +83,14 @@ def check(method: str, body: bytes) -> None:
         raise _Refused("400 Bad Request",
                        f"malformed XML body: {expat.ErrorString(e.code)}") from None
     if root and root[0] != ROOTS[method]:
-        want = ROOTS[method].replace(" ", ":")
-        got = root[0].replace(" ", ":") if " " in root[0] else f"{root[0]} (no namespace)"
+        want, got = _clark(ROOTS[method]), _clark(root[0])
         raise _Refused("400 Bad Request", f"{method} body must be a {want} element, "
                                           f"not {got}")
+
+
+def _clark(expat_name: str) -> str:
+    ns, _, local = expat_name.rpartition(" ")
+    return f"{{{ns}}}{local}" if ns else f"{local} (no namespace)"
 
 
 class XmlBodies(BaseMiddleware):
