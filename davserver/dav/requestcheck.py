@@ -31,7 +31,7 @@ def path_problem(raw: bytes) -> str | None:
     return None
 
 
-_IF_TOKEN = re.compile(r'\s*(<[^<>\s]*>|\[\s*(?:W/)?"[^"]*"\s*\]|Not\b|\(|\))', re.I)
+_IF_TOKEN = re.compile(r'\s*(<[^<>]*>|\[\s*(?:W/)?"[^"]*"\s*\]|Not\b|\(|\))', re.I)
 
 
 def if_header_ok(value: str) -> bool:
