@@ -612,7 +612,8 @@ def test_slowloris_is_dropped(checked, case):
 
 # --- authentication -------------------------------------------------------------------
 
-THROTTLE = 3
+THROTTLE = 3  # failures per user
+ADDR_THROTTLE = 5  # failures per address (its own setting)
 
 
 @pytest.fixture(scope="module")
@@ -620,9 +621,11 @@ def auth_server(tmp_path_factory, slapd):
     """Local users and directory (slapd) users, throttled after THROTTLE failures. Each
     test logs in from its own loopback addresses (127.0.0.0/8 all reach the server), so
     per-address counts do not leak from one test into the next."""
+    config = ldap_config(slapd, throttle=THROTTLE)
+    config["auth"]["throttle_max_failures_per_address"] = ADDR_THROTTLE
     srv = LiveServer(tmp_path_factory.mktemp("hostile-auth"),
-                     users={"alice": None, "bob": None, "dave": None},
-                     config=ldap_config(slapd, throttle=THROTTLE))
+                     users={name: None for name in ("alice", "bob", "dave", "erin", "frank")},
+                     config=config)
     try:
         yield srv.create().start()
     finally:
@@ -655,26 +658,28 @@ def test_brute_force_on_one_user_from_many_addresses_is_throttled(auth_server):
 
 
 def test_brute_force_from_one_address_over_many_users_is_throttled(auth_server):
-    """Per address: guessing a different user each time is throttled too, and only for
-    that address; a spoofed X-Forwarded-For does not count as another address."""
+    """Per address: guessing a different user each time is throttled too, after
+    throttle_max_failures_per_address, and only for that address; a spoofed
+    X-Forwarded-For does not count as another address."""
     srv = auth_server
     src = "127.0.2.1"
-    for i in range(THROTTLE):
+    for i in range(ADDR_THROTTLE):
         r = login(srv, f"nobody{i}", "guess", src, f"X-Forwarded-For: 10.9.9.{i}\r\n")
-        assert_refused(r, 401)
+        assert_refused(r, 401)  # past THROTTLE too: the address has its own limit
     assert_throttled(login(srv, "dave", srv.users["dave"], src,
                            "X-Forwarded-For: 10.9.9.200\r\n"))
     assert login(srv, "dave", srv.users["dave"], "127.0.2.2").status == 207
 
 
 ODD_CREDENTIALS = {
-    "empty-password": ("bob", ""),
-    "10KiB-password": ("bob", "x" * 10240),
+    # users no other test logs in as, each failing fewer than THROTTLE times here
+    "empty-password": ("erin", ""),
+    "10KiB-password": ("frank", "x" * 10240),
     "empty-user": ("", "whatever"),
     "both-empty": ("", ""),
     "10KiB-user": ("b" * 10240, "whatever"),
-    "colon-in-user": ("bob:extra", "x"),
-    "nul-user-empty-password": ("bob\x00", ""),
+    "colon-in-user": ("erin:extra", "x"),  # user erin, password "extra:x"
+    "nul-user-empty-password": ("frank\x00", ""),
 }
 
 
