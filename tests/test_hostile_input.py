@@ -239,6 +239,11 @@ def test_hostile_xml(checked, files, kind, method):
         assert r.status_code == 204, r.text
         srv.session("alice").put(srv.url("alice", "a.txt"), data=files[("alice", "a.txt")],
                                  timeout=TIMEOUT)
+    if method == "PROPPATCH":  # nothing was stored as a dead property
+        r = srv.session("alice").request(
+            "PROPFIND", srv.url("alice", "a.txt"), headers={"Depth": "0"}, timeout=TIMEOUT,
+            data=b'<d:propfind xmlns:d="DAV:"><d:allprop/></d:propfind>')
+        assert r.status_code == 207 and "urn:z" not in r.text, r.text[:500]
 
 
 # --- paths ----------------------------------------------------------------------------
