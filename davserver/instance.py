@@ -60,7 +60,8 @@ class Instance:
                                  on_create=lambda u: ensure_home(self.vault, u),
                                  on_delete=self._remove_user_data)
         self.throttle = Throttle(self.db, cfg.throttle_max_failures,
-                                 cfg.throttle_window_seconds)
+                                 cfg.throttle_window_seconds,
+                                 max_failures_per_address=cfg.throttle_max_failures_per_address)
         self.userkeys = UserKeys(
             self.keys, suite=cfg.hpke_suite, cache_seconds=cfg.key_cache_seconds,
             params=KdfParams(cfg.kdf_time_cost, cfg.kdf_memory_kib, cfg.kdf_parallelism))
