@@ -26,6 +26,7 @@ class MotoServer:
     def __init__(self) -> None:
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
+        self._client = None
 
     @property
     def endpoint(self) -> str:
@@ -63,13 +64,16 @@ class MotoServer:
         _PROCS.discard(p)
 
     def client(self):
-        import boto3
-        from botocore.config import Config
+        """A boto3 client of the test's own (made once: creating one costs a second)."""
+        if self._client is None:
+            import boto3
+            from botocore.config import Config
 
-        return boto3.session.Session().client(
-            "s3", endpoint_url=self.endpoint, aws_access_key_id=ACCESS_KEY,
-            aws_secret_access_key=SECRET_KEY, region_name=REGION,
-            config=Config(s3={"addressing_style": "path"}))
+            self._client = boto3.session.Session().client(
+                "s3", endpoint_url=self.endpoint, aws_access_key_id=ACCESS_KEY,
+                aws_secret_access_key=SECRET_KEY, region_name=REGION,
+                config=Config(s3={"addressing_style": "path"}))
+        return self._client
 
     def new_bucket(self) -> str:
         name = f"t-{uuid.uuid4().hex[:16]}"

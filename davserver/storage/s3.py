@@ -46,6 +46,12 @@ MIN_PART = 5 << 20
 MAX_PARTS = 10000
 
 
+#: One boto3 session per process: it caches the parsed service model, which makes creating
+#: a client cheap (a fresh session reads and parses it again, about a second).
+_session = None
+_session_lock = threading.Lock()
+
+
 @dataclass
 class S3Settings:
     bucket: str
@@ -262,8 +268,12 @@ class S3Storage(Storage):
         if s.access_key or s.secret_key:
             kwargs = {"aws_access_key_id": s.access_key,
                       "aws_secret_access_key": s.secret_key}
-        return boto3.session.Session().client(
-            "s3", endpoint_url=s.endpoint or None, verify=s.verify, config=cfg, **kwargs)
+        global _session
+        with _session_lock:
+            if _session is None:
+                _session = boto3.session.Session()
+            return _session.client("s3", endpoint_url=s.endpoint or None, verify=s.verify,
+                                   config=cfg, **kwargs)
 
     def pool(self) -> ThreadPoolExecutor:
         with self._lock:
