@@ -36,6 +36,7 @@ class MotoServer:
         exe = shutil.which("moto_server")
         if exe is None:
             raise AssertionError("moto_server is not installed (pip install 'moto[server]')")
+        self._client = None  # a restarted server gets fresh connections
         self.proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(self.port)],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)

@@ -1,0 +1,136 @@
+"""davserver with its primary storage on S3 (a moto server process), over real HTTP:
+the WebDAV methods, ciphertext at rest, litmus, and the store going away and coming back."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from tests.live import LiveServer, require_tool
+from tests.s3_server import MotoServer
+from tests.test_litmus import SUITES, SUMMARY
+
+
+def s3_config(moto: MotoServer, bucket: str) -> dict:
+    return {"storage": {"backend": "s3"},
+            "storage.s3": moto.config_section(bucket, prefix="dav", part_size=5 << 20)}
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory) -> Iterator[tuple[LiveServer, MotoServer, str]]:
+    moto = MotoServer().start()
+    bucket = moto.new_bucket()
+    srv = LiveServer(tmp_path_factory.mktemp("s3srv"), config=s3_config(moto, bucket))
+    try:
+        yield srv.create().start(), moto, bucket
+    finally:
+        srv.stop()
+        moto.stop()
+
+
+def test_webdav_methods_on_s3(s3_server):
+    srv, moto, bucket = s3_server
+    s = srv.session("alice")
+    data = os.urandom(3 << 20) + b"PLAINTEXT-CANARY" * 1000
+    url = srv.url("alice", "dir/file.bin")
+    assert s.request("MKCOL", srv.url("alice", "dir")).status_code == 201
+    assert s.put(url, data=data).status_code in (201, 204)
+    r = s.get(url)
+    assert r.status_code == 200 and r.content == data
+    r = s.get(url, headers={"Range": "bytes=1000000-1000099"})
+    assert r.status_code == 206 and r.content == data[1000000:1000100]
+    # At rest: the object holds ciphertext, not the canary.
+    obj = moto.client().get_object(Bucket=bucket, Key="dav/alice/dir/file.bin")["Body"].read()
+    assert b"PLAINTEXT-CANARY" not in obj and len(obj) > len(data)
+    r = s.request("COPY", url, headers={"Destination": srv.url("alice", "dir/copy.bin")})
+    assert r.status_code == 201
+    r = s.request("MOVE", srv.url("alice", "dir"), headers={
+        "Destination": srv.url("alice", "moved")})
+    assert r.status_code == 201
+    assert s.get(url).status_code == 404
+    assert s.get(srv.url("alice", "moved/copy.bin")).content == data
+    r = s.request("PROPFIND", srv.url("alice", "moved"), headers={"Depth": "1"})
+    assert r.status_code == 207
+    assert "file.bin" in r.text and "copy.bin" in r.text
+    assert s.delete(srv.url("alice", "moved/file.bin")).status_code == 204
+    assert s.get(srv.url("alice", "moved/file.bin")).status_code == 404
+    keys = [o["Key"] for o in moto.client().list_objects_v2(
+        Bucket=bucket, Prefix="dav/alice/").get("Contents", [])]
+    assert sorted(keys) == ["dav/alice/", "dav/alice/moved/", "dav/alice/moved/copy.bin"]
+
+
+def test_litmus_on_s3_home(s3_server, tmp_path):
+    srv, _moto, _bucket = s3_server
+    litmus = require_tool("litmus")
+    env = dict(os.environ, TESTS=" ".join(SUITES))
+    res = subprocess.run([litmus, srv.url("bob"), "bob", srv.users["bob"]], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=300)
+    out = res.stdout + res.stderr
+    fails = "\n".join(ln for ln in out.splitlines() if "FAIL" in ln or "summary" in ln)
+    assert res.returncode == 0, f"litmus exited {res.returncode}\n{fails}\n{srv.log_tail(30)}"
+    summaries = {m.group(1): m for m in SUMMARY.finditer(out)}
+    for suite in SUITES:
+        m = summaries.get(suite)
+        assert m is not None and int(m.group(4)) == 0, f"{suite}\n{fails}"
+        assert int(m.group(2)) > 0 and m.group(2) == m.group(3)
+
+
+def test_store_down_is_503_then_recovers(s3_server):
+    """Last of the module's server tests: it takes the module's store away and back."""
+    srv, moto, bucket = s3_server
+    s = srv.session("alice")
+    assert s.put(srv.url("alice", "f.txt"), data=b"before the outage").status_code == 201
+    c = moto.client()
+    saved = {o["Key"]: c.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()
+             for o in c.list_objects_v2(Bucket=bucket).get("Contents", [])}
+    moto.stop()
+    for method, path, body in (("GET", "f.txt", None), ("PUT", "g.txt", b"during"),
+                               ("PROPFIND", "", None)):
+        r = s.request(method, srv.url("alice", path), data=body,
+                      headers={"Depth": "1"}, timeout=60)
+        assert r.status_code == 503, (method, r.status_code, r.text)
+        assert int(r.headers["Retry-After"]) > 0
+        assert "Traceback" not in r.text
+    # The store comes back with its data (moto keeps it in memory: put it back).
+    moto.start()
+    c = moto.client()
+    c.create_bucket(Bucket=bucket)
+    for key, body in saved.items():
+        c.put_object(Bucket=bucket, Key=key, Body=body)
+    assert s.get(srv.url("alice", "f.txt")).content == b"before the outage"
+    assert s.put(srv.url("alice", "g.txt"), data=b"after").status_code == 201
+    assert s.get(srv.url("alice", "g.txt")).content == b"after"
+    assert "Traceback" not in srv.log_text()
+
+
+def test_slow_store_times_out_as_unavailable():
+    """A store that accepts connections but never answers: the call gives up after its
+    timeouts and retries with StorageUnavailable instead of hanging the worker."""
+    import socket
+
+    from davserver.errors import StorageUnavailable
+    from davserver.storage.s3 import S3Settings, S3Storage
+
+    with socket.socket() as sink:
+        sink.bind(("127.0.0.1", 0))
+        sink.listen(16)
+        port = sink.getsockname()[1]
+        st = S3Storage(S3Settings(bucket="b", endpoint=f"http://127.0.0.1:{port}",
+                                  access_key="k", secret_key="s", path_style=True,
+                                  retries=1, connect_timeout=1, read_timeout=1))
+        with pytest.raises(StorageUnavailable):
+            st.stat("x")
+
+
+def test_wrong_bucket_is_a_clear_error_not_unavailable(s3_server):
+    from davserver.errors import StorageError, StorageUnavailable
+    from davserver.storage.s3 import S3Storage
+
+    _srv, moto, _bucket = s3_server
+    st = S3Storage(moto.settings("no-such-bucket-here"))
+    with pytest.raises(StorageError) as e:
+        st.stat("x")
+    assert not isinstance(e.value, StorageUnavailable)
