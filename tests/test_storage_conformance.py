@@ -219,9 +219,8 @@ def test_cleanup_removes_interrupted_writes(storage):
 def _interrupt(w) -> None:
     """Leave a writer as a killed process would: nothing aborted or committed. Remote
     writers are brought to the point where the store holds the unfinished upload."""
-    inflight = getattr(w, "_inflight", None)
-    if inflight is not None:
-        inflight.result()  # S3: the multipart upload exists with a part in it
+    if hasattr(w, "_inflight"):
+        w._wait()  # S3: the multipart upload exists with parts in it
     thread = getattr(w, "_thread", None)
     if thread is not None:  # WebDAV: end the body so the temp file exists remotely
         from davserver.storage.webdav import _END

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from davserver.errors import Conflict, StorageError, StorageNotFound, StorageUnavailable
 from davserver.storage.base import BlobReader, BlobWriter, Entry, Storage, checked_parts
-from davserver.storage.readahead import Window
+from davserver.storage.readahead import Guarded, Window
 
 log = logging.getLogger("davserver.storage.s3")
 
@@ -62,7 +62,8 @@ class S3Settings:
     secret_key: str = ""
     path_style: bool = False    # MinIO/Ceph/moto on a bare host name need path-style URLs
     verify: bool | str = True   # False, or a CA bundle path
-    part_size: int = 16 << 20   # multipart part; objects below it go in one PUT
+    part_size: int = 8 << 20    # multipart part; objects below it go in one PUT
+    parts_in_flight: int = 3    # parts uploading at once per upload (memory: +1 part each)
     retries: int = 5            # attempts per call (botocore "standard" mode, backoff)
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
@@ -115,7 +116,7 @@ class _S3Reader(BlobReader):
             head = store.client.head_object(Bucket=store.s.bucket, Key=self._key)
         self.size = int(head["ContentLength"])
         self._etag = head["ETag"]
-        self._window = Window(self.size, self._get)
+        self._window = Window(self.size, self._get, self._stream)
 
     def read_at(self, offset: int, length: int) -> bytes:
         return self._window.read_at(offset, length)
@@ -127,13 +128,21 @@ class _S3Reader(BlobReader):
                                     Range=f"bytes={offset}-{offset + length - 1}")
             return r["Body"].read()
 
+    def _stream(self, offset: int) -> Guarded:
+        s = self._store
+        with s3_errors(self._key):
+            r = s.client.get_object(Bucket=s.s.bucket, Key=self._key, IfMatch=self._etag,
+                                    Range=f"bytes={offset}-")
+        return Guarded(r["Body"], self._key)
+
     def close(self) -> None:
         self._window.drop()
 
 
 class _S3Writer(BlobWriter):
-    """Parts go out while the next one is received (one part in flight), so memory per
-    upload is at most two parts and the client's upload overlaps the store's."""
+    """Parts go out while the next ones are received (``parts_in_flight`` at once), so
+    memory per upload is bounded by (parts_in_flight + 1) parts whatever the file size,
+    and the client's upload overlaps the store's."""
 
     def __init__(self, store: S3Storage, key: str) -> None:
         self._store = store
@@ -142,7 +151,7 @@ class _S3Writer(BlobWriter):
         self._buf = bytearray()
         self._upload_id: str | None = None
         self._parts: list[dict] = []
-        self._inflight: Future | None = None
+        self._inflight: list[Future] = []
         self._done = False
 
     def write(self, data: bytes) -> None:
@@ -161,10 +170,11 @@ class _S3Writer(BlobWriter):
             with s3_errors(self._key):
                 r = s.client.create_multipart_upload(Bucket=s.s.bucket, Key=self._full)
             self._upload_id = r["UploadId"]
-        self._wait()
+        while len(self._inflight) >= max(1, s.s.parts_in_flight):
+            self._inflight.pop(0).result()
         number = len(self._parts) + 1
         self._parts.append({"PartNumber": number})
-        self._inflight = s.pool().submit(self._upload_part, number, data)
+        self._inflight.append(s.pool().submit(self._upload_part, number, data))
 
     def _upload_part(self, number: int, data: bytes) -> None:
         s = self._store
@@ -174,8 +184,8 @@ class _S3Writer(BlobWriter):
         self._parts[number - 1]["ETag"] = r["ETag"]
 
     def _wait(self) -> None:
-        f, self._inflight = self._inflight, None
-        if f is not None:
+        pending, self._inflight = self._inflight, []
+        for f in pending:
             f.result()
 
     def commit(self) -> None:
@@ -278,7 +288,7 @@ class S3Storage(Storage):
     def pool(self) -> ThreadPoolExecutor:
         with self._lock:
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="s3-part")
+                self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="s3-part")
             return self._pool
 
     def _full(self, key: str) -> str:

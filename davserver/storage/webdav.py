@@ -28,7 +28,7 @@ from defusedxml import ElementTree
 
 from davserver.errors import Conflict, StorageError, StorageNotFound, StorageUnavailable
 from davserver.storage.base import BlobReader, BlobWriter, Entry, Storage, checked_parts
-from davserver.storage.readahead import Window
+from davserver.storage.readahead import Guarded, Window
 
 log = logging.getLogger("davserver.storage.webdav")
 
@@ -72,7 +72,7 @@ class _DavReader(BlobReader):
             raise StorageNotFound(key)
         self.size = e.size
         self._etag = etag
-        self._window = Window(self.size, self._get)
+        self._window = Window(self.size, self._get, self._stream)
 
     def read_at(self, offset: int, length: int) -> bytes:
         return self._window.read_at(offset, length)
@@ -98,6 +98,27 @@ class _DavReader(BlobReader):
             raise StorageError(f"GET {self._key}: HTTP {r.status_code}")
         finally:
             r.close()
+
+    def _stream(self, offset: int) -> Guarded:
+        headers = {"Range": f"bytes={offset}-"}
+        if self._etag:
+            headers["If-Match"] = self._etag
+        r = self._store._request("GET", self._key, headers=headers, stream=True)
+        if r.status_code == 412:
+            r.close()
+            raise StorageUnavailable(f"{self._key} was replaced while it was read")
+        if r.status_code not in (200, 206):
+            r.close()
+            self._store._raise_for(r, self._key)
+        body = Guarded(r.raw, self._key, on_close=r.close)
+        if r.status_code == 200:  # Range ignored: skip to the offset
+            left = offset
+            while left > 0:
+                skipped = body.read(min(left, 1 << 20))
+                if not skipped:
+                    break
+                left -= len(skipped)
+        return body
 
     def close(self) -> None:
         self._window.drop()
@@ -227,6 +248,8 @@ class WebDavStorage(Storage):
             if self.s.user:
                 sess.auth = (self.s.user, self.s.password)
             sess.verify = self.s.verify
+            # Bodies are read raw (ranges, streams): no transfer compression.
+            sess.headers["Accept-Encoding"] = "identity"
             retry = Retry(total=self.s.retries, connect=self.s.retries, read=self.s.retries,
                           backoff_factor=0.2, status_forcelist=(502, 503, 504),
                           allowed_methods=frozenset({"GET", "HEAD", "PROPFIND", "DELETE",
