@@ -25,7 +25,7 @@ import urllib.request
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from measure import Client, big_get, big_put  # noqa: E402
+from measure import Client, big_get, big_put, create_files_via_server, propfind  # noqa: E402
 from servers import (  # noqa: E402
     BENCH_PASS,
     BENCH_USER,
@@ -128,7 +128,21 @@ class RcloneCryptS3(RcloneCrypt):
                     f"password2 = {obscure('bench-crypt-salt')}\n")
 
 
-def run(size: int, runs: int, workdir: str) -> str:
+def folder_figures(srv, cl: Client, n: int) -> tuple[float, float]:
+    """(PROPFIND depth 1 seconds, MOVE seconds) for a folder of ``n`` small files."""
+    cl.mkcol("many")
+    create_files_via_server(srv.port, srv.base, srv.auth_headers(), "many",
+                            [f"f{i:05d}.txt" for i in range(n)], b"x" * 1000)
+    t_prop = propfind(cl, "many", n)
+    t0 = time.perf_counter()
+    cl.request("MOVE", "many", headers={
+        "Destination": f"http://127.0.0.1:{srv.port}{srv.base}renamed"}, ok=(201, 204))
+    t_move = time.perf_counter() - t0
+    cl.request("DELETE", "renamed", ok=(200, 204))
+    return t_prop, t_move
+
+
+def run(size: int, runs: int, workdir: str, files: int) -> str:
     moto = Moto()
     rows = []
     try:
@@ -147,22 +161,23 @@ def run(size: int, runs: int, workdir: str) -> str:
                     get_v.append(mbs)
                     pss = max(pss, peak)
                     cl.request("DELETE", rel, ok=(200, 204, 404))
+                t_prop, t_move = folder_figures(srv, cl, files) if files else (0.0, 0.0)
                 cl.close()
-                rows.append((srv.label, max(put_v), max(get_v), pss))
+                rows.append((srv.label, max(put_v), max(get_v), pss, t_prop, t_move))
                 print(f"{srv.label}: PUT {max(put_v):.0f} MB/s, GET {max(get_v):.0f} MB/s, "
                       f"peak PSS {pss / 2**20:.0f} MiB", file=sys.stderr)
             finally:
                 srv.stop()
     finally:
         moto.stop()
-    (dav, dput, dget, dpss), (rcl, rput, rget, rpss) = rows
+    (dav, dput, dget, dpss, dprop, dmove), (rcl, rput, rget, rpss, rprop, rmove) = rows
     return "\n".join([
-        f"{size >> 20} MiB, best of {runs}, moto_server on loopback\n",
-        "| server | PUT MB/s | GET MB/s | peak PSS MiB |",
-        "|---|---|---|---|",
-        f"| {dav} | {dput:.0f} | {dget:.0f} | {dpss / 2**20:.0f} |",
-        f"| {rcl} | {rput:.0f} | {rget:.0f} | {rpss / 2**20:.0f} |",
-        f"| ratio davserver / rclone | {dput / rput:.2f} | {dget / rget:.2f} | |",
+        f"{size >> 20} MiB, best of {runs}, moto_server on loopback; folder of {files} files\n",
+        f"| server | PUT MB/s | GET MB/s | peak PSS MiB | PROPFIND {files} s | MOVE {files} s |",
+        "|---|---|---|---|---|---|",
+        f"| {dav} | {dput:.0f} | {dget:.0f} | {dpss / 2**20:.0f} | {dprop:.2f} | {dmove:.2f} |",
+        f"| {rcl} | {rput:.0f} | {rget:.0f} | {rpss / 2**20:.0f} | {rprop:.2f} | {rmove:.2f} |",
+        f"| ratio davserver / rclone | {dput / rput:.2f} | {dget / rget:.2f} | | | |",
     ])
 
 
@@ -170,6 +185,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--files", type=int, default=1000,
+                    help="small files in the folder that is listed and renamed (0: skip)")
     args = ap.parse_args()
     for tool in ("moto_server", "rclone", "davserver"):
         if shutil.which(tool) is None:
@@ -177,7 +194,7 @@ def main() -> int:
             return 1
     workdir = tempfile.mkdtemp(prefix="s3bench-")
     try:
-        print(run(args.size_mib << 20, args.runs, workdir))
+        print(run(args.size_mib << 20, args.runs, workdir, args.files))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
