@@ -184,6 +184,9 @@ backend = "local"           # where file contents go: "local" (files/ above), "s
 # endpoint = "https://minio.example.org:9000"   # leave out for AWS
 # bucket = "davserver"
 # prefix = ""               # keys below this prefix; "" = the whole bucket
+# objects_by = "id"         # "id": objects urn:oid:<id>, names and folders in the index
+#                           #   (renames are metadata-only, no names on the store);
+#                           # "path": objects named by path (browsable with other tools)
 # region = "us-east-1"
 # access_key = ""           # or env DAVSERVER_S3_ACCESS_KEY (empty: boto3's own lookup)
 # secret_key = ""           # or env DAVSERVER_S3_SECRET_KEY

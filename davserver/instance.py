@@ -53,7 +53,7 @@ class Instance:
         self._settings_version = -1
         self._master_checked = -1e9
         self._has_master = False
-        self.storage = make_storage(cfg)
+        self.storage = make_storage(cfg, self.db)
         self.keys = KeyStore(self.key_root, fsync=cfg.fsync)
         self._master: Identity | None = None
         self.users = UserService(self.db, cache_seconds=cfg.auth_cache_seconds,

@@ -32,17 +32,24 @@ def remote_dav(tmp_path_factory) -> Iterator[RemoteDav]:
 
 
 def make_storage(kind: str, tmp_path, request):
-    """A fresh, empty store of ``kind`` ("local", "s3", "webdav")."""
+    """A fresh, empty store of ``kind`` ("local", "s3", "s3-by-id", "webdav")."""
     if kind == "local":
         from davserver.storage.local import LocalStorage
 
         return LocalStorage(tmp_path / "root", tmp_path / "tmp", fsync=False)
-    if kind == "s3":
+    if kind in ("s3", "s3-by-id"):
         from davserver.storage.s3 import S3Storage
 
         moto = request.getfixturevalue("moto")
-        return S3Storage(moto.settings(moto.new_bucket(), prefix="pre/fix",
-                                       stale_upload_seconds=0, part_size=5 << 20))
+        s3 = S3Storage(moto.settings(moto.new_bucket(), prefix="pre/fix",
+                                     stale_upload_seconds=0, part_size=5 << 20))
+        if kind == "s3":
+            return s3
+        from davserver.meta.db import MetaDB
+        from davserver.storage.by_id import IdNamedStorage
+
+        return IdNamedStorage(s3, MetaDB(str(tmp_path / "db" / "davserver.db")),
+                              stale_seconds=0)
     from davserver.storage.webdav import WebDavSettings, WebDavStorage
 
     dav = request.getfixturevalue("remote_dav")
@@ -52,6 +59,6 @@ def make_storage(kind: str, tmp_path, request):
                                         connect_timeout=2, read_timeout=10))
 
 
-@pytest.fixture(params=["local", "s3", "webdav"])
+@pytest.fixture(params=["local", "s3", "s3-by-id", "webdav"])
 def storage(request, tmp_path):
     return make_storage(request.param, tmp_path, request)

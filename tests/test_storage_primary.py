@@ -29,11 +29,13 @@ class Remote:
 
     def __init__(self, kind: str, request, tmp_path: Path) -> None:
         self.kind = kind
-        if kind == "s3":
+        self.inst = None
+        if kind.startswith("s3"):
             self.moto = request.getfixturevalue("moto")
             self.bucket = self.moto.new_bucket()
             self.section = _toml("storage.s3", self.moto.config_section(
-                self.bucket, prefix="homes", part_size=5 << 20))
+                self.bucket, prefix="homes", part_size=5 << 20,
+                objects_by="id" if kind == "s3-by-id" else "path"))
         else:
             dav = request.getfixturevalue("remote_dav")
             sub = f"p-{os.urandom(6).hex()}"
@@ -42,34 +44,50 @@ class Remote:
             self.section = _toml("storage.webdav", {
                 "url": f"{dav.url}/{sub}", "user": USER, "password": PASSWORD})
 
+    def object_key(self, key: str) -> str:
+        """The bucket key holding the file at storage path ``key``."""
+        if self.kind == "s3-by-id":
+            (blob,), = self.inst.db.query("SELECT blob FROM object_names WHERE path = ?",
+                                          (key,))
+            return f"homes/urn:oid:{blob}"
+        return f"homes/{key}"
+
     def get(self, key: str) -> bytes:
-        if self.kind == "s3":
+        if self.kind.startswith("s3"):
             c = self.moto.client()
-            return c.get_object(Bucket=self.bucket, Key=f"homes/{key}")["Body"].read()
+            return c.get_object(Bucket=self.bucket, Key=self.object_key(key))["Body"].read()
         return (self.dir / key).read_bytes()
 
     def put(self, key: str, data: bytes) -> None:
-        if self.kind == "s3":
-            self.moto.client().put_object(Bucket=self.bucket, Key=f"homes/{key}", Body=data)
+        if self.kind.startswith("s3"):
+            self.moto.client().put_object(Bucket=self.bucket, Key=self.object_key(key),
+                                          Body=data)
         else:
             (self.dir / key).write_bytes(data)
 
     def keys(self) -> list[str]:
-        if self.kind == "s3":
+        if self.kind.startswith("s3"):
             r = self.moto.client().list_objects_v2(Bucket=self.bucket)
             return [o["Key"] for o in r.get("Contents", [])]
         return [str(p.relative_to(self.dir)) for p in self.dir.rglob("*")]
 
 
-@pytest.fixture(params=["s3", "webdav"])
-def remote_inst(request, tmp_path):
-    remote = Remote(request.param, request, tmp_path)
+def make_remote_inst(kind: str, request, tmp_path):
+    remote = Remote(kind, request, tmp_path)
     conf = tmp_path / "etc" / "davserver.toml"
     conf.parent.mkdir(parents=True)
-    conf.write_text(WEAK_KDF_TOML + f'\n[storage]\nbackend = "{request.param}"\n'
+    backend = kind.split("-")[0]
+    conf.write_text(WEAK_KDF_TOML + f'\n[storage]\nbackend = "{backend}"\n'
                     + remote.section)
     inst = make_instance(tmp_path)
+    remote.inst = inst
     inst.users.add("alice", "alicepass1")
+    return inst, remote
+
+
+@pytest.fixture(params=["s3-by-id", "s3", "webdav"])
+def remote_inst(request, tmp_path):
+    inst, remote = make_remote_inst(request.param, request, tmp_path)
     yield inst, remote
     inst.close()
 
@@ -140,7 +158,8 @@ def test_large_upload_streams_in_parts(remote_inst):
     up = inst.vault.begin_write(sp("big.bin"))
     for i in range(0, len(data), 1 << 20):
         up.write(data[i:i + (1 << 20)])
-        assert "alice/big.bin" not in remote.keys() and "homes/alice/big.bin" not in remote.keys()
+        assert inst.storage.stat(sp("big.bin")) is None  # nothing visible before commit
+        assert all("big.bin" not in k for k in remote.keys())
     up.commit()
     f = inst.vault.open_read(sp("big.bin"))
     try:
@@ -149,3 +168,40 @@ def test_large_upload_streams_in_parts(remote_inst):
     finally:
         f.close()
     assert inst.vault.read_all(sp("big.bin")) == data
+
+
+def test_by_id_names_stay_home_and_folder_moves_copy_nothing(request, tmp_path):
+    inst, remote = make_remote_inst("s3-by-id", request, tmp_path)
+    try:
+        v = inst.vault
+        v.make_dir(sp("Secret project"))
+        for i in range(20):
+            v.write_bytes(sp(f"Secret project/file-{i}.txt"), b"x" * i)
+        before = sorted(remote.keys())
+        assert len(before) == 20
+        assert all(k.startswith("homes/urn:oid:") for k in before)  # no names on the store
+        v.move(sp("Secret project"), sp("Renamed"))
+        assert sorted(remote.keys()) == before  # metadata only: no copy, no delete
+        assert v.read_all(sp("Renamed/file-7.txt")) == b"x" * 7
+        v.write_bytes(sp("Renamed/file-7.txt"), b"new")  # a new version: a new object
+        after = sorted(remote.keys())
+        assert len(after) == 20 and after != before
+        v.delete(sp("Renamed"))
+        assert remote.keys() == []
+    finally:
+        inst.close()
+
+
+def test_by_id_interrupted_upload_is_cleaned_up(request, tmp_path):
+    inst, remote = make_remote_inst("s3-by-id", request, tmp_path)
+    try:
+        inst.storage.stale_seconds = 0  # every unfinished upload counts as a crash's
+        inst.storage.make_dir("alice/d")
+        w = inst.storage.writer("alice/d/f")
+        w.write(b"half")
+        w._inner.commit()  # the object reached the store; the process "died" before naming
+        assert len(remote.keys()) == 1 and inst.storage.stat("alice/d/f") is None
+        assert inst.vault.recover()["temps"] >= 1
+        assert remote.keys() == []
+    finally:
+        inst.close()

@@ -10,6 +10,8 @@ import pytest
 
 from davserver import config as config_mod
 from davserver.errors import StorageUnavailable, UserError
+from davserver.meta.db import MetaDB
+from davserver.storage.by_id import IdNamedStorage
 from davserver.storage.factory import make_storage
 from davserver.storage.s3 import S3Storage
 from davserver.storage.webdav import WebDavSettings, WebDavStorage
@@ -127,11 +129,16 @@ def test_config_builds_the_backend(tmp_path, monkeypatch):
     monkeypatch.setenv("DAVSERVER_S3_SECRET_KEY", "secret-from-env")
     st = make_storage(_cfg(tmp_path, '[storage]\nbackend = "s3"\n[storage.s3]\n'
                                      'bucket = "b"\nprefix = "x/y/"\nsecret_key = "file"\n'
-                                     'path_style = true\n'))
+                                     'path_style = true\nobjects_by = "path"\n'))
     assert isinstance(st, S3Storage)
     assert (st.s.access_key, st.s.secret_key, st.s.prefix) == ("from-env", "secret-from-env",
                                                                 "x/y/")
     assert not st.atomic_dir_rename
+    db = MetaDB(str(tmp_path / "db" / "davserver.db"))
+    st = make_storage(_cfg(tmp_path, '[storage]\nbackend = "s3"\n[storage.s3]\nbucket = "b"\n'),
+                      db)
+    assert isinstance(st, IdNamedStorage) and isinstance(st.inner, S3Storage)
+    assert st.atomic_dir_rename and st.kind == "s3-by-id"
     st = make_storage(_cfg(tmp_path, '[storage]\nbackend = "webdav"\n[storage.webdav]\n'
                                      'url = "https://nas.example/dav/"\nuser = "u"\n'))
     assert isinstance(st, WebDavStorage) and st.s.url == "https://nas.example/dav"
@@ -143,6 +150,7 @@ def test_config_builds_the_backend(tmp_path, monkeypatch):
     ('[storage]\nbackend = "s3"\n[storage.s3]\nbucket = "b"\nbuckett = "c"\n', "buckett"),
     ('[storage]\nbackend = "s3"\n[storage.s3]\nendpoint = "http://x"\n', "bucket"),
     ('[storage]\nbackend = "webdav"\n[storage.webdav]\nurl = "nas/dav"\n', "http"),
+    ('[storage]\nbackend = "s3"\n[storage.s3]\nbucket = "b"\nobjects_by = "name"\n', "objects_by"),
 ])
 def test_config_errors_are_user_errors(tmp_path, text, says):
     with pytest.raises(UserError) as e:

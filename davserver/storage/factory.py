@@ -43,7 +43,8 @@ def _settings(cls, opts: dict, where: str):
         raise UserError(f"{where}: {e}") from None
 
 
-def make_storage(cfg: Config) -> Storage:
+def make_storage(cfg: Config, db=None) -> Storage:
+    """``db`` (the instance's MetaDB) holds the names when objects are named by ID."""
     kind = cfg.storage_backend
     where = f"[storage.{kind}] in {cfg.path}"
     if kind == "local":
@@ -53,7 +54,18 @@ def make_storage(cfg: Config) -> Storage:
     if kind == "s3":
         from davserver.storage.s3 import S3Settings, S3Storage
 
-        return S3Storage(_settings(S3Settings, _options(cfg, kind), where))
+        opts = _options(cfg, kind)
+        naming = opts.pop("objects_by", "id")
+        store = S3Storage(_settings(S3Settings, opts, where))
+        if naming == "path":
+            return store
+        if naming != "id":
+            raise UserError(f"{where}: objects_by = {naming!r}: use \"id\" or \"path\"")
+        if db is None:
+            raise UserError(f"{where}: objects named by ID need the instance database")
+        from davserver.storage.by_id import IdNamedStorage
+
+        return IdNamedStorage(store, db, stale_seconds=store.s.stale_upload_seconds)
     if kind == "webdav":
         from davserver.storage.webdav import WebDavSettings, WebDavStorage
 

@@ -67,6 +67,9 @@ class S3Settings:
     retries: int = 5            # attempts per call (botocore "standard" mode, backoff)
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
+    #: Completing a multipart upload or copy can take minutes on a large object (S3 keeps
+    #: the connection alive meanwhile): those calls wait this long instead.
+    commit_timeout: float = 600.0
     stale_upload_seconds: float = 24 * 3600.0  # cleanup() aborts older unfinished uploads
 
     def __post_init__(self) -> None:
@@ -202,7 +205,7 @@ class _S3Writer(BlobWriter):
                     self._send_part(bytes(self._buf))
                 self._wait()
                 with s3_errors(self._key):
-                    s.client.complete_multipart_upload(
+                    s.slow_client.complete_multipart_upload(
                         Bucket=s.s.bucket, Key=self._full, UploadId=self._upload_id,
                         MultipartUpload={"Parts": self._parts})
             self._done = True
@@ -239,6 +242,7 @@ class S3Storage(Storage):
     def __init__(self, settings: S3Settings) -> None:
         self.s = settings
         self._client = None
+        self._slow_client = None
         self._pid = 0
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
@@ -248,16 +252,27 @@ class S3Storage(Storage):
     @property
     def client(self):
         """One client per process: a forked worker must not share its parent's sockets."""
+        self._per_process()
+        return self._client
+
+    @property
+    def slow_client(self):
+        """For calls that may take minutes (complete, copy): a longer read timeout."""
+        self._per_process()
+        return self._slow_client
+
+    def _per_process(self) -> None:
         pid = os.getpid()
         if self._client is None or self._pid != pid:
             with self._lock:
                 if self._client is None or self._pid != pid:
-                    self._client = self._make_client()
+                    self._client = self._make_client(self.s.read_timeout)
+                    self._slow_client = self._make_client(
+                        max(self.s.read_timeout, self.s.commit_timeout))
                     self._pool = None
                     self._pid = pid
-        return self._client
 
-    def _make_client(self):
+    def _make_client(self, read_timeout: float):
         import boto3
         from botocore.config import Config as BotoConfig
 
@@ -267,7 +282,7 @@ class S3Storage(Storage):
             signature_version="s3v4",
             retries={"max_attempts": max(1, s.retries), "mode": "standard"},
             connect_timeout=s.connect_timeout,
-            read_timeout=s.read_timeout,
+            read_timeout=read_timeout,
             max_pool_connections=32,
             s3={"addressing_style": "path" if s.path_style else "auto"},
             # Older MinIO/Ceph reject the CRC trailers newer botocore sends by default.
@@ -451,7 +466,7 @@ class S3Storage(Storage):
         source = {"Bucket": b, "Key": src_full}
         if size <= self.copy_threshold:
             with s3_errors(src_full):
-                self.client.copy_object(Bucket=b, Key=dst_full, CopySource=source)
+                self.slow_client.copy_object(Bucket=b, Key=dst_full, CopySource=source)
             return
         part = max(self.copy_part_size, -(-size // MAX_PARTS))
         with s3_errors(dst_full):
@@ -461,13 +476,14 @@ class S3Storage(Storage):
             for n, start in enumerate(range(0, size, part), 1):
                 end = min(start + part, size) - 1
                 with s3_errors(src_full):
-                    r = self.client.upload_part_copy(
+                    r = self.slow_client.upload_part_copy(
                         Bucket=b, Key=dst_full, UploadId=upload_id, PartNumber=n,
                         CopySource=source, CopySourceRange=f"bytes={start}-{end}")
                 parts.append({"PartNumber": n, "ETag": r["CopyPartResult"]["ETag"]})
             with s3_errors(dst_full):
-                self.client.complete_multipart_upload(Bucket=b, Key=dst_full, UploadId=upload_id,
-                                                      MultipartUpload={"Parts": parts})
+                self.slow_client.complete_multipart_upload(Bucket=b, Key=dst_full,
+                                                           UploadId=upload_id,
+                                                           MultipartUpload={"Parts": parts})
         except BaseException:
             try:
                 self.client.abort_multipart_upload(Bucket=b, Key=dst_full, UploadId=upload_id)
