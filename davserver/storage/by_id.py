@@ -24,12 +24,22 @@ from __future__ import annotations
 
 import time
 import uuid
+from contextlib import AbstractContextManager
+from typing import Protocol
 
 from davserver.errors import Conflict, StorageError, StorageNotFound
-from davserver.meta.db import MetaDB
 from davserver.storage.base import BlobReader, BlobWriter, Entry, Storage, checked_parts
 
 _UNDER = "(path = ? OR substr(path, 1, length(?) + 1) = ? || '/')"
+
+
+class NameDB(Protocol):
+    """What this layer needs of the instance database (davserver.meta.db.MetaDB, whose
+    schema includes meta/objects_schema.py); storage does not import meta."""
+
+    def tx(self) -> AbstractContextManager: ...
+
+    def query(self, sql: str, args=()) -> list[tuple]: ...
 
 
 def blob_key(blob: str) -> str:
@@ -104,7 +114,7 @@ class IdNamedStorage(Storage):
     local_durability = False
     kind = "s3-by-id"
 
-    def __init__(self, inner: Storage, db: MetaDB, *, stale_seconds: float = 24 * 3600.0):
+    def __init__(self, inner: Storage, db: NameDB, *, stale_seconds: float = 24 * 3600.0):
         self.inner = inner
         self.db = db
         self.stale_seconds = stale_seconds
