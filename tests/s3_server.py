@@ -1,4 +1,4 @@
-"""A real S3-compatible server for tests: ``moto_server`` as its own process over HTTP.
+"""A real S3-compatible server for tests: moto's server as its own process over HTTP.
 
 boto3 talks to it exactly as to MinIO or AWS (signatures, multipart, ranged GETs, errors
 on the wire); nothing is patched in-process. :class:`MotoServer` can be stopped and started
@@ -8,8 +8,9 @@ davserver. Its state lives in memory: a restart starts with an empty store.
 
 from __future__ import annotations
 
-import shutil
+import importlib.util
 import subprocess
+import sys
 import time
 import uuid
 
@@ -33,11 +34,12 @@ class MotoServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> MotoServer:
-        exe = shutil.which("moto_server")
-        if exe is None:
-            raise AssertionError("moto_server is not installed (pip install 'moto[server]')")
+        if importlib.util.find_spec("moto.server") is None:
+            raise AssertionError("moto is not installed (pip install 'moto[server]')")
         self._client = None  # a restarted server gets fresh connections
-        self.proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(self.port)],
+        # The interpreter running the tests, so a venv that is not on PATH works too.
+        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
+                                      "-p", str(self.port)],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         _PROCS.add(self.proc)

@@ -139,3 +139,49 @@ def test_wrong_bucket_is_a_clear_error_not_unavailable(s3_server):
     with pytest.raises(StorageError) as e:
         st.stat("x")
     assert not isinstance(e.value, StorageUnavailable)
+
+
+def test_kill_during_upload_to_s3_keeps_previous_version(tmp_path, moto):
+    """SIGKILL while a multipart upload is under way: after the restart the old version
+    is served, and the unfinished upload is gone from the store."""
+    import base64
+    import signal
+    import socket
+    from urllib.parse import urlsplit
+
+    from tests.live import wait_until
+
+    bucket = moto.new_bucket()
+    cfg = s3_config(moto, bucket)
+    cfg["storage.s3"]["stale_upload_seconds"] = 0  # this node is the only writer
+    srv = LiveServer(tmp_path / "srv", users={"alice": None}, config=cfg).create().start()
+    c = moto.client()
+    try:
+        url = srv.url("alice", "big.bin")
+        v1 = os.urandom(1 << 20)
+        assert srv.session("alice").put(url, data=v1).status_code == 201
+        u = urlsplit(url)
+        cred = base64.b64encode(f"alice:{srv.users['alice']}".encode()).decode()
+        total = 40 << 20
+        head = (f"PUT {u.path} HTTP/1.1\r\nHost: {u.netloc}\r\nAuthorization: Basic {cred}\r\n"
+                f"Content-Length: {total}\r\n\r\n").encode()
+        with socket.create_connection((u.hostname, u.port), timeout=30) as sock:
+            sock.sendall(head)
+            for _ in range(24):
+                sock.sendall(os.urandom(1 << 20))
+
+            def parts_stored() -> bool:
+                ups = c.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+                return bool(ups) and bool(c.list_parts(
+                    Bucket=bucket, Key=ups[0]["Key"], UploadId=ups[0]["UploadId"]).get("Parts"))
+
+            assert wait_until(parts_stored, timeout=30), srv.log_tail(20)
+            srv.kill()
+        assert srv.proc.returncode == -signal.SIGKILL
+        srv.start()  # recover() at start aborts the unfinished upload
+        r = srv.session("alice").get(url)
+        assert r.status_code == 200 and r.content == v1
+        assert c.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+        assert len(c.list_objects_v2(Bucket=bucket).get("Contents", [])) == 1
+    finally:
+        srv.stop()
