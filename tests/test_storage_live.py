@@ -1,5 +1,6 @@
-"""davserver with its primary storage on S3 (a moto server process), over real HTTP:
-the WebDAV methods, ciphertext at rest, litmus, and the store going away and coming back."""
+"""davserver with its primary storage on S3 (a moto server process) or on another
+WebDAV server, over real HTTP: the WebDAV methods, ciphertext at rest, litmus, a crash
+mid-upload, and the store going away and coming back."""
 
 from __future__ import annotations
 
@@ -183,5 +184,35 @@ def test_kill_during_upload_to_s3_keeps_previous_version(tmp_path, moto):
         assert r.status_code == 200 and r.content == v1
         assert c.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
         assert len(c.list_objects_v2(Bucket=bucket).get("Contents", [])) == 1
+    finally:
+        srv.stop()
+
+
+def test_remote_webdav_as_primary_storage_over_http(tmp_path, remote_dav):
+    """davserver in front of another WebDAV server: what a client stores arrives there
+    as ciphertext under its name, and folder moves are the remote server's MOVE."""
+    from tests.webdav_server import PASSWORD, USER
+
+    sub = f"home-{os.urandom(4).hex()}"
+    (remote_dav.root / sub).mkdir()
+    srv = LiveServer(tmp_path / "srv", users={"alice": None}, config={
+        "storage": {"backend": "webdav"},
+        "storage.webdav": {"url": f"{remote_dav.url}/{sub}", "user": USER,
+                           "password": PASSWORD}}).create().start()
+    try:
+        s = srv.session("alice")
+        data = os.urandom(2 << 20) + b"PLAINTEXT-CANARY"
+        assert s.request("MKCOL", srv.url("alice", "d")).status_code == 201
+        assert s.put(srv.url("alice", "d/f.bin"), data=data).status_code == 201
+        stored = (remote_dav.root / sub / "alice" / "d" / "f.bin").read_bytes()
+        assert b"PLAINTEXT-CANARY" not in stored and len(stored) > len(data)
+        r = s.get(srv.url("alice", "d/f.bin"), headers={"Range": "bytes=5-14"})
+        assert r.status_code == 206 and r.content == data[5:15]
+        assert s.request("MOVE", srv.url("alice", "d"), headers={
+            "Destination": srv.url("alice", "e")}).status_code == 201
+        assert s.get(srv.url("alice", "e/f.bin")).content == data
+        assert (remote_dav.root / sub / "alice" / "e" / "f.bin").exists()
+        assert s.delete(srv.url("alice", "e")).status_code == 204
+        assert sorted(p.name for p in (remote_dav.root / sub / "alice").iterdir()) == []
     finally:
         srv.stop()
