@@ -163,12 +163,12 @@ def test_kill_during_upload_to_s3_keeps_previous_version(tmp_path, moto):
         assert srv.session("alice").put(url, data=v1).status_code == 201
         u = urlsplit(url)
         cred = base64.b64encode(f"alice:{srv.users['alice']}".encode()).decode()
-        total = 40 << 20
+        total = 20 << 20
         head = (f"PUT {u.path} HTTP/1.1\r\nHost: {u.netloc}\r\nAuthorization: Basic {cred}\r\n"
                 f"Content-Length: {total}\r\n\r\n").encode()
         with socket.create_connection((u.hostname, u.port), timeout=30) as sock:
             sock.sendall(head)
-            for _ in range(24):
+            for _ in range(12):  # two 5 MiB parts and more
                 sock.sendall(os.urandom(1 << 20))
 
             def parts_stored() -> bool:
