@@ -216,3 +216,17 @@ def test_remote_webdav_as_primary_storage_over_http(tmp_path, remote_dav):
         assert sorted(p.name for p in (remote_dav.root / sub / "alice").iterdir()) == []
     finally:
         srv.stop()
+
+
+def test_serve_with_the_store_down_exits_with_one_line(tmp_path):
+    """Start-up recovery needs the store: without it the server stops with exit code 11
+    and one line (a service manager restarts it), not a traceback."""
+    moto = MotoServer().start()
+    srv = LiveServer(tmp_path / "srv", users={"alice": None},
+                     config=s3_config(moto, moto.new_bucket())).create()
+    moto.stop()
+    with pytest.raises(AssertionError) as e:
+        srv.start()
+    assert srv.proc.returncode == 11
+    assert "the storage backend is unavailable" in str(e.value)
+    assert "Traceback" not in srv.log_text()
