@@ -163,7 +163,8 @@ class _S3Writer(BlobWriter):
         self._buf += data
         ps = self._store.s.part_size
         while len(self._buf) >= ps:
-            part = bytes(self._buf[:ps])
+            with memoryview(self._buf) as mv:
+                part = bytes(mv[:ps])  # the one copy a part costs
             del self._buf[:ps]
             self._send_part(part)
 
