@@ -41,7 +41,8 @@ ACCESS, SECRET, REGION = "bench-access", "bench-secret", "us-east-1"
 class Moto:
     def __init__(self) -> None:
         self.port = free_port()
-        self.proc = subprocess.Popen(["moto_server", "-H", "127.0.0.1", "-p", str(self.port)],
+        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
+                                      "-p", str(self.port)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      start_new_session=True)
         deadline = time.monotonic() + 30
@@ -188,10 +189,15 @@ def main() -> int:
     ap.add_argument("--files", type=int, default=1000,
                     help="small files in the folder that is listed and renamed (0: skip)")
     args = ap.parse_args()
-    for tool in ("moto_server", "rclone", "davserver"):
+    for tool in ("rclone", "davserver"):
         if shutil.which(tool) is None:
             print(f"s3_bench: {tool} is not installed", file=sys.stderr)
             return 1
+    try:
+        import moto.server  # noqa: F401
+    except ImportError:
+        print("s3_bench: moto is not installed (pip install 'moto[server]')", file=sys.stderr)
+        return 1
     workdir = tempfile.mkdtemp(prefix="s3bench-")
     try:
         print(run(args.size_mib << 20, args.runs, workdir, args.files))
