@@ -51,6 +51,8 @@ class Config:
     secret_file: str = ""
     key_storage_root: str = ""
     fsync: bool = True
+    storage_backend: str = "local"  # "local" | "s3" | "webdav" (davserver.storage.factory)
+    storage_options: dict = field(default_factory=dict)  # [storage.s3] / [storage.webdav]
     throttle_max_failures: int = 5
     throttle_window_seconds: float = 300.0
     throttle_max_failures_per_address: int | None = None  # None: throttle_max_failures
@@ -138,6 +140,8 @@ def load(path: str | None = None, data_dir: str | None = None) -> Config:
         secret_file=enc.get("secret_file", ""),
         key_storage_root=enc.get("key_storage_root", ""),
         fsync=bool(storage.get("fsync", True)),
+        storage_backend=str(storage.get("backend", "local")),
+        storage_options=dict(storage.get(str(storage.get("backend", "local")), {})),
         throttle_max_failures=int(auth.get("throttle_max_failures", 5)),
         throttle_window_seconds=float(auth.get("throttle_window_seconds", 300)),
         throttle_max_failures_per_address=(
@@ -178,6 +182,30 @@ block_size = 262144         # bytes per read/write step of a transfer
 [storage]
 data_dir = "{data_dir}"   # files/, keys/, davserver.db and tmp/ live here
 fsync = true                # flush every committed upload to disk before answering
+backend = "local"           # where file contents go: "local" (files/ above), "s3", "webdav";
+                            # keys, index and secret always stay on this server
+# [storage.s3]              # backend = "s3": AWS S3, MinIO, Ceph RGW, Garage
+# endpoint = "https://minio.example.org:9000"   # leave out for AWS
+# bucket = "davserver"
+# prefix = ""               # keys below this prefix; "" = the whole bucket
+# objects_by = "id"         # "id": objects urn:oid:<id>, names and folders in the index
+#                           #   (renames are metadata-only, no names on the store);
+#                           # "path": objects named by path (browsable with other tools)
+# region = "us-east-1"
+# access_key = ""           # or env DAVSERVER_S3_ACCESS_KEY (empty: boto3's own lookup)
+# secret_key = ""           # or env DAVSERVER_S3_SECRET_KEY
+# path_style = false        # true for MinIO/Ceph reached by a bare host name or IP
+# verify = true             # TLS certificate check; or a CA bundle path
+# part_size = 8388608       # multipart part size; smaller files go in one PUT
+# parts_in_flight = 3       # parts uploading at once per upload (memory: +1 part each)
+# retries = 5               # attempts per request (with backoff), then 503 to clients
+# connect_timeout = 5
+# read_timeout = 30
+# [storage.webdav]          # backend = "webdav": another WebDAV server
+# url = "https://nas.example.org/remote.php/dav/files/svc/davserver"
+# user = "svc"
+# password = ""             # or env DAVSERVER_WEBDAV_PASSWORD
+# verify = true
 
 [encryption]
 secret_file = "{secret_file}"   # instance secret, 0600, keep it OUTSIDE the data dir

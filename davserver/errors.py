@@ -115,6 +115,22 @@ class StorageNotFound(StorageError, NotFound):
     HTTP_STATUS = 404
 
 
+class StorageUnavailable(StorageError):
+    """the storage backend is unavailable; try again later{detail}
+
+    Raised by remote backends (S3, WebDAV) once their retries are used up or a call timed
+    out: the store is down or slow, not the request wrong. HTTP answers 503 with
+    ``Retry-After`` so clients back off and retry instead of reporting a server bug.
+    """
+
+    HTTP_STATUS = 503
+    EXIT_CODE = 11
+    RETRY_AFTER = 30
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(f" ({detail})" if detail else "")
+
+
 class MaintenanceMode(DavServerError):
     """server is in maintenance mode{detail}"""
 

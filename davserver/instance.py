@@ -22,7 +22,7 @@ from davserver.errors import DavServerError, KeyNotFound, UserError
 from davserver.meta import settings
 from davserver.meta.db import MetaDB
 from davserver.meta.interprocess import PathLocks
-from davserver.storage.local import LocalStorage
+from davserver.storage.factory import make_storage
 from davserver.vault import context
 from davserver.vault.files import Vault, ensure_home, remove_home
 from davserver.vault.keystore import Identity, KeyStore, Recipient
@@ -53,7 +53,7 @@ class Instance:
         self._settings_version = -1
         self._master_checked = -1e9
         self._has_master = False
-        self.storage = LocalStorage(cfg.files_dir, cfg.tmp_dir, fsync=cfg.fsync)
+        self.storage = make_storage(cfg, self.db)
         self.keys = KeyStore(self.key_root, fsync=cfg.fsync)
         self._master: Identity | None = None
         self.users = UserService(self.db, cache_seconds=cfg.auth_cache_seconds,

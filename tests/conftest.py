@@ -1,4 +1,4 @@
-pytest_plugins = ["tests.conftest_ldap"]
+pytest_plugins = ["tests.conftest_ldap", "tests.conftest_storage"]
 
 from collections.abc import Iterator  # noqa: E402
 

@@ -38,7 +38,9 @@ def to_dav_error(e: DavServerError) -> DAVError:
         msg = "the stored file could not be read safely; the server log has details"
     else:
         msg = str(e)
-    return DAVError(e.HTTP_STATUS, context_info=msg)
+    retry = getattr(e, "RETRY_AFTER", None)
+    return DAVError(e.HTTP_STATUS, context_info=msg,
+                    add_headers=[("Retry-After", str(retry))] if retry else None)
 
 
 def short_body(received: int, expected: int) -> DAVError:

@@ -53,6 +53,21 @@ class BlobWriter(ABC):
 
 
 class Storage(ABC):
+    """A backend. The capability attributes name what a backend cannot promise, so the
+    vault handles each case once instead of asking which backend it talks to."""
+
+    #: Is :meth:`rename` of a folder one atomic step? False on object stores (S3), where a
+    #: folder is a key prefix and moving it copies every object: the vault then moves the
+    #: folder's files one by one, keeping the index in step after each.
+    atomic_dir_rename: bool = True
+
+    #: Does a committed blob survive a power loss of this machine (fsync)? Remote stores
+    #: acknowledge a write once they hold it; their durability is theirs.
+    local_durability: bool = True
+
+    #: A short name for logs and ``davserver status``: "local", "s3", "webdav".
+    kind: str = "local"
+
     @abstractmethod
     def stat(self, key: str) -> Entry | None: ...
 
@@ -99,3 +114,13 @@ def split_key(key: str) -> list[str]:
         if p in (".", "..") or "\x00" in p:
             raise ValueError(f"invalid storage key component {p!r}")
     return parts
+
+
+def checked_parts(key: str) -> list[str]:
+    """:func:`split_key` for backends: a bad key is the caller's StorageError."""
+    from davserver.errors import StorageError
+
+    try:
+        return split_key(key)
+    except ValueError as e:
+        raise StorageError(str(e)) from None

@@ -31,7 +31,12 @@ class _FileReader(BlobReader):
             raise StorageNotFound(path) from None
         except IsADirectoryError:
             raise StorageNotFound(path) from None
-        self.size = os.fstat(self._fd).st_size
+        st = os.fstat(self._fd)
+        if stat.S_ISDIR(st.st_mode):  # opening a folder read-only succeeds on Linux
+            os.close(self._fd)
+            self._fd = -1
+            raise StorageNotFound(path)
+        self.size = st.st_size
 
     def read_at(self, offset: int, length: int) -> bytes:
         return os.pread(self._fd, length, offset)

@@ -477,13 +477,63 @@ class Vault:
 
     def move(self, src: str, dst: str) -> None:
         """Rename a file or folder; ``dst`` must not exist. Keys do not move."""
-        self.storage.rename(src, dst)
-        with _undone_on_error(lambda: self.storage.rename(dst, src), f"move {src} -> {dst}"), \
+        self._rename_stored(src, dst)
+        with _undone_on_error(lambda: self._rename_stored(dst, src), f"move {src} -> {dst}"), \
                 self.db.tx() as c:
             self.db.move_files(src, dst, conn=c)
             self.db.move_props(src, dst, conn=c)
             self.db.touch_dirs(src, conn=c)
             self.db.touch_dirs(dst, conn=c)
+
+    def _rename_stored(self, src: str, dst: str) -> None:
+        """Move in storage. Where a folder rename is not one atomic step (object stores),
+        move it file by file: each file is at its old or its new path, never both or
+        neither, and a failure part-way moves back what had moved. A crash part-way leaves
+        some files at the new path, unindexed there: they are adopted when next read
+        (their old paths are gone), so nothing is lost or doubled."""
+        if self.storage.atomic_dir_rename:
+            self.storage.rename(src, dst)
+            return
+        e = self.storage.stat(src)
+        if e is None:
+            raise NotFound(src)
+        if not e.is_dir:
+            self.storage.rename(src, dst)
+            return
+        if self.storage.stat(dst) is not None:
+            raise Conflict(f"{dst} exists")
+        if (dst + "/").startswith(src + "/"):
+            raise Conflict("cannot move a folder into itself")
+        tree = list(self.storage.walk(src))  # parents first
+        made: list[str] = []
+        moved: list[tuple[str, str]] = []
+        try:
+            self.storage.make_dir(dst)
+            made.append(dst)
+            for key, child in tree:
+                target = dst + key[len(src):]
+                if child.is_dir:
+                    self.storage.make_dir(target)
+                    made.append(target)
+                else:
+                    self.storage.rename(key, target)
+                    moved.append((key, target))
+        except BaseException:
+            for old, new in reversed(moved):
+                try:
+                    self.storage.rename(new, old)
+                except (DavServerError, OSError) as err:
+                    log.error("could not move %s back to %s: %s", new, old, err)
+            for d in reversed(made):
+                try:
+                    self.storage.remove_dir(d)
+                except (DavServerError, OSError):
+                    pass
+            raise
+        for key, child in reversed(tree):
+            if child.is_dir:
+                self.storage.remove_dir(key)
+        self.storage.remove_dir(src)
 
     def copy_file(self, src: str, dst: str, *, quota: int | None = None) -> FileRecord:
         """Copy by re-encrypting under a fresh key: one file ID always means one path."""
