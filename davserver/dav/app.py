@@ -28,6 +28,7 @@ from davserver.dav.basicauth import BasicAuth
 from davserver.dav.errors import KnownErrors, plain_text
 from davserver.dav.fastfiles import FastFiles
 from davserver.dav.locks import DbLockStorage
+from davserver.dav.nextcloud import NextcloudLayer
 from davserver.dav.propfind import FastPropfind
 from davserver.dav.provider import HomeProvider
 from davserver.dav.resources import OPENED_KEY
@@ -136,9 +137,9 @@ def build_app(instance: Instance, *, fast_files: bool = True):
     # WsgiDAV's lock manager checks for conflicts and then grants under its own in-process
     # lock; with several worker processes that must be the shared one.
     dav.lock_manager._lock = locks.shared_lock
-    if not fast_files:
-        return Guard(dav, instance)
-    return Guard(FastFiles(dav, instance, (files, webdav), locks, cfg.block_size), instance)
+    inner = dav if not fast_files else FastFiles(dav, instance, (files, webdav), locks,
+                                                 cfg.block_size)
+    return Guard(NextcloudLayer(inner, instance, dav, (files, webdav)), instance)
 
 
 #: Idle keep-alive connections one worker process keeps open.
