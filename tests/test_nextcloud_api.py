@@ -46,9 +46,10 @@ def put(server, path: str, data: bytes, user: str = "alice", **headers):
                         headers=headers)
 
 
-def mkcol(server, path: str, user: str = "alice") -> None:
+def mkcol(server, path: str, user: str = "alice") -> str:
     r = requests.request("MKCOL", server.url(user, path), auth=server.auth(user))
     assert r.status_code == 201, r.text
+    return r.headers["OC-FileId"]
 
 
 def move(server, src: str, dst: str, method: str = "MOVE", user: str = "alice"):
@@ -123,7 +124,7 @@ def test_placeholders_and_report(server):
 def test_file_ids_stable_across_overwrite_and_rename_new_on_copy(server, depth):
     d = f"ids-{depth}"
     mkcol(server, d)
-    mkcol(server, f"{d}/sub")
+    sub_id = mkcol(server, f"{d}/sub")
     assert put(server, f"{d}/f.txt", b"one").status_code == 201
 
     def ids():
@@ -135,6 +136,7 @@ def test_file_ids_stable_across_overwrite_and_rename_new_on_copy(server, depth):
         return {k: (v[OC + "fileid"], v[OC + "id"]) for k, v in found.items()}
 
     first = ids()
+    assert first[f"{d}/sub"][1] == sub_id
     fid, ocid = first[f"{d}/f.txt"]
     assert ocid.startswith(f"{int(fid):08d}") and ocid[8:10] == "oc" and len(ocid) > 10
     assert first[f"{d}/sub"][0] != fid and first[d][0] not in (fid, first[f"{d}/sub"][0])

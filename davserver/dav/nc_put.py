@@ -130,11 +130,14 @@ class PutHeaders:
         self.locate = locate
 
     def __call__(self, environ, start_response):
-        if environ.get("REQUEST_METHOD") != "PUT":
+        method = environ.get("REQUEST_METHOD")
+        if method not in ("PUT", "MKCOL"):
             return self.app(environ, start_response)
         spath_of = self.locate(environ)
         if spath_of is None:
             return self.app(environ, start_response)
+        if method == "MKCOL":
+            return self._mkcol(environ, start_response, spath_of)
         checksum = Checksum.parse(environ.get("HTTP_OC_CHECKSUM"))
         length = environ.get("CONTENT_LENGTH") or ""
         body = None
@@ -152,6 +155,17 @@ class PutHeaders:
                     extra = version_headers(self.vault, self.db, spath, mtime_given)
                     names = {k.lower() for k, _v in extra}
                     headers = [h for h in headers if h[0].lower() not in names] + extra
+            return start_response(status, headers, exc_info)
+
+        return self.app(environ, start)
+
+    def _mkcol(self, environ, start_response, spath_of):
+        """A new folder's OC-FileId, so the client need not ask for it."""
+
+        def start(status, headers, exc_info=None):
+            spath = spath_of() if status[:3] == "201" else None
+            if spath is not None:
+                headers = headers + [("OC-FileId", nc_props.file_id_of(self.db, spath)[1])]
             return start_response(status, headers, exc_info)
 
         return self.app(environ, start)
