@@ -1,6 +1,6 @@
 """The Nextcloud-client layer, just inside the Guard: the endpoints a Nextcloud client
-needs besides WebDAV on the files (OCS core, chunked uploads, placeholders for trash and
-versions, favourites REPORT) and the headers it expects around every PUT.
+needs besides WebDAV on the files (OCS core, login flow v2, chunked uploads, placeholders
+for trash and versions, favourites REPORT) and the headers it expects around every PUT.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from davserver.dav.ncupload import PREFIX as UPLOADS_PREFIX
 from davserver.dav.ncupload import ChunkedUploads
 from davserver.instance import Instance
 from davserver.vault.files import storage_path
+from davserver.web.login_flow import PREFIXES as LOGIN_PREFIXES
+from davserver.web.login_flow import LoginFlow
 
 #: Nextcloud endpoints that do not exist here yet: a clean 404, not a WsgiDAV page.
 _ABSENT = ("/remote.php/dav/trashbin/", "/remote.php/dav/versions/")
@@ -29,12 +31,17 @@ class NextcloudLayer:
         self.dav = dav
         self.providers = providers
         self.uploads = ChunkedUploads(instance)
+        self.login_flow = LoginFlow(instance)
         self.put = PutHeaders(app, instance, self._locate)
 
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO", "")
         if path.startswith("/ocs/"):
             answer = ocs_core.handle(self.instance, environ, start_response)
+            if answer is not None:
+                return answer
+        elif path.startswith(LOGIN_PREFIXES):
+            answer = self.login_flow(environ, start_response)
             if answer is not None:
                 return answer
         elif path.startswith(UPLOADS_PREFIX) or path == UPLOADS_PREFIX.rstrip("/"):

@@ -92,7 +92,7 @@ CREATE TABLE IF NOT EXISTS web_sessions(
 
 #: Tables of later features, one module each (davserver/meta/*_schema.py), so features
 #: built side by side do not edit one string. Every statement is idempotent.
-SCHEMA_PARTS: list[str] = [nextcloud_schema.SCHEMA]
+SCHEMA_PARTS: list[str] = [nextcloud_schema.SCHEMA, nextcloud_schema.APP_SCHEMA]
 
 
 @dataclass(frozen=True)

@@ -45,3 +45,27 @@ def move_ids(conn: sqlite3.Connection, src: str, dst: str) -> None:
                  f"parent = ? || substr(parent, ?) WHERE {_UNDER}",
                  (dst, n + 1, dst, n + 1, src, src, src))
     conn.execute("UPDATE nc_fileids SET parent = ? WHERE path = ?", (_parent(dst), dst))
+
+#: App passwords (Nextcloud login flow v2, ``user:add-app-password``) and the login flows
+#: in progress. Only hashes of the passwords are kept; a finished flow holds its app
+#: password sealed to a key pair derived from the client's poll token (the table holds
+#: only its public half) until the client collects it.
+APP_SCHEMA = """
+CREATE TABLE IF NOT EXISTS app_passwords(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    user TEXT NOT NULL,
+    name TEXT NOT NULL,
+    token_hash BLOB NOT NULL UNIQUE,
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS app_passwords_user ON app_passwords(user);
+CREATE TABLE IF NOT EXISTS login_flows(
+    poll_hash BLOB PRIMARY KEY,
+    flow_hash BLOB NOT NULL UNIQUE,
+    client TEXT NOT NULL,
+    created REAL NOT NULL,
+    public BLOB NOT NULL,
+    user TEXT,
+    sealed BLOB
+);
+"""
