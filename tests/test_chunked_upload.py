@@ -158,6 +158,24 @@ def test_two_uploads_to_one_destination(srv):
     assert c.get("shared.txt").content == b"from a"
 
 
+def test_locked_destination_needs_its_token(srv):
+    c = Client(srv)
+    c.s.put(c.dest("locked.txt"), data=b"v1")
+    lock = c.s.request("LOCK", c.dest("locked.txt"), headers={"Timeout": "Second-60"}, data=(
+        '<?xml version="1.0"?><d:lockinfo xmlns:d="DAV:"><d:lockscope><d:exclusive/>'
+        "</d:lockscope><d:locktype><d:write/></d:locktype></d:lockinfo>"))
+    assert lock.status_code == 200, lock.text
+    token = lock.headers["Lock-Token"].strip("<>")
+    c.start("lk", "locked.txt")
+    c.chunk("lk", 1, b"v2")
+    assert c.finish("lk", "locked.txt", 2).status_code == 423
+    assert c.get("locked.txt").content == b"v1"
+    r = c.finish("lk", "locked.txt", 2, If=f"(<{token}>)")
+    assert r.status_code == 204, r.text
+    assert c.get("locked.txt").content == b"v2"
+    c.s.request("UNLOCK", c.dest("locked.txt"), headers={"Lock-Token": f"<{token}>"})
+
+
 def test_abort_and_misuse(srv):
     c = Client(srv)
     c.start("ab", "ab.bin")

@@ -94,6 +94,8 @@ class ChunkedUploads:
         self.max_age = float(cfg.get("upload_max_age_hours", 24)) * 3600
         self._last_clean = 0.0
         self._clean_lock = threading.Lock()
+        #: WsgiDAV's lock manager: a destination locked by someone else is refused (423).
+        self.lock_manager = None
 
     def __call__(self, environ, start_response):
         outcome = authenticate(self.instance, environ)
@@ -106,7 +108,7 @@ class ChunkedUploads:
             return plain_text(start_response, a.status, a.text, a.headers + _drain(environ))
         except DAVError as e:
             return plain_text(start_response, f"{e.value} {_reason(e.value)}",
-                              e.context_info or _reason(e.value), _drain(environ))
+                              e.context_info or _reason(e.value).lower(), _drain(environ))
         except Exception as e:
             err = known(e)
             if err is None:
@@ -294,6 +296,11 @@ class ChunkedUploads:
         parent = self.vault.storage.stat(dest.rpartition("/")[0])
         if parent is None or not parent.is_dir:
             raise _Answer("409 Conflict", "the destination's folder does not exist")
+        if self.lock_manager is not None:
+            tokens = re.findall(r"<(opaquelocktoken:[^>]+)>", environ.get("HTTP_IF") or "")
+            self.lock_manager.check_write_permission(
+                url=quote(f"/remote.php/dav/files/{dest}"), depth="0", token_list=tokens,
+                principal=user)
         chunks = self._chunks(folder)
         size = sum(n.size for n in chunks)
         total = environ.get("HTTP_OC_TOTAL_LENGTH")

@@ -31,6 +31,7 @@ class NextcloudLayer:
         self.dav = dav
         self.providers = providers
         self.uploads = ChunkedUploads(instance)
+        self.uploads.lock_manager = dav.lock_manager
         self.login_flow = LoginFlow(instance)
         self.put = PutHeaders(app, instance, self._locate)
 
