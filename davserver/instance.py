@@ -85,6 +85,8 @@ class Instance:
         remove_home(self.vault, user)
         self.userkeys.delete(user)
         self.app_passwords.revoke_all(user)
+        if self.storage.stat(f".uploads/{user}") is not None:  # chunked uploads in progress
+            self.vault.delete(f".uploads/{user}")
         self.db.delete_setting(f"recovery.optin.{user}")
 
     # --- settings ----------------------------------------------------------------------

@@ -202,6 +202,48 @@ def test_abort_and_misuse(srv):
     assert requests.request("MKCOL", c.up("anon")).status_code == 401
 
 
+def test_server_killed_during_assembly_leaves_old_or_new(tmp_path):
+    import threading
+
+    from tests.live import LiveServer, wait_until
+    s = LiveServer(tmp_path / "srv", {"alice": None}).create().start()
+    try:
+        c = Client(s)
+        old = b"old version"
+        c.s.put(c.dest("crash.bin"), data=old)
+        new = os.urandom(120 * 1_000_000)
+        c.start("crash", "crash.bin")
+        for n, part in enumerate(_parts(new, 30_000_000)):
+            assert c.chunk("crash", n + 1, part).status_code == 201
+        answers = []
+        t = threading.Thread(target=lambda: answers.append(_try(
+            lambda: c.finish("crash", "crash.bin", len(new)))))
+        t.start()
+        # Killed while the MOVE streams 120 MB into the destination's temp blob.
+        assert wait_until(lambda: s.tmp_files(), timeout=20, interval=0.005)
+        s.kill()
+        t.join(30)
+        assert isinstance(answers[0], requests.RequestException), "finished before the kill"
+        s.start()
+        got = Client(s).get("crash.bin").content
+        assert got in (old, new)
+        if got == old:  # not committed: the chunks are still there to try again
+            assert Client(s).listing("crash") == {f"{n + 1:05d}": len(p) for n, p in
+                                                  enumerate(_parts(new, 30_000_000))}
+            assert Client(s).finish("crash", "crash.bin", len(new)).status_code == 204
+            assert Client(s).get("crash.bin").content == new
+        assert s.tmp_files() == []
+    finally:
+        s.stop()
+
+
+def _try(fn):
+    try:
+        return fn()
+    except requests.RequestException as e:
+        return e
+
+
 def test_stale_uploads_are_cleaned(tmp_path):
     from tests.live import LiveServer
     s = LiveServer(tmp_path / "srv", {"alice": None},
