@@ -15,7 +15,9 @@ from tests.live import LiveServer
 @pytest.fixture(scope="module", params=["master-key", "user-key"])
 def srv(request, tmp_path_factory):
     s = LiveServer(tmp_path_factory.mktemp(f"app-{request.param}"), {"alice": None},
-                   {"encryption": {"kdf_memory_kib": 8192, "kdf_time_cost": 1}})
+                   {"encryption": {"kdf_memory_kib": 8192, "kdf_time_cost": 1},
+                    # The tests try wrong and revoked passwords on purpose.
+                    "auth": {"throttle_max_failures": 100}})
     s.create()
     s.mode = request.param
     if request.param == "user-key":
@@ -102,3 +104,21 @@ def test_login_flow_v2(srv):
     app_id = re.findall(r'"id": (\d+)', listed)[-1]
     srv.run_cli("user:revoke-app-password", "alice", app_id)
     assert not _works(srv, creds["appPassword"])
+
+
+def test_real_client_with_an_app_password(srv, tmp_path):
+    from tests.test_nextcloudcmd import Client, assert_same, write
+
+    out = srv.run_cli("user:add-app-password", "alice", "--label", "nextcloudcmd",
+                      "--password-from-env", env={"DAVSERVER_PASS": srv.users["alice"]}).stdout
+    app_id, token = re.search(r"app password (\d+) for alice: (\S+)", out).groups()
+    c = Client(srv, tmp_path, password=token)
+    write(c.local / "up/from-client.txt", b"synced with an app password")
+    c.sync()
+    assert (c.local / "secret.txt").read_bytes() == b"only alice"  # opened with her key
+    assert_same(c)
+    srv.run_cli("user:revoke-app-password", "alice", app_id)
+    write(c.local / "up/later.txt", b"after the revocation")
+    c.sync(expect_ok=False)
+    r = requests.get(srv.url("alice", "up/later.txt"), auth=srv.auth("alice"))
+    assert r.status_code == 404

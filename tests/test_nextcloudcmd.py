@@ -27,10 +27,12 @@ _VERBS = {"2": "GET", "3": "PUT", "4": "POST", "5": "DELETE"}
 class Client:
     """One sync folder and the nextcloudcmd runs on it."""
 
-    def __init__(self, server: LiveServer, root: Path, user: str = "alice") -> None:
+    def __init__(self, server: LiveServer, root: Path, user: str = "alice",
+                 password: str | None = None) -> None:
         self.exe = require_tool("nextcloudcmd")
         self.server = server
         self.user = user
+        self.password = password or server.users[user]
         self.local = root / "local"
         self.home = root / "home"
         self.local.mkdir(parents=True)
@@ -41,7 +43,7 @@ class Client:
         env = dict(os.environ, QT_QPA_PLATFORM="offscreen", HOME=str(self.home),
                    XDG_CONFIG_HOME=str(self.home / ".config"))
         return ([self.exe, "--non-interactive", "--logdebug", "--max-sync-retries", "1",
-                 "-u", self.user, "-p", self.server.users[self.user], *extra,
+                 "-u", self.user, "-p", self.password, *extra,
                  str(self.local), self.server.base], env)
 
     def start(self, *extra: str) -> tuple[subprocess.Popen, Path]:
@@ -53,7 +55,7 @@ class Client:
                                     stdin=subprocess.DEVNULL)
         return proc, log
 
-    def sync(self) -> Counter:
+    def sync(self, *, expect_ok: bool = True) -> Counter:
         """One sync run; the requests it made, as Counter of (verb, area)."""
         proc, log = self.start()
         try:
@@ -62,7 +64,11 @@ class Client:
             proc.kill()
             raise
         text = log.read_text(errors="replace")
-        assert rc == 0, f"nextcloudcmd exited {rc}:\n{text[-4000:]}\n{self.server.log_tail(20)}"
+        if expect_ok:
+            assert rc == 0, (f"nextcloudcmd exited {rc}:\n{text[-4000:]}\n"
+                             f"{self.server.log_tail(20)}")
+        else:
+            assert rc != 0, "nextcloudcmd succeeded"
         return requests_in(text)
 
 
