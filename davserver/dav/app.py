@@ -3,6 +3,8 @@
 Request path, outermost first:
 
     Guard        status.php, maintenance 503, last-resort 500 without a traceback
+    Nextcloud    OCS core, login flow v2, chunked uploads, PUT checksums and headers
+                 (dav.nextcloud)
     FastFiles    whole-file GET/HEAD/PUT in the caller's home, before WsgiDAV's layers
     WsgiDAV      ErrorPrinter -> BasicAuth, FastPropfind (ours) -> dir browser
                  -> RequestResolver
