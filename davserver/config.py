@@ -244,6 +244,10 @@ key_cache_seconds = 3600    # user-key mode: an unlocked key stays in memory thi
 # auth_cache_seconds = 0      # trust an accepted password this long without a new bind;
 #                             # 0: a password changed in the directory stops working at once
 
+[nextcloud]
+upload_max_age_hours = 24   # chunked uploads (Nextcloud clients) nobody added to for this
+                            # long are removed, chunks and all, when the next one starts
+
 [logging]
 level = "info"              # debug, info, warning, error; keys/passwords/contents never logged
 """

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 
 from davserver import config as config_mod
+from davserver.auth.app_passwords import AppPasswords
 from davserver.auth.ldap import LdapConfig, LdapDirectory
 from davserver.auth.login import LoginService
 from davserver.auth.throttle import Throttle
@@ -73,6 +74,7 @@ class Instance:
                 directory = LdapDirectory(LdapConfig.from_mapping(ldap_conf))
             except (ValueError, TypeError) as e:
                 raise UserError(f"[ldap] in {cfg.path}: {e}") from None
+        self.app_passwords = AppPasswords(self)
         self.login = LoginService(self.users, self.throttle, instance=self, directory=directory,
                                   directory_cache_seconds=auth_cache)
         self.vault = Vault(self.storage, self.keys, self.db,
@@ -83,6 +85,9 @@ class Instance:
     def _remove_user_data(self, user: str) -> None:
         remove_home(self.vault, user)
         self.userkeys.delete(user)
+        self.app_passwords.revoke_all(user)
+        if self.storage.stat(f".uploads/{user}") is not None:  # chunked uploads in progress
+            self.vault.delete(f".uploads/{user}")
         self.db.delete_setting(f"recovery.optin.{user}")
 
     # --- settings ----------------------------------------------------------------------

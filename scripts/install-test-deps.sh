@@ -25,7 +25,8 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 export PIP_ROOT_USER_ACTION=ignore
 export PIP_NO_INPUT=1
 
-APT_PACKAGES=(litmus rclone cadaver curl slapd ldap-utils chromium chromium-driver)
+APT_PACKAGES=(litmus rclone cadaver curl slapd ldap-utils chromium chromium-driver
+              nextcloud-desktop-cmd)
 
 log() { printf '[install-test-deps] %s\n' "$*"; }
 

@@ -3,6 +3,8 @@
 Request path, outermost first:
 
     Guard        status.php, maintenance 503, last-resort 500 without a traceback
+    Nextcloud    OCS core, login flow v2, chunked uploads, PUT checksums and headers
+                 (dav.nextcloud)
     FastFiles    whole-file GET/HEAD/PUT in the caller's home, before WsgiDAV's layers
     WsgiDAV      ErrorPrinter -> BasicAuth, FastPropfind (ours) -> dir browser
                  -> RequestResolver
@@ -29,6 +31,7 @@ from davserver.dav.clientinput import ClientInput
 from davserver.dav.errors import KnownErrors, plain_text
 from davserver.dav.fastfiles import FastFiles
 from davserver.dav.locks import DbLockStorage
+from davserver.dav.nextcloud import NextcloudLayer
 from davserver.dav.propfind import FastPropfind
 from davserver.dav.provider import HomeProvider
 from davserver.dav.requestcheck import refusal
@@ -144,9 +147,9 @@ def build_app(instance: Instance, *, fast_files: bool = True):
     # WsgiDAV's lock manager checks for conflicts and then grants under its own in-process
     # lock; with several worker processes that must be the shared one.
     dav.lock_manager._lock = locks.shared_lock
-    if not fast_files:
-        return Guard(dav, instance)
-    return Guard(FastFiles(dav, instance, (files, webdav), locks, cfg.block_size), instance)
+    inner = dav if not fast_files else FastFiles(dav, instance, (files, webdav), locks,
+                                                 cfg.block_size)
+    return Guard(NextcloudLayer(inner, instance, dav, (files, webdav)), instance)
 
 
 #: Idle keep-alive connections one worker process keeps open.

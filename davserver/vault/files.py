@@ -352,10 +352,15 @@ class Vault:
         return max(0, quota - used)
 
     def begin_write(self, path: str, *, quota: int | None = None,
-                    expected_size: int | None = None, encrypt: bool | None = None) -> Upload:
-        """Start a write; ``encrypt`` overrides the instance setting (encrypt/decrypt-all)."""
-        user = path.split("/", 1)[0]
-        limit = self.available(user, quota, replacing=path)
+                    expected_size: int | None = None, encrypt: bool | None = None,
+                    owner: str | None = None, reserved: int = 0) -> Upload:
+        """Start a write; ``encrypt`` overrides the instance setting (encrypt/decrypt-all).
+        ``owner``: the user whose keys and quota apply when ``path`` is outside their
+        home (upload chunks), ``reserved`` bytes of whose quota are taken already."""
+        user = owner or path.split("/", 1)[0]
+        limit = self.available(user, quota, replacing=None if owner else path)
+        if limit is not None and reserved:
+            limit = max(0, limit - reserved)
         if limit is not None and expected_size is not None and expected_size > limit:
             raise QuotaExceeded(f"{expected_size} bytes do not fit in the {limit} available")
         if encrypt is None:
