@@ -213,6 +213,29 @@ def op_put_new(c: Ctx, src: None) -> None:
     c.assert_stored(rel, data)
 
 
+MTIME = 1_500_000_000  # 2017-07-14 02:40:00 UTC
+MTIME_HTTP = "Fri, 14 Jul 2017 02:40:00 GMT"
+
+
+def op_put_mtime(c: Ctx, src: str | None) -> None:
+    """X-OC-Mtime (sync clients) is what GET and PROPFIND report afterwards, and the ETag
+    the PUT answered is the one they report, whatever form the file is stored in."""
+    rel = c.rel(_seed_name("put_mtime", src) if src else "mtime-new.bin")
+    data = payload(rel + "m", 4000)
+    r = c.req("PUT", rel, data=data, headers={"X-OC-Mtime": str(MTIME)})
+    assert r.status_code == (204 if src else 201), (r.status_code, r.text[:300])
+    etag = r.headers.get("ETag")
+    got = c.req("GET", rel)
+    assert got.content == data and got.headers["Last-Modified"] == MTIME_HTTP
+    assert etag is None or got.headers["ETag"] == etag, (etag, got.headers["ETag"])
+    r = c.req("PROPFIND", rel, data=PROPFIND_BODY.replace(
+        "<d:getetag/>", "<d:getetag/><d:getlastmodified/>"), headers={"Depth": "0"})
+    assert r.status_code == 207 and MTIME_HTTP in r.text, r.text[:600]
+    bare = got.headers["ETag"].strip('"')
+    assert f">{bare}<" in r.text.replace("&quot;", ""), r.text[:600]
+    c.assert_stored(rel, data)
+
+
 def op_put_overwrite(c: Ctx, src: str) -> None:
     rel, data = c.rel(_seed_name("put_overwrite", src)), payload(c.variant + "over" + src, 5000)
     r = c.req("PUT", rel, data=data)
@@ -368,15 +391,18 @@ def op_propfind(c: Ctx, src: str) -> None:
 
 OPS: dict[str, Callable[[Ctx, str | None], None]] = {
     f.__name__[3:]: f for f in (
-        op_put_new, op_put_overwrite, op_put_content_range, op_copy, op_copy_overwrite,
-        op_move, op_move_overwrite, op_delete, op_mkcol, op_lock_put_new,
+        op_put_new, op_put_mtime, op_put_overwrite, op_put_content_range, op_copy,
+        op_copy_overwrite, op_move, op_move_overwrite, op_delete, op_mkcol, op_lock_put_new,
         op_lock_put_overwrite, op_quota_refused, op_quota_overwrite_refused, op_get,
         op_head, op_range_get, op_propfind)}
 #: Operations on an existing file run once per seed; the others once.
 ON_SEEDS = {"put_overwrite", "put_content_range", "copy", "copy_overwrite", "move",
             "move_overwrite", "delete", "lock_put_overwrite", "get", "head", "range_get",
             "propfind"}
-CASES = [(name, src) for name in OPS for src in (SOURCES if name in ON_SEEDS else (None,))]
+ON_NEW_AND_SEEDS = {"put_mtime"}
+CASES = [(name, src) for name in OPS
+         for src in ((None, *SOURCES) if name in ON_NEW_AND_SEEDS
+                     else SOURCES if name in ON_SEEDS else (None,))]
 #: Files each variant's folder holds before the cases run: name -> the phase writing it.
 SEEDS = {_seed_name(name, src): src for name, src in CASES if src}
 SEEDS.update({_target_name(name, src): SOURCES[1 - SOURCES.index(src)]
@@ -500,7 +526,8 @@ def _assert_refused_in_maintenance(c: Ctx, op: str, src: str | None) -> None:
     """A killed job left maintenance on: every request is a 503 and the disk is as the
     job left it."""
     rel = c.rel(_seed_name(op, src) if src else "new.bin")
-    method = {"put_new": "PUT", "put_overwrite": "PUT", "put_content_range": "PUT",
+    method = {"put_new": "PUT", "put_mtime": "PUT", "put_overwrite": "PUT",
+              "put_content_range": "PUT",
               "copy": "COPY", "move": "MOVE", "copy_overwrite": "COPY",
               "move_overwrite": "MOVE", "quota_overwrite_refused": "PUT",
               "delete": "DELETE", "mkcol": "MKCOL",
