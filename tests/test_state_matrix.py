@@ -356,6 +356,70 @@ def op_quota_overwrite_refused(c: Ctx, src: None) -> None:
     assert c.req("GET", rel, user="quinn").content == data
 
 
+def op_put_if_match(c: Ctx, src: str) -> None:
+    """Conditional PUTs (always WsgiDAV's evaluation) work with the ETag GET reported."""
+    rel = c.rel(_seed_name("put_if_match", src))
+    etag = c.req("GET", rel).headers["ETag"]
+    assert c.req("GET", rel, headers={"If-None-Match": etag}).status_code == 304
+    data = payload(rel + "m", 3000)
+    r = c.req("PUT", rel, data=b"stale", headers={"If-Match": '"not-the-etag"'})
+    assert r.status_code == 412, (r.status_code, r.text[:300])
+    assert c.disk(rel) == c.seeds[rel]
+    r = c.req("PUT", rel, data=data, headers={"If-Match": etag})
+    assert r.status_code == 204, (r.status_code, r.text[:300])
+    c.assert_reads(rel, data)
+    c.assert_stored(rel, data)
+
+
+TREE = ("a-f0.bin", "b-f1.bin")  # each folder op's folder: one file of each seed phase
+
+
+def _tree(c: Ctx, op: str) -> tuple[str, dict[str, bytes]]:
+    folder = c.rel(op)
+    return folder, {name: payload(f"{folder}/{name}") for name in TREE}
+
+
+def op_copy_folder(c: Ctx, src: None) -> None:
+    folder, files = _tree(c, "copy_folder")
+    r = c.req("COPY", folder, headers={"Destination": c.url(folder + "-copy"), "Depth": "infinity"})
+    assert r.status_code == 201, (r.status_code, r.text[:300])
+    for name, data in files.items():
+        c.assert_reads(f"{folder}-copy/{name}", data)
+        c.assert_stored(f"{folder}-copy/{name}", data)
+        assert c.disk(f"{folder}/{name}") == c.seeds[f"{folder}/{name}"]
+
+
+def op_move_folder(c: Ctx, src: None) -> None:
+    folder, files = _tree(c, "move_folder")
+    r = c.req("MOVE", folder, headers={"Destination": c.url(folder + "-moved")})
+    assert r.status_code == 201, (r.status_code, r.text[:300])
+    assert not c.path(folder).exists()
+    for name, data in files.items():
+        assert c.disk(f"{folder}-moved/{name}") == c.seeds[f"{folder}/{name}"]
+        c.assert_reads(f"{folder}-moved/{name}", data)
+
+
+def op_delete_folder(c: Ctx, src: None) -> None:
+    folder, _files = _tree(c, "delete_folder")
+    r = c.req("DELETE", folder)
+    assert r.status_code == 204, (r.status_code, r.text[:300])
+    assert not c.path(folder).exists()
+    assert c.req("PROPFIND", folder, headers={"Depth": "0"}).status_code == 404
+
+
+def op_propfind_listing(c: Ctx, src: None) -> None:
+    """A listing of files of both forms: sizes are plaintext sizes and ETags are GET's."""
+    folder, files = _tree(c, "propfind_listing")
+    r = c.req("PROPFIND", folder, data=PROPFIND_BODY, headers={"Depth": "1"})
+    assert r.status_code == 207, (r.status_code, r.text[:300])
+    text = r.text.replace("&quot;", "")
+    for name, data in files.items():
+        part = text.split(f"{folder}/{name}</d:href>", 1)[1].split("</d:response>", 1)[0]
+        assert f"<d:getcontentlength>{len(data)}</d:getcontentlength>" in part, part
+        bare = c.req("HEAD", f"{folder}/{name}").headers["ETag"].strip('"')
+        assert f">{bare}<" in part, (bare, part)
+
+
 def op_get(c: Ctx, src: str) -> None:
     rel = c.rel(_seed_name("get", src))
     c.assert_reads(rel, payload(rel))
@@ -394,11 +458,12 @@ OPS: dict[str, Callable[[Ctx, str | None], None]] = {
         op_put_new, op_put_mtime, op_put_overwrite, op_put_content_range, op_copy,
         op_copy_overwrite, op_move, op_move_overwrite, op_delete, op_mkcol, op_lock_put_new,
         op_lock_put_overwrite, op_quota_refused, op_quota_overwrite_refused, op_get,
-        op_head, op_range_get, op_propfind)}
+        op_head, op_range_get, op_propfind, op_put_if_match, op_copy_folder, op_move_folder,
+        op_delete_folder, op_propfind_listing)}
 #: Operations on an existing file run once per seed; the others once.
 ON_SEEDS = {"put_overwrite", "put_content_range", "copy", "copy_overwrite", "move",
             "move_overwrite", "delete", "lock_put_overwrite", "get", "head", "range_get",
-            "propfind"}
+            "propfind", "put_if_match"}
 ON_NEW_AND_SEEDS = {"put_mtime"}
 CASES = [(name, src) for name in OPS
          for src in ((None, *SOURCES) if name in ON_NEW_AND_SEEDS
@@ -407,6 +472,8 @@ CASES = [(name, src) for name in OPS
 SEEDS = {_seed_name(name, src): src for name, src in CASES if src}
 SEEDS.update({_target_name(name, src): SOURCES[1 - SOURCES.index(src)]
               for name, src in CASES if name in ("copy_overwrite", "move_overwrite")})
+SEEDS.update({f"{op}/{name}": SOURCES[i] for op in OPS if op.endswith(("_folder", "_listing"))
+              for i, name in enumerate(TREE)})
 
 
 # --- building the states --------------------------------------------------------------
@@ -419,9 +486,11 @@ def _seed(srv: LiveServer, phase: str) -> None:
                          timeout=60)
         assert r.status_code == 201, (rel, r.status_code, r.text[:300])
 
+    folders = sorted({name.rpartition("/")[0] for name in SEEDS} - {""})
     for variant, _fast, _workers in VARIANTS:
-        requests.request("MKCOL", srv.url("alice", variant), auth=srv.auth("alice"),
-                         timeout=60)  # 405 the second time
+        for folder in [variant] + [f"{variant}/{f}" for f in folders]:
+            requests.request("MKCOL", srv.url("alice", folder), auth=srv.auth("alice"),
+                             timeout=60)  # 405 the second time
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(put, [f"{v}/{name}" for v, _f, _w in VARIANTS
                             for name, p in SEEDS.items() if p == phase]))
@@ -532,9 +601,30 @@ def _assert_refused_in_maintenance(c: Ctx, op: str, src: str | None) -> None:
               "move_overwrite": "MOVE", "quota_overwrite_refused": "PUT",
               "delete": "DELETE", "mkcol": "MKCOL",
               "lock_put_new": "LOCK", "lock_put_overwrite": "LOCK", "quota_refused": "PUT",
+              "put_if_match": "PUT", "copy_folder": "COPY", "move_folder": "MOVE",
+              "delete_folder": "DELETE", "propfind_listing": "PROPFIND",
               "get": "GET", "head": "HEAD", "range_get": "GET", "propfind": "PROPFIND"}[op]
     r = c.req(method, rel, data=b"x" if method == "PUT" else None,
               headers={"Destination": c.url(rel + ".dst")})
     assert r.status_code == 503, (r.status_code, r.text[:300])
     assert "Retry-After" in r.headers
     assert c.disk(rel) == c.seeds.get(rel)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_fast_files_setting_decides_the_path(tmp_path, fast):
+    """Guards the variants above: ``[server] fast_files`` really takes the direct path
+    out of (or leaves it in) the served app."""
+    from davserver.dav.app import make_server
+    from davserver.dav.fastfiles import FastFiles
+    from tests.instances import make_instance
+
+    conf = tmp_path / "etc" / "davserver.toml"
+    conf.parent.mkdir()
+    conf.write_text(f"[server]\nfast_files = {'true' if fast else 'false'}\n")
+    inst = make_instance(tmp_path)
+    try:
+        assert inst.config.fast_files is fast
+        assert isinstance(make_server(inst).wsgi_app.app, FastFiles) is fast
+    finally:
+        inst.close()
