@@ -190,7 +190,8 @@ def foreign_config(cfg: Config) -> str | None:
     A config names its instance's data dir; one given on the command line or in
     ``DAVSERVER_DATA_DIR`` wins, so a second instance started that way would silently run
     on the first one's config and secret."""
-    if cfg.named_data_dir and cfg.named_data_dir != cfg.data_dir:
+    if cfg.named_data_dir and os.path.realpath(cfg.named_data_dir) \
+            != os.path.realpath(cfg.data_dir):
         return (f"config {cfg.path} belongs to the instance in {cfg.named_data_dir}, "
                 f"not {cfg.data_dir}")
     return None
