@@ -5,8 +5,12 @@ them ran a server in that state. Here each state is built once through the admin
 an admin would reach it), then served four ways -- the direct fast path and the WsgiDAV
 path, each with one and with two worker processes -- and every operation runs against
 each of those servers over real HTTP. Each case checks the status, the bytes read back,
-and what lies on disk: ciphertext (the format's magic) where the state encrypts, the exact
-plaintext where it does not, and for a MOVE the very blob that was there before.
+and what lies on disk: ciphertext (the format's magic, its key wrapped for the master key
+or, in user-key mode, for the user) where the state encrypts, the exact plaintext where it
+does not, and for a MOVE the very blob that was there before. A job killed half-way is
+looked at twice: as it leaves the instance (maintenance on: every request a 503 with
+Retry-After, nothing changed on disk) and after an admin switched maintenance off without
+re-running it (every operation works on the half-converted files).
 
 Operations on existing files run on two seed files, ``f0`` and ``f1``. In the mixed
 states they differ: ``f0`` was written while encryption was off; ``f1`` was written with it
@@ -23,6 +27,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import itertools
+import json
 import os
 import shutil
 import signal
@@ -108,6 +113,8 @@ class State:
     mixed: bool = False
     #: Every request is answered 503 (a killed job left maintenance mode on).
     maintenance: bool = False
+    #: Whom a new file's key is wrapped for: the master key or the user's own key.
+    wrapped_to: str = "master"
 
 
 def _cli(*cmds: list[str]) -> Callable[[LiveServer, int], None]:
@@ -131,7 +138,8 @@ DISABLE = ["encryption:disable"]
 STATES = [
     State("never-enabled", False, before=[DISABLE]),
     State("master-key", True),
-    State("user-key", True, before=[["encryption:disable-master-key", "--yes"]]),
+    State("user-key", True, before=[["encryption:disable-master-key", "--yes"]],
+          wrapped_to="user"),
     State("decrypted", False, after=_cli(["encryption:decrypt-all", "--yes"])),
     State("mixed", True, before=[DISABLE], between=[["encryption:enable"]], mixed=True),
     State("encrypt-all-killed", True, before=[DISABLE],
@@ -191,7 +199,10 @@ class Ctx:
         if encrypted:
             assert blob.startswith(MAGIC), f"{rel}: plaintext on disk, ciphertext expected"
             assert not plain or plain[:64] not in blob
-            hdr.parse(blob[:hdr.HEADER_BYTES])
+            fid = hdr.parse(blob[:hdr.HEADER_BYTES]).file_id.hex()
+            key = Path(self.srv.data_dir) / "keys" / "files" / fid[:2] / f"{fid}.json"
+            wraps = json.loads(key.read_text())["wraps"]
+            assert {w["to"].split(":")[0] for w in wraps} == {self.state.wrapped_to}, wraps
         else:
             assert blob == plain, f"{rel}: on disk is not the exact plaintext"
 
