@@ -25,10 +25,10 @@ covered here.
 from __future__ import annotations
 
 import copy
-import hashlib
 import itertools
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -60,12 +60,7 @@ SOURCES = ("f0", "f1")
 
 def payload(name: str, size: int = 70_000) -> bytes:
     """Distinct, reproducible content per name, larger than one encryption chunk."""
-    seed = hashlib.sha256(name.encode()).digest()
-    out = bytearray()
-    while len(out) < size:
-        seed = hashlib.sha256(seed).digest()
-        out += seed
-    return bytes(out[:size])
+    return random.Random(name).randbytes(size)
 
 
 # --- the states -----------------------------------------------------------------------
@@ -191,12 +186,11 @@ class Ctx:
     def rel(self, name: str) -> str:
         return f"{self.variant}/{name}"
 
-    def assert_stored(self, rel: str, plain: bytes, *, encrypted: bool | None = None) -> None:
-        """The blob at ``rel`` is ``plain`` in the form the state writes (or ``encrypted``)."""
-        encrypted = self.state.encrypts if encrypted is None else encrypted
+    def assert_stored(self, rel: str, plain: bytes) -> None:
+        """The blob at ``rel`` is ``plain`` in the form the state writes."""
         blob = self.disk(rel)
         assert blob is not None, f"{rel} is not on disk"
-        if encrypted:
+        if self.state.encrypts:
             assert blob.startswith(MAGIC), f"{rel}: plaintext on disk, ciphertext expected"
             assert not plain or plain[:64] not in blob
             fid = hdr.parse(blob[:hdr.HEADER_BYTES]).file_id.hex()
