@@ -8,6 +8,7 @@ file at all; the first start writes one that documents every key.
 
 from __future__ import annotations
 
+import logging
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -15,15 +16,31 @@ from pathlib import Path
 
 from davserver.errors import UserError
 
+log = logging.getLogger("davserver.config")
+
+
+def system_config_dir() -> str:
+    """Where root's default config and secret live (``DAVSERVER_SYSTEM_CONFIG_DIR`` moves
+    it, for packagers and for tests, which must not touch the real /etc/davserver)."""
+    return os.environ.get("DAVSERVER_SYSTEM_CONFIG_DIR") or "/etc/davserver"
+
 
 def default_config_path() -> str:
     env = os.environ.get("DAVSERVER_CONFIG")
     if env:
         return env
     if os.geteuid() == 0:
-        return "/etc/davserver/davserver.toml"
+        return os.path.join(system_config_dir(), "davserver.toml")
     base = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
     return os.path.join(base, "davserver", "davserver.toml")
+
+
+def default_secret_path(config_path: str) -> str:
+    """``secret`` next to ``davserver.toml``, ``NAME.secret`` next to ``NAME.toml``: a
+    second instance's config in the same folder never picks up the first one's secret."""
+    folder = os.path.dirname(os.path.abspath(config_path))
+    stem = Path(config_path).stem
+    return os.path.join(folder, "secret" if stem == "davserver" else f"{stem}.secret")
 
 
 def default_data_dir() -> str:
@@ -46,6 +63,9 @@ class Config:
     keyfile: str = ""
     workers: int = 0  # 0: one per CPU core (dav.prefork.default_workers)
     threads: int = 16
+    #: The direct GET/HEAD/PUT path in front of WsgiDAV (dav.fastfiles); false leaves every
+    #: request to WsgiDAV, the reference behaviour (diagnosis, and the tests of both paths).
+    fast_files: bool = True
     socket_timeout: float = 300.0
     block_size: int = 256 * 1024
     secret_file: str = ""
@@ -65,6 +85,8 @@ class Config:
     ldap: dict = field(default_factory=dict)
     log_level: str = "info"
     extra: dict = field(default_factory=dict)
+    #: The data dir the config file itself names ("": none), whatever the command line says.
+    named_data_dir: str = ""
 
     @property
     def files_dir(self) -> str:
@@ -135,6 +157,7 @@ def load(path: str | None = None, data_dir: str | None = None) -> Config:
         keyfile=server.get("keyfile", ""),
         workers=int(server.get("workers", 0)),
         threads=int(server.get("threads", 16)),
+        fast_files=bool(server.get("fast_files", True)),
         socket_timeout=float(server.get("socket_timeout", 300)),
         block_size=int(server.get("block_size", 256 * 1024)),
         secret_file=enc.get("secret_file", ""),
@@ -159,9 +182,27 @@ def load(path: str | None = None, data_dir: str | None = None) -> Config:
                if k not in ("server", "storage", "encryption", "auth", "logging", "ldap")},
     )
     cfg.data_dir = os.path.abspath(cfg.data_dir)
+    if storage.get("data_dir"):
+        cfg.named_data_dir = os.path.abspath(storage["data_dir"])
     if not cfg.secret_file:
-        cfg.secret_file = os.path.join(os.path.dirname(os.path.abspath(path)), "secret")
+        cfg.secret_file = default_secret_path(path)
+    if foreign_config(cfg) and os.path.exists(cfg.db_path):
+        log.warning("%s; using it for the instance in %s as told", foreign_config(cfg),
+                    cfg.data_dir)
     return cfg
+
+
+def foreign_config(cfg: Config) -> str | None:
+    """Why the config file looks like another instance's (None: it does not).
+
+    A config names its instance's data dir; one given on the command line or in
+    ``DAVSERVER_DATA_DIR`` wins, so a second instance started that way would silently run
+    on the first one's config and secret."""
+    if cfg.named_data_dir and os.path.realpath(cfg.named_data_dir) \
+            != os.path.realpath(cfg.data_dir):
+        return (f"config {cfg.path} belongs to the instance in {cfg.named_data_dir}, "
+                f"not {cfg.data_dir}")
+    return None
 
 
 TEMPLATE = """\
@@ -176,6 +217,7 @@ certfile = ""               # PEM certificate: set both to serve HTTPS
 keyfile = ""                # PEM private key
 workers = 0                 # server processes sharing the port; 0 = one per CPU core
 threads = 16                # threads per process (concurrent requests)
+fast_files = true           # direct GET/HEAD/PUT path; false: WsgiDAV answers everything
 socket_timeout = 300        # seconds a client may stay silent (large uploads on slow links)
 block_size = 262144         # bytes per read/write step of a transfer
 

@@ -195,6 +195,8 @@ class InitResult:
     admin_password: str | None
     config_path: str
     secret_file: str
+    #: The new instance uses a secret file that was already there (kept as it was).
+    reused_secret: bool = False
 
 
 def init_instance(cfg: Config, *, admin: str = "admin",
@@ -205,10 +207,17 @@ def init_instance(cfg: Config, *, admin: str = "admin",
     when the admin account is created.
     """
     config_mod.check_owner(cfg.data_dir)
+    new_instance = not os.path.exists(cfg.db_path)
+    foreign = config_mod.foreign_config(cfg)
+    if foreign and new_instance:
+        raise UserError(f"{foreign}; give this instance its own config with --config (or "
+                        "DAVSERVER_CONFIG), e.g. a new file next to it")
     created = False
+    # Nothing that exists is ever overwritten: a config or secret found here stays as is.
     if not os.path.exists(cfg.path):
         config_mod.write_default(cfg)
         created = True
+    reused_secret = new_instance and os.path.exists(cfg.secret_file)
     if not os.path.exists(cfg.secret_file):
         if os.path.exists(cfg.db_path):
             raise DavServerError(f"the instance in {cfg.data_dir} exists but its secret "
@@ -237,7 +246,7 @@ def init_instance(cfg: Config, *, admin: str = "admin",
             inst.users.add(admin, password, is_admin=True)
             created = True
         return InitResult(created, admin if password else None, password, cfg.path,
-                          cfg.secret_file)
+                          cfg.secret_file, reused_secret)
     finally:
         inst.close()
 

@@ -184,7 +184,8 @@ def make_server(instance: Instance, *, shared_socket: socket.socket | None = Non
     """``shared_socket``: the listening socket of several worker processes (dav.prefork)."""
     cfg = instance.config
     server = _Server(
-        (cfg.host, cfg.port), build_app(instance), numthreads=cfg.threads,
+        (cfg.host, cfg.port), build_app(instance, fast_files=cfg.fast_files),
+        numthreads=cfg.threads,
         timeout=int(cfg.socket_timeout), server_name="davserver",
         request_queue_size=128,  # cheroot's default backlog of 5 refuses bursts of clients
     )

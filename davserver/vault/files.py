@@ -217,7 +217,10 @@ class Vault:
                 return Node(path, name, False, rec.size, rec.mtime, rec.file_id.hex(), True,
                             rec.file_id)
             if rec.size == e.size:
-                return Node(path, name, False, rec.size, e.mtime,
+                # The recorded mtime is the client's (X-OC-Mtime, PROPPATCH), as for an
+                # encrypted file; the blob's own mtime in the ETag still catches a change
+                # made behind the server's back.
+                return Node(path, name, False, rec.size, rec.mtime,
                             f"p-{rec.generation}-{int(e.mtime * 1e6):x}", False)
         # Not indexed (placed by hand): sniff the header, never decrypt.
         size, encrypted, etag = e.size, False, f"p-{int(e.mtime * 1e6):x}-{e.size:x}"
