@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from davserver.errors import UserError
+from davserver.meta import shared_state
 
 
 def default_config_path() -> str:
@@ -61,6 +62,8 @@ class Config:
     kdf_parallelism: int = 4
     ldap: dict = field(default_factory=dict)
     log_level: str = "info"
+    database_url: str = ""  # "" or a SQLite path: <data_dir>/davserver.db; postgresql://: later
+    redis_url: str = ""  # "": node-local locks and throttling; redis://...: shared by nodes
     extra: dict = field(default_factory=dict)
 
     @property
@@ -78,7 +81,7 @@ class Config:
 
     @property
     def db_path(self) -> str:
-        return os.path.join(self.data_dir, "davserver.db")
+        return shared_state.sqlite_path(self.database_url, self.data_dir)
 
     @property
     def default_key_root(self) -> str:
@@ -106,6 +109,12 @@ def check_owner(data_dir: str) -> None:
         owner = str(uid)
     raise UserError(f"{data_dir} belongs to {owner}; run davserver as that user "
                     f"(runuser -u {owner} -- davserver ...) so the server can read what it writes")
+
+
+def _url(doc: dict, section: str, env: str) -> str:
+    """``[section] url``; the environment wins, so one config file serves every node and
+    a secret (a Redis password in the URL) can stay out of it."""
+    return os.environ.get(env) or str(doc.get(section, {}).get("url", ""))
 
 
 def load(path: str | None = None, data_dir: str | None = None) -> Config:
@@ -147,9 +156,13 @@ def load(path: str | None = None, data_dir: str | None = None) -> Config:
         kdf_parallelism=int(enc.get("kdf_parallelism", 4)),
         ldap=dict(doc.get("ldap", {})),
         log_level=doc.get("logging", {}).get("level", "info"),
+        database_url=_url(doc, "database", "DAVSERVER_DATABASE_URL"),
+        redis_url=_url(doc, "redis", "DAVSERVER_REDIS_URL"),
         extra={k: v for k, v in doc.items()
-               if k not in ("server", "storage", "encryption", "auth", "logging", "ldap")},
+               if k not in ("server", "storage", "encryption", "auth", "logging", "ldap",
+                            "database", "redis")},
     )
+    shared_state.check_database_url(cfg.database_url)
     cfg.data_dir = os.path.abspath(cfg.data_dir)
     if not cfg.secret_file:
         cfg.secret_file = os.path.join(os.path.dirname(os.path.abspath(path)), "secret")
@@ -208,6 +221,15 @@ key_cache_seconds = 3600    # user-key mode: an unlocked key stays in memory thi
 # cache_seconds = 60          # directory lookups (not passwords) are cached this long
 # auth_cache_seconds = 0      # trust an accepted password this long without a new bind;
 #                             # 0: a password changed in the directory stops working at once
+
+# Several nodes behind a load balancer (docs/DEPLOY.md). Environment variables
+# DAVSERVER_DATABASE_URL / DAVSERVER_REDIS_URL win over these keys.
+# [database]
+# url = ""                  # "" = <data_dir>/davserver.db; or a SQLite file path
+#                           # (postgresql://... is not available in this version)
+# [redis]
+# url = "redis://127.0.0.1:6379/0"   # WebDAV locks, login throttling and job locks
+#                           # shared by all nodes; leave out on a single node
 
 [logging]
 level = "info"              # debug, info, warning, error; keys/passwords/contents never logged
