@@ -21,6 +21,7 @@ Every Redis call fails as :class:`~davserver.meta.shared_state.SharedStateUnavai
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import os
@@ -91,6 +92,24 @@ class RedisMutex:
         return 0
 
 
+def _dumps(value) -> str:
+    """JSON, with the bytes WsgiDAV keeps in a lock (its owner XML) as base64."""
+
+    def enc(o):
+        if isinstance(o, bytes):
+            return {"$b64": base64.b64encode(o).decode()}
+        raise TypeError(f"cannot store {type(o).__name__} in a lock")
+
+    return json.dumps(value, default=enc)
+
+
+def _loads(raw):
+    def dec(d: dict):
+        return base64.b64decode(d["$b64"]) if d.keys() == {"$b64"} else d
+
+    return json.loads(raw, object_hook=dec)
+
+
 def _expire_ms(lock: dict) -> int | None:
     """Expiry of a lock as Unix milliseconds (None: never, WsgiDAV's infinite lock)."""
     expire = float(lock.get("expire", -1))
@@ -111,10 +130,10 @@ class _RedisMapping(MutableMapping):
             raw = self._r.get(self._k(key))
         if raw is None:
             raise KeyError(key)
-        return json.loads(raw)
+        return _loads(raw)
 
     def __setitem__(self, key: str, value) -> None:
-        raw = json.dumps(value)
+        raw = _dumps(value)
         with unavailable_as_503():
             if key.startswith(URL_PREFIX):
                 self._set_url(key, raw, value)
@@ -134,7 +153,7 @@ class _RedisMapping(MutableMapping):
         pipe.execute()
 
     def _set_url(self, key: str, raw: str, tokens: list) -> None:
-        found = [json.loads(r) for r in self._r.mget([self._k(t) for t in tokens])
+        found = [_loads(r) for r in self._r.mget([self._k(t) for t in tokens])
                  if r is not None]
         ats = [_expire_ms(lock) for lock in found]
         pipe = self._r.pipeline(transaction=True)
@@ -169,7 +188,7 @@ class _RedisMapping(MutableMapping):
             gone = [n for n, v in zip(names, values, strict=True) if v is None]
             if gone:
                 self._r.srem(self._index, *gone)
-        return [(n, json.loads(v)) for n, v in zip(names, values, strict=True)
+        return [(n, _loads(v)) for n, v in zip(names, values, strict=True)
                 if v is not None]
 
     def __iter__(self) -> Iterator[str]:
