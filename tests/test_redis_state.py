@@ -79,6 +79,30 @@ def test_lock_on_one_node_blocks_put_on_the_other(nodes, redis_server):
     assert requests.get(url_a, auth=a.auth("alice"), timeout=10).content == b"v3"
 
 
+def test_lock_refresh_moves_the_expiry_in_redis(nodes, redis_server):
+    a, b = nodes
+    r = redis_server.client()
+    url = a.url("alice", "refreshed.txt")
+    requests.put(url, data=b"x", auth=a.auth("alice"), timeout=10).raise_for_status()
+    res = requests.request("LOCK", url, data=LOCK_BODY, auth=a.auth("alice"), timeout=10,
+                           headers={"Timeout": "Second-30", "Content-Type": "application/xml"})
+    token = res.headers["Lock-Token"].strip("<>")
+    url_keys = [k for k in r.scan_iter(match="davserver:davlocks:k:URL2TOKEN:*")
+                if k.endswith(b"/refreshed.txt")]
+    assert len(url_keys) == 1, url_keys
+    assert r.ttl(f"davserver:davlocks:k:{token}") <= 31 and r.ttl(url_keys[0]) <= 31
+    # Refreshed through the other node, for longer: both keys live longer now.
+    res = requests.request("LOCK", b.url("alice", "refreshed.txt"), auth=b.auth("alice"),
+                           timeout=10, headers={"Timeout": "Second-600", "If": f"(<{token}>)"})
+    assert res.status_code == 200, res.text
+    assert r.ttl(f"davserver:davlocks:k:{token}") > 500
+    assert r.ttl(url_keys[0]) > 500
+    res = requests.request("UNLOCK", url, auth=a.auth("alice"), timeout=10,
+                           headers={"Lock-Token": f"<{token}>"})
+    assert res.status_code == 204
+    assert not r.exists(url_keys[0])
+
+
 def test_throttling_counts_failures_on_all_nodes(nodes, clean_throttle):
     a, b = nodes
     wrong = ("bob", "not-the-password")

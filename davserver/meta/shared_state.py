@@ -23,7 +23,7 @@ class SharedStateUnavailable(DavServerError):
     """shared state service (Redis) is not reachable; try again shortly"""
 
     HTTP_STATUS = 503
-    EXIT_CODE = 11
+    EXIT_CODE = 9  # like storage or directory unavailable (docs/ADMIN.md)
 
 
 def sqlite_path(database_url: str, data_dir: str) -> str:
