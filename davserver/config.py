@@ -13,6 +13,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from davserver.auth import forwarded
 from davserver.errors import UserError
 from davserver.meta import shared_state
 
@@ -64,6 +65,7 @@ class Config:
     log_level: str = "info"
     database_url: str = ""  # "" or a SQLite path: <data_dir>/davserver.db; postgresql://: later
     redis_url: str = ""  # "": node-local locks and throttling; redis://...: shared by nodes
+    trusted_proxies: tuple = ()  # networks whose X-Forwarded-For is believed (auth.forwarded)
     extra: dict = field(default_factory=dict)
 
     @property
@@ -163,6 +165,13 @@ def load(path: str | None = None, data_dir: str | None = None) -> Config:
                             "database", "redis")},
     )
     shared_state.check_database_url(cfg.database_url)
+    try:
+        proxies = server.get("trusted_proxies", [])
+        if isinstance(proxies, str):  # "10.0.0.1, 10.0.0.2" as well as a list
+            proxies = proxies.replace(",", " ").split()
+        cfg.trusted_proxies = forwarded.parse_trusted(proxies)
+    except (ValueError, TypeError) as e:
+        raise UserError(f"[server] trusted_proxies in {path}: {e}") from None
     cfg.data_dir = os.path.abspath(cfg.data_dir)
     if not cfg.secret_file:
         cfg.secret_file = os.path.join(os.path.dirname(os.path.abspath(path)), "secret")
@@ -183,6 +192,8 @@ workers = 0                 # server processes sharing the port; 0 = one per CPU
 threads = 16                # threads per process (concurrent requests)
 socket_timeout = 300        # seconds a client may stay silent (large uploads on slow links)
 block_size = 262144         # bytes per read/write step of a transfer
+trusted_proxies = []        # reverse proxies (addresses or CIDR) whose X-Forwarded-For
+                            # names the client, for login throttling per address
 
 [storage]
 data_dir = "{data_dir}"   # files/, keys/, davserver.db and tmp/ live here
