@@ -71,8 +71,9 @@ def redis_client(url: str):
 @contextlib.contextmanager
 def unavailable_as_503() -> Iterator[None]:
     """Turn redis-py's connection failures into SharedStateUnavailable (HTTP 503 +
-    Retry-After, CLI one line); nothing was changed when the command did not reach Redis
-    or its answer was lost, because every change we send is one atomic command."""
+    Retry-After, CLI one line). Redis holds no file data, so the worst a failure between
+    two commands leaves is a lock entry of a LOCK the client was told failed; it expires
+    with that lock's timeout."""
     import redis
 
     try:
