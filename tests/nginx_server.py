@@ -27,7 +27,8 @@ pid {root}/nginx.pid;
 error_log {root}/error.log info;
 events {{ worker_connections 256; }}
 http {{
-    access_log {root}/access.log;
+    log_format upstream '$request_method $status $upstream_addr';
+    access_log {root}/access.log upstream;
     client_body_temp_path {root}/body;
     proxy_temp_path {root}/proxy;
     fastcgi_temp_path {root}/fastcgi;
@@ -85,6 +86,15 @@ class NginxServer:
                                     "-e", str(self.root / "error.log")], self.log)
         services.wait_port(self.port, self.proc, self.log, "nginx")
         return self
+
+    def backends_used(self) -> set[int]:
+        """Ports of the backends that answered requests (from the access log)."""
+        used = set()
+        for line in (self.root / "access.log").read_text().splitlines():
+            for addr in line.split(" ", 2)[-1].split(", "):
+                if addr.rpartition(":")[2].isdigit():
+                    used.add(int(addr.rpartition(":")[2]))
+        return used
 
     def stop(self) -> None:
         services.stop(self.proc)

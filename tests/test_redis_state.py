@@ -195,6 +195,7 @@ def test_put_through_proxy_readable_on_each_node(nodes, proxy):
             got = requests.get(node.url("alice", "via-proxy.bin"), auth=node.auth("alice"),
                                timeout=30)
             assert got.content == body[i:], node.port
+    assert proxy.backends_used() == {n.port for n in nodes}
 
 
 def test_litmus_through_proxy(nodes, proxy, tmp_path):
@@ -216,6 +217,7 @@ def test_litmus_through_proxy(nodes, proxy, tmp_path):
         assert int(m.group(4)) == 0 and m.group(2) == m.group(3), detail
     access = (proxy.root / "access.log").read_text().count("\n")
     assert access > 100, "litmus did not go through the proxy"
+    assert proxy.backends_used() == {a.port, b.port}
 
 
 def test_job_lock_is_renewed_while_held_and_freed_after(redis_server, monkeypatch):

@@ -48,6 +48,7 @@ def test_nginx_round_robin(nginx_factory):
         seen = [requests.get(proxy.base + "/", timeout=10).text for _ in range(4)]
         assert sorted(seen) == ["one", "one", "two", "two"], seen
         assert seen[0] != seen[1]
+        assert proxy.backends_used() == {b.server_address[1] for b in backends}
     finally:
         for b in backends:
             b.shutdown()
