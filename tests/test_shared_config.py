@@ -62,3 +62,18 @@ def _pythonpath() -> dict:
     import os
 
     return {k: v for k, v in os.environ.items() if k in ("PYTHONPATH", "VIRTUAL_ENV")}
+
+
+def test_default_install_needs_neither_redis_nor_psycopg():
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('redis', 'psycopg'):\n"
+        "            raise ImportError('blocked ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import davserver.cli.main, davserver.dav.app, davserver.instance\n"
+        "print('imported')\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 0 and res.stdout == "imported\n", res.stderr
