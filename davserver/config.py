@@ -55,6 +55,7 @@ class Config:
     fsync: bool = True
     throttle_max_failures: int = 5
     throttle_window_seconds: float = 300.0
+    throttle_max_failures_per_address: int | None = None  # None: throttle_max_failures
     auth_cache_seconds: float = 300.0
     key_cache_seconds: float = 3600.0
     hpke_suite: str = "x25519"
@@ -150,6 +151,9 @@ def load(path: str | None = None, data_dir: str | None = None) -> Config:
         fsync=bool(storage.get("fsync", True)),
         throttle_max_failures=int(auth.get("throttle_max_failures", 5)),
         throttle_window_seconds=float(auth.get("throttle_window_seconds", 300)),
+        throttle_max_failures_per_address=(
+            int(auth["throttle_max_failures_per_address"])
+            if "throttle_max_failures_per_address" in auth else None),
         auth_cache_seconds=float(auth.get("cache_seconds", 300)),
         key_cache_seconds=float(auth.get("key_cache_seconds", 3600)),
         hpke_suite=enc.get("hpke_suite", "x25519"),
@@ -210,6 +214,9 @@ kdf_parallelism = 4
 [auth]
 throttle_max_failures = 5   # failed logins per user / per client address ...
 throttle_window_seconds = 300   # ... within this window, then 429 until it passes
+# throttle_max_failures_per_address = 5   # default: throttle_max_failures. The address is
+#                             # the socket's (X-Forwarded-For only from [server]
+#                             # trusted_proxies): behind a NAT many users share one
 cache_seconds = 300         # a verified password is remembered (as a keyed hash) this long
 key_cache_seconds = 3600    # user-key mode: an unlocked key stays in memory this long
 

@@ -122,6 +122,10 @@ class MaintenanceMode(DavServerError):
     EXIT_CODE = 10
 
 
+class NameTooLong(UserError):
+    """a file or folder name is too long for the server's storage"""
+
+
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -136,6 +140,8 @@ def known(e: BaseException) -> DavServerError | None:
         return e
     if isinstance(e, OSError) and e.errno in _NO_SPACE:
         return StorageFull()
+    if isinstance(e, OSError) and e.errno == errno.ENAMETOOLONG:
+        return NameTooLong()
     if isinstance(e, sqlite3.Error) and getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
         return StorageFull()
     return None

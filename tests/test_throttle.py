@@ -127,3 +127,35 @@ def test_kept_answers_end_with_a_write_by_any_process(tmp_path):
     assert statements_of_a_login("a-new-password-2", "10.0.0.3") == []
     inst.db.ACCOUNTS_TTL = 1e-9  # another node's writes bump nothing here: age ends it
     assert len(statements_of_a_login("a-new-password-2", "10.0.0.3")) == 2
+
+
+@pytest.mark.parametrize("per_address", [None, 10, 0], ids=["same", "higher", "off"])
+def test_address_limit_is_its_own_setting(tmp_path, per_address):
+    """throttle_max_failures_per_address: by default the per-user limit; higher for
+    addresses many users share (NAT, reverse proxy); 0 counts users only."""
+    clock = Clock()
+    t = Throttle(MetaDB(str(tmp_path / "db")), max_failures=3, window_seconds=60,
+                 clock=clock, max_failures_per_address=per_address)
+    for i in range(3):
+        t.failed(f"user:u{i}", "addr:10.0.0.1")
+    blocked_at_3 = t.retry_after("user:new", "addr:10.0.0.1") > 0
+    assert blocked_at_3 == (per_address is None)
+    for i in range(3, 12):
+        t.failed(f"user:u{i}", "addr:10.0.0.1")
+    assert (t.retry_after("user:new", "addr:10.0.0.1") > 0) == (per_address != 0)
+    # the per-user limit is unchanged whatever the address limit
+    for _ in range(3):
+        t.failed("user:alice", "addr:10.0.0.2")
+    assert t.retry_after("user:alice", "addr:10.0.0.9") > 0
+
+
+def test_address_limit_from_config(tmp_path):
+    from davserver.config import load
+
+    conf = tmp_path / "c.toml"
+    conf.write_text("[auth]\nthrottle_max_failures = 4\n")
+    data = str(tmp_path / "data")
+    assert load(str(conf), data).throttle_max_failures_per_address is None
+    conf.write_text("[auth]\nthrottle_max_failures = 4\n"
+                    "throttle_max_failures_per_address = 50\n")
+    assert load(str(conf), data).throttle_max_failures_per_address == 50

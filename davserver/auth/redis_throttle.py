@@ -17,11 +17,18 @@ from davserver.meta.shared_state import unavailable_as_503
 
 class RedisThrottle:
     def __init__(self, client, max_failures: int = 5, window_seconds: float = 300.0,
-                 prefix: str = "davserver:throttle:") -> None:
+                 prefix: str = "davserver:throttle:", *,
+                 max_failures_per_address: int | None = None) -> None:
         self._r = client
         self.max_failures = max_failures
+        self.address_max = (max_failures if max_failures_per_address is None
+                            else max_failures_per_address)
         self.window = window_seconds
         self._prefix = prefix
+
+    def _limit(self, key: str) -> int:
+        """Per-address keys have their own limit, as in Throttle."""
+        return self.address_max if key.startswith("addr:") else self.max_failures
 
     def _k(self, key: str) -> str:
         # Hashed: user names and addresses are client-chosen text and stay out of Redis.
@@ -32,7 +39,8 @@ class RedisThrottle:
 
     def check(self, *keys: str) -> tuple[int, frozenset[str]]:
         """(retry_after, the keys with failures on record), like Throttle.check."""
-        if self.max_failures <= 0:
+        keys = tuple(k for k in keys if self._limit(k) > 0)
+        if not keys:
             return 0, frozenset()
         with unavailable_as_503():
             pipe = self._r.pipeline(transaction=False)
@@ -46,12 +54,13 @@ class RedisThrottle:
             if count is None:
                 continue
             on_record.add(key)
-            if int(count) >= self.max_failures:
+            if int(count) >= self._limit(key):
                 wait = max(wait, math.ceil(ttl_ms / 1000) if ttl_ms > 0 else 1)
         return wait, frozenset(on_record)
 
     def failed(self, *keys: str) -> None:
-        if self.max_failures <= 0:
+        keys = tuple(k for k in keys if self._limit(k) > 0)
+        if not keys:
             return
         ms = max(1, int(self.window * 1000))
         with unavailable_as_503():

@@ -24,6 +24,9 @@ log = logging.getLogger("davserver.auth")
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_@][A-Za-z0-9_.@-]{0,63}$")
 MIN_PASSWORD_LENGTH = 8
+#: passlib refuses to hash more (PasswordSizeError): a longer password can never be set,
+#: and one offered at login is simply wrong, not a server error.
+MAX_PASSWORD_BYTES = 4096
 
 _context = CryptContext(schemes=["argon2"], deprecated="auto")
 _LOOKUP: UserRecord = object()  # type: ignore[assignment]  # verify(): read the row itself
@@ -120,7 +123,8 @@ class UserService:
         before drops the user's other cached passwords. ``record``: the user's row, when
         the caller has just read it.
         """
-        if not name or not password:
+        if not name or not password or len(password.encode("utf-8", "replace")) > \
+                MAX_PASSWORD_BYTES:
             return False
         tag = self._verified.tag(name, password)
         if check is not None:
@@ -180,3 +184,5 @@ class UserService:
     def _check_password(password: str) -> None:
         if not password or len(password) < MIN_PASSWORD_LENGTH:
             raise UserError(f"password must have at least {MIN_PASSWORD_LENGTH} characters")
+        if len(password.encode("utf-8", "replace")) > MAX_PASSWORD_BYTES:
+            raise UserError(f"password must have at most {MAX_PASSWORD_BYTES} bytes")

@@ -25,12 +25,15 @@ from wsgidav.wsgidav_app import WsgiDAVApp
 from davserver import __version__
 from davserver.dav import balance, sockets
 from davserver.dav.basicauth import BasicAuth
+from davserver.dav.clientinput import ClientInput
 from davserver.dav.errors import KnownErrors, plain_text
 from davserver.dav.fastfiles import FastFiles
 from davserver.dav.locks import DbLockStorage
 from davserver.dav.propfind import FastPropfind
 from davserver.dav.provider import HomeProvider
+from davserver.dav.requestcheck import refusal
 from davserver.dav.resources import OPENED_KEY
+from davserver.dav.xmlbody import XmlBodies
 from davserver.instance import Instance
 from davserver.meta.shared_state import RETRY_AFTER, SharedStateUnavailable
 from davserver.vault import context
@@ -67,6 +70,11 @@ class Guard:
             start_response("200 OK", [("Content-Type", "application/json"),
                                       ("Content-Length", str(len(body)))])
             return [body]
+        problem = refusal(environ)
+        if problem:
+            return plain_text(start_response, "400 Bad Request", problem)
+        if "wsgi.input" in environ:
+            environ["wsgi.input"] = ClientInput(environ["wsgi.input"])
         if path == "/settings" or path.startswith("/settings/"):
             if not self._maintenance():
                 return self.settings(environ, start_response)
@@ -148,7 +156,7 @@ def build_app(instance: Instance, *, fast_files: bool = True):
         "provider_mapping": {FILES_PREFIX: files, WEBDAV_PREFIX: webdav},
         "davserver.instance": instance,
         "davserver.providers": (files, webdav),
-        "middleware_stack": [ErrorPrinter, KnownErrors, BasicAuth, FastPropfind,
+        "middleware_stack": [ErrorPrinter, KnownErrors, BasicAuth, XmlBodies, FastPropfind,
                              WsgiDavDirBrowser, RequestResolver],
         "lock_storage": locks,
         "property_manager": None,
@@ -215,6 +223,7 @@ def make_server(instance: Instance, *, shared_socket: socket.socket | None = Non
     # handshake) for every request would cost far more than an idle socket does.
     server.keep_alive_conn_limit = KEEP_ALIVE_LIMIT
     server.max_request_body_size = 0
+    server.max_request_header_size = sockets.MAX_HEADER_BYTES
     server.ConnectionClass = sockets.Connection
     if cfg.certfile and cfg.keyfile:
         from cheroot.ssl.builtin import BuiltinSSLAdapter

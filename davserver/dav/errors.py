@@ -51,6 +51,10 @@ def raise_as_dav_error(e: Exception, where: str) -> NoReturn:
     """Raise the DAVError for one of our errors (or a full disk), logged if it is the
     server's fault; anything else is a bug and is raised as it is."""
     err = known(e)
+    if err is None and isinstance(e, DAVError) and e.value == 500:
+        # WsgiDAV wraps what fails while it reads a PUT body (our ClientStopped, say)
+        # as a 500 of its own: answer the wrapped error's status instead.
+        err = known(e.src_exception) if e.src_exception is not None else None
     if err is None:
         raise e
     if err.HTTP_STATUS >= 500:
