@@ -151,6 +151,10 @@ def test_encrypt_and_decrypt_all_refused_while_another_node_runs_one(nodes, redi
 
 def test_redis_down_gives_503_then_recovers(nodes, redis_server):
     a, b = nodes
+    held = a.url("alice", "held.txt")
+    requests.put(held, data=b"kept", auth=a.auth("alice"), timeout=10).raise_for_status()
+    token = requests.request("LOCK", held, data=LOCK_BODY, auth=a.auth("alice"), timeout=10,
+                             headers={"Content-Type": "application/xml"}).headers["Lock-Token"]
     redis_server.stop()
     try:
         for node in (a, b):
@@ -170,6 +174,12 @@ def test_redis_down_gives_503_then_recovers(nodes, redis_server):
     assert r.status_code == 201, r.text
     assert requests.get(a.url("alice", "down.txt"), auth=a.auth("alice"),
                         timeout=10).content == b"after"
+    # Redis came back empty (no persistence): the lock is gone, and a write that names
+    # it is refused rather than taken as the lock holder's.
+    r = requests.put(held, data=b"overwritten", auth=b.auth("alice"), timeout=10,
+                     headers={"If": f"({token})"})
+    assert r.status_code == 412, r.status_code
+    assert requests.get(held, auth=a.auth("alice"), timeout=10).content == b"kept"
 
 
 # --- nginx round-robin in front of both nodes ----------------------------------------
