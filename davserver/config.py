@@ -14,7 +14,9 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from davserver.auth import forwarded
 from davserver.errors import UserError
+from davserver.meta import shared_state
 
 log = logging.getLogger("davserver.config")
 
@@ -84,6 +86,9 @@ class Config:
     kdf_parallelism: int = 4
     ldap: dict = field(default_factory=dict)
     log_level: str = "info"
+    database_url: str = ""  # "" or a SQLite path: <data_dir>/davserver.db; postgresql://: later
+    redis_url: str = ""  # "": node-local locks and throttling; redis://...: shared by nodes
+    trusted_proxies: tuple = ()  # networks whose X-Forwarded-For is believed (auth.forwarded)
     extra: dict = field(default_factory=dict)
     #: The data dir the config file itself names ("": none), whatever the command line says.
     named_data_dir: str = ""
@@ -103,7 +108,7 @@ class Config:
 
     @property
     def db_path(self) -> str:
-        return os.path.join(self.data_dir, "davserver.db")
+        return shared_state.sqlite_path(self.database_url, self.data_dir)
 
     @property
     def default_key_root(self) -> str:
@@ -131,6 +136,12 @@ def check_owner(data_dir: str) -> None:
         owner = str(uid)
     raise UserError(f"{data_dir} belongs to {owner}; run davserver as that user "
                     f"(runuser -u {owner} -- davserver ...) so the server can read what it writes")
+
+
+def _url(doc: dict, section: str, env: str) -> str:
+    """``[section] url``; the environment wins, so one config file serves every node and
+    a secret (a Redis password in the URL) can stay out of it."""
+    return os.environ.get(env) or str(doc.get(section, {}).get("url", ""))
 
 
 def load(path: str | None = None, data_dir: str | None = None) -> Config:
@@ -178,9 +189,20 @@ def load(path: str | None = None, data_dir: str | None = None) -> Config:
         kdf_parallelism=int(enc.get("kdf_parallelism", 4)),
         ldap=dict(doc.get("ldap", {})),
         log_level=doc.get("logging", {}).get("level", "info"),
+        database_url=_url(doc, "database", "DAVSERVER_DATABASE_URL"),
+        redis_url=_url(doc, "redis", "DAVSERVER_REDIS_URL"),
         extra={k: v for k, v in doc.items()
-               if k not in ("server", "storage", "encryption", "auth", "logging", "ldap")},
+               if k not in ("server", "storage", "encryption", "auth", "logging", "ldap",
+                            "database", "redis")},
     )
+    shared_state.check_database_url(cfg.database_url)
+    try:
+        proxies = server.get("trusted_proxies", [])
+        if isinstance(proxies, str):  # "10.0.0.1, 10.0.0.2" as well as a list
+            proxies = proxies.replace(",", " ").split()
+        cfg.trusted_proxies = forwarded.parse_trusted(proxies)
+    except (ValueError, TypeError) as e:
+        raise UserError(f"[server] trusted_proxies in {path}: {e}") from None
     cfg.data_dir = os.path.abspath(cfg.data_dir)
     if storage.get("data_dir"):
         cfg.named_data_dir = os.path.abspath(storage["data_dir"])
@@ -220,6 +242,8 @@ threads = 16                # threads per process (concurrent requests)
 fast_files = true           # direct GET/HEAD/PUT path; false: WsgiDAV answers everything
 socket_timeout = 300        # seconds a client may stay silent (large uploads on slow links)
 block_size = 262144         # bytes per read/write step of a transfer
+trusted_proxies = []        # reverse proxies (addresses or CIDR) whose X-Forwarded-For
+                            # names the client, for login throttling per address
 
 [storage]
 data_dir = "{data_dir}"   # files/, keys/, davserver.db and tmp/ live here
@@ -261,8 +285,8 @@ kdf_parallelism = 4
 throttle_max_failures = 5   # failed logins per user / per client address ...
 throttle_window_seconds = 300   # ... within this window, then 429 until it passes
 # throttle_max_failures_per_address = 5   # default: throttle_max_failures. The address is
-#                             # the socket's (X-Forwarded-For is not trusted): behind a NAT
-#                             # or reverse proxy many users share one, so raise this there
+#                             # the socket's (X-Forwarded-For only from [server]
+#                             # trusted_proxies): behind a NAT many users share one
 cache_seconds = 300         # a verified password is remembered (as a keyed hash) this long
 key_cache_seconds = 3600    # user-key mode: an unlocked key stays in memory this long
 
@@ -289,6 +313,15 @@ key_cache_seconds = 3600    # user-key mode: an unlocked key stays in memory thi
 [nextcloud]
 upload_max_age_hours = 24   # chunked uploads (Nextcloud clients) nobody added to for this
                             # long are removed, chunks and all, when the next one starts
+
+# Several nodes behind a load balancer (docs/DEPLOY.md). Environment variables
+# DAVSERVER_DATABASE_URL / DAVSERVER_REDIS_URL win over these keys.
+# [database]
+# url = ""                  # "" = <data_dir>/davserver.db; or a SQLite file path
+#                           # (postgresql://... is not available in this version)
+# [redis]
+# url = "redis://127.0.0.1:6379/0"   # WebDAV locks, login throttling and job locks
+#                           # shared by all nodes; leave out on a single node
 
 [logging]
 level = "info"              # debug, info, warning, error; keys/passwords/contents never logged

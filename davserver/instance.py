@@ -63,6 +63,14 @@ class Instance:
         self.throttle = Throttle(self.db, cfg.throttle_max_failures,
                                  cfg.throttle_window_seconds,
                                  max_failures_per_address=cfg.throttle_max_failures_per_address)
+        if cfg.redis_url:  # counted across nodes (issue 18)
+            from davserver.auth.redis_throttle import RedisThrottle
+            from davserver.meta.shared_state import redis_client
+
+            self.throttle = RedisThrottle(
+                redis_client(cfg.redis_url), cfg.throttle_max_failures,
+                cfg.throttle_window_seconds,
+                max_failures_per_address=cfg.throttle_max_failures_per_address)
         self.userkeys = UserKeys(
             self.keys, suite=cfg.hpke_suite, cache_seconds=cfg.key_cache_seconds,
             params=KdfParams(cfg.kdf_time_cost, cfg.kdf_memory_kib, cfg.kdf_parallelism))

@@ -38,6 +38,7 @@ from davserver.dav.requestcheck import refusal
 from davserver.dav.resources import OPENED_KEY
 from davserver.dav.xmlbody import XmlBodies
 from davserver.instance import Instance
+from davserver.meta.shared_state import RETRY_AFTER, SharedStateUnavailable
 from davserver.vault import context
 from davserver.web.app import SettingsApp
 
@@ -84,13 +85,33 @@ class Guard:
             return plain_text(start_response, "503 Service Unavailable",
                               "davserver is in maintenance mode; try again later",
                               [("Retry-After", "120")])
+        if self.instance.config.redis_url:
+            start_response = _retry_after_on_503(start_response)
         try:
             return _Closing(self.app(environ, start_response), environ)
+        except SharedStateUnavailable as e:
+            _close_prepared(environ)
+            log.error("%s %s: %s", environ.get("REQUEST_METHOD"), path, e)
+            return plain_text(start_response, "503 Service Unavailable", str(e),
+                              [("Retry-After", str(RETRY_AFTER))])
         except Exception:
             _close_prepared(environ)
             log.exception("unhandled error for %s %s", environ.get("REQUEST_METHOD"), path)
             return plain_text(start_response, "500 Internal Server Error",
                               "internal error; the server log has details")
+
+
+def _retry_after_on_503(start_response):
+    """A 503 that WsgiDAV renders (shared state down inside a handler) still tells the
+    client when to come back."""
+
+    def start(status, headers, exc_info=None):
+        if status.startswith("503") and not any(h[0].lower() == "retry-after"
+                                                for h in headers):
+            headers = [*headers, ("Retry-After", str(RETRY_AFTER))]
+        return start_response(status, headers, exc_info)
+
+    return start
 
 
 def _close_prepared(environ) -> None:
@@ -117,10 +138,21 @@ class _Closing:
             _close_prepared(self._environ)
 
 
+def _lock_storage(instance: Instance):
+    """In the metadata DB for one node; in Redis when nodes share one (``redis.url``)."""
+    cfg = instance.config
+    if cfg.redis_url:
+        from davserver.dav.redis_locks import RedisLockStorage
+        from davserver.meta.shared_state import redis_client
+
+        return RedisLockStorage(redis_client(cfg.redis_url))
+    return DbLockStorage(instance.db, os.path.join(cfg.run_dir, "davlocks.lock"))
+
+
 def build_app(instance: Instance, *, fast_files: bool = True):
     """``fast_files=False`` leaves GET/PUT to WsgiDAV (the reference the tests compare to)."""
     cfg = instance.config
-    locks = DbLockStorage(instance.db, os.path.join(cfg.run_dir, "davlocks.lock"))
+    locks = _lock_storage(instance)
     files = HomeProvider(instance, user_in_path=True)
     webdav = HomeProvider(instance, user_in_path=False)
     dav_config = {
