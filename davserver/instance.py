@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 
 from davserver import config as config_mod
+from davserver.auth.groups import GroupService
 from davserver.auth.ldap import LdapConfig, LdapDirectory
 from davserver.auth.login import LoginService
 from davserver.auth.throttle import Throttle
@@ -27,6 +28,7 @@ from davserver.vault import context
 from davserver.vault.files import Vault, ensure_home, remove_home
 from davserver.vault.keystore import Identity, KeyStore, Recipient
 from davserver.vault.secret import read_secret, write_secret
+from davserver.vault.shares import ShareService
 from davserver.vault.userkeys import KeyLocked, UserKeys
 
 log = logging.getLogger("davserver")
@@ -78,6 +80,10 @@ class Instance:
                            identities=self.identities, recipients=self.recipients,
                            encryption_enabled=self.encryption_enabled,
                            commit_locks=PathLocks(os.path.join(cfg.run_dir, "commit.lock")))
+        self.groups = GroupService(self.db, self.users)
+        self.shares = ShareService(
+            self.db, self.vault, self.users, self.groups,
+            share_folder=str(cfg.extra.get("sharing", {}).get("share_folder", "/")))
 
     def _remove_user_data(self, user: str) -> None:
         remove_home(self.vault, user)

@@ -13,10 +13,10 @@ import logging
 import sys
 
 from davserver import __version__
-from davserver.cli import backup_cmds, encryption_cmds, serve, user
+from davserver.cli import backup_cmds, encryption_cmds, serve, share_cmds, user
 from davserver.errors import known
 
-MODULES = (serve, user, encryption_cmds, backup_cmds)
+MODULES = (serve, user, encryption_cmds, backup_cmds, share_cmds)
 
 
 def build_parser() -> argparse.ArgumentParser:

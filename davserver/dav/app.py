@@ -31,6 +31,7 @@ from davserver.dav.locks import DbLockStorage
 from davserver.dav.propfind import FastPropfind
 from davserver.dav.provider import HomeProvider
 from davserver.dav.resources import OPENED_KEY
+from davserver.dav.share_guard import SharePermissions
 from davserver.instance import Instance
 from davserver.vault import context
 from davserver.web.app import SettingsApp
@@ -116,8 +117,8 @@ def build_app(instance: Instance, *, fast_files: bool = True):
         "provider_mapping": {FILES_PREFIX: files, WEBDAV_PREFIX: webdav},
         "davserver.instance": instance,
         "davserver.providers": (files, webdav),
-        "middleware_stack": [ErrorPrinter, KnownErrors, BasicAuth, FastPropfind,
-                             WsgiDavDirBrowser, RequestResolver],
+        "middleware_stack": [ErrorPrinter, KnownErrors, BasicAuth, SharePermissions,
+                             FastPropfind, WsgiDavDirBrowser, RequestResolver],
         "lock_storage": locks,
         "property_manager": None,
         "block_size": cfg.block_size,

@@ -61,6 +61,7 @@ class FastPropfind(BaseMiddleware):
         self.db = config["davserver.instance"].db
         self.vault = config["davserver.instance"].vault
         self.users = config["davserver.instance"].users
+        self.shares = config["davserver.instance"].shares
 
     def __call__(self, environ, start_response):
         if environ.get("REQUEST_METHOD") != "PROPFIND":
@@ -114,6 +115,8 @@ class FastPropfind(BaseMiddleware):
         owner, home_rel = provider._split(rel, environ)
         if owner is None or owner != user:
             raise _Fallback  # users root and foreign homes: WsgiDAV answers those
+        if self.shares.touches(owner, home_rel):
+            raise _Fallback  # shares mounted here: WsgiDAV's resources know them
         if self._locks_near(prefix):
             raise _Fallback
         names = self._request(environ)

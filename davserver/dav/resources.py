@@ -238,7 +238,7 @@ class FolderResource(_DeadProps, DAVCollection):
 
     def _nodes(self) -> list[Node]:
         if self._members is None:
-            self._members = dav_errors(self.provider.vault.list_dir)(self.spath)
+            self._members = self.provider.list_members(self.path, self.spath, self.environ)
         return self._members
 
     def _child_path(self, name: str) -> str:

@@ -93,6 +93,10 @@ CREATE TABLE IF NOT EXISTS web_sessions(
 #: built side by side do not edit one string. Every statement is idempotent.
 SCHEMA_PARTS: list[str] = []
 
+from davserver.meta.shares_schema import SHARES_SCHEMA  # noqa: E402
+
+SCHEMA_PARTS.append(SHARES_SCHEMA)
+
 
 @dataclass(frozen=True)
 class FileRecord:
@@ -359,6 +363,7 @@ class MetaDB:
             return
         conn.execute(f"DELETE FROM files WHERE {_under('path')}", (path, path, path))
         conn.execute(f"DELETE FROM dir_etags WHERE {_under('path')}", (path, path, path))
+        conn.execute(f"DELETE FROM nodes WHERE {_under('path')}", (path, path, path))
 
     def move_files(self, src: str, dst: str, *, conn: sqlite3.Connection) -> None:
         n = len(src)
@@ -375,6 +380,10 @@ class MetaDB:
             f"UPDATE dir_etags SET path = ? || substr(path, ?), parent = ? || substr(parent, ?) "
             f"WHERE {_under('path')}", (dst, n + 1, dst, n + 1, src, src, src))
         conn.execute("UPDATE dir_etags SET parent = ? WHERE path = ?", (parent_of(dst), dst))
+        # Node IDs (shares point at them) follow the move.
+        conn.execute(f"DELETE FROM nodes WHERE {_under('path')}", (dst, dst, dst))
+        conn.execute(f"UPDATE nodes SET path = ? || substr(path, ?) WHERE {_under('path')}",
+                     (dst, n + 1, src, src, src))
 
     # --- folder ETags (change when anything below changes, for sync clients) ------------
 

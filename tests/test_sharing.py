@@ -1,0 +1,219 @@
+"""Sharing over real HTTP against a real server process (master-key mode).
+
+alice shares folders with bob (read-only, read-write) and with a group; bob reaches them
+under his own tree, carol reaches nothing of alice's. Shares are made with the CLI, the
+same service the OCS API and the settings pages call.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import requests
+
+from tests.live import LiveServer
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory):
+    s = LiveServer(tmp_path_factory.mktemp("sharing"),
+                   {"alice": None, "bob": None, "carol": None, "dave": None})
+    s.create().start()
+    a = s.session("alice")
+    for folder in ("ro", "ro/sub", "rw", "team", "moving"):
+        assert a.request("MKCOL", s.url("alice", folder)).status_code == 201
+    for path, data in (("ro/a.txt", b"read me"), ("ro/sub/b.txt", b"deeper"),
+                       ("rw/seed.txt", b"seed"), ("team/t.txt", b"team file"),
+                       ("moving/m.txt", b"follows the folder"), ("single.txt", b"one file")):
+        assert a.put(s.url("alice", path), data=data).status_code == 201
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def share(srv: LiveServer, *args: str, check: bool = True):
+    res = srv.run_cli("share:add", *args, "--output", "json", check=check)
+    return json.loads(res.stdout) if check else res
+
+
+def shares(srv: LiveServer, user: str | None = None) -> list[dict]:
+    args = ["share:list", "--output", "json"] + (["--user", user] if user else [])
+    return json.loads(srv.run_cli(*args).stdout)
+
+
+def names(session: requests.Session, url: str) -> set[str]:
+    r = session.request("PROPFIND", url, headers={"Depth": "1"})
+    assert r.status_code == 207, r.text
+    hrefs = re.findall(r"<(?:\w+:)?href>([^<]+)</", r.text)
+    return {requests.utils.unquote(h).rstrip("/").rsplit("/", 1)[-1] for h in hrefs[1:]}
+
+
+@pytest.fixture(scope="module")
+def read_only(srv):
+    return share(srv, "alice", "ro", "--user", "bob")
+
+
+def test_read_only_share_lists_and_reads(srv, read_only):
+    b = srv.session("bob")
+    assert "ro" in names(b, srv.url("bob"))
+    assert names(b, srv.url("bob", "ro")) == {"a.txt", "sub"}
+    assert b.get(srv.url("bob", "ro/a.txt")).content == b"read me"
+    assert b.get(srv.url("bob", "ro/sub/b.txt")).content == b"deeper"
+    # Through the other URL form too.
+    assert b.get(f"{srv.base}/remote.php/webdav/ro/a.txt").content == b"read me"
+
+
+@pytest.mark.parametrize("method,path,extra", [
+    ("PUT", "ro/a.txt", {"data": b"changed"}),
+    ("PUT", "ro/new.txt", {"data": b"new"}),
+    ("DELETE", "ro/a.txt", {}),
+    ("MKCOL", "ro/newdir", {}),
+    ("MOVE", "ro/a.txt", {"headers": {"Destination": "/remote.php/dav/files/bob/x.txt"}}),
+    ("PROPPATCH", "ro/a.txt", {"data": (
+        '<?xml version="1.0"?><d:propertyupdate xmlns:d="DAV:" xmlns:z="urn:z"><d:set>'
+        '<d:prop><z:color>red</z:color></d:prop></d:set></d:propertyupdate>')}),
+    ("LOCK", "ro/a.txt", {"data": (
+        '<?xml version="1.0"?><d:lockinfo xmlns:d="DAV:"><d:lockscope><d:exclusive/>'
+        '</d:lockscope><d:locktype><d:write/></d:locktype></d:lockinfo>')}),
+])
+def test_read_only_share_refuses_writes(srv, read_only, method, path, extra):
+    b = srv.session("bob")
+    r = b.request(method, srv.url("bob", path), **extra)
+    assert r.status_code == 403, (r.status_code, r.text)
+    assert "permission" in r.text
+    a = srv.session("alice")
+    assert a.get(srv.url("alice", "ro/a.txt")).content == b"read me"
+    assert a.get(srv.url("alice", "ro/new.txt")).status_code == 404
+    assert srv.session("bob").get(srv.url("bob", "x.txt")).status_code == 404
+
+
+def test_copy_into_read_only_share_refused_copy_out_allowed(srv, read_only):
+    b = srv.session("bob")
+    r = b.request("COPY", srv.url("bob", "ro/a.txt"),
+                  headers={"Destination": "/remote.php/dav/files/bob/copied.txt"})
+    assert r.status_code == 201, r.text
+    assert b.get(srv.url("bob", "copied.txt")).content == b"read me"
+    r = b.request("COPY", srv.url("bob", "copied.txt"),
+                  headers={"Destination": "/remote.php/dav/files/bob/ro/c.txt"})
+    assert r.status_code == 403
+
+
+def test_others_get_404_on_unshared_paths(srv, read_only):
+    c = srv.session("carol")
+    for path in ("ro", "ro/a.txt", "rw/seed.txt"):
+        assert c.get(srv.url("alice", path)).status_code == 404
+        # Writes answer exactly as for a path that does not exist: nothing leaks.
+        assert c.put(srv.url("alice", path), data=b"x").status_code == c.put(
+            srv.url("alice", "no-such-dir/x"), data=b"x").status_code
+        assert c.delete(srv.url("alice", path)).status_code == 404
+    assert "ro" not in names(c, srv.url("carol"))
+    # bob reaches alice's files only through his own tree, never through hers.
+    assert srv.session("bob").get(srv.url("alice", "ro/a.txt")).status_code == 404
+
+
+def test_read_write_share_round_trip(srv):
+    share(srv, "alice", "rw", "--user", "bob", "--permissions", "read,update,create,delete")
+    b = srv.session("bob")
+    payload = bytes(range(256)) * 1000
+    assert b.put(srv.url("bob", "rw/from-bob.bin"), data=payload).status_code == 201
+    assert srv.session("alice").get(srv.url("alice", "rw/from-bob.bin")).content == payload
+    assert b.put(srv.url("bob", "rw/seed.txt"), data=b"seed 2").status_code == 204
+    assert srv.session("alice").get(srv.url("alice", "rw/seed.txt")).content == b"seed 2"
+    assert b.request("MKCOL", srv.url("bob", "rw/made-by-bob")).status_code == 201
+    r = b.request("MOVE", srv.url("bob", "rw/from-bob.bin"),
+                  headers={"Destination": srv.url("bob", "rw/made-by-bob/moved.bin")})
+    assert r.status_code == 201, r.text
+    assert srv.session("alice").get(
+        srv.url("alice", "rw/made-by-bob/moved.bin")).content == payload
+    assert b.delete(srv.url("bob", "rw/made-by-bob")).status_code == 204
+    assert srv.session("alice").get(srv.url("alice", "rw/made-by-bob")).status_code == 404
+
+
+def test_owner_rename_keeps_share(srv):
+    share(srv, "alice", "moving", "--user", "bob")
+    b = srv.session("bob")
+    assert b.get(srv.url("bob", "moving/m.txt")).content == b"follows the folder"
+    a = srv.session("alice")
+    r = a.request("MOVE", srv.url("alice", "moving"),
+                  headers={"Destination": srv.url("alice", "ro/renamed")})
+    assert r.status_code == 201
+    # bob keeps his mount point name; the share follows the node.
+    assert b.get(srv.url("bob", "moving/m.txt")).content == b"follows the folder"
+    listed = [s for s in shares(srv, "bob") if s["path"] == "/ro/renamed"]
+    assert len(listed) == 1
+
+
+def test_recipient_moves_and_leaves_mount_point(srv):
+    share(srv, "alice", "single.txt", "--user", "carol")
+    c = srv.session("carol")
+    assert c.get(srv.url("carol", "single.txt")).content == b"one file"
+    assert c.request("MKCOL", srv.url("carol", "inbox")).status_code == 201
+    r = c.request("MOVE", srv.url("carol", "single.txt"),
+                  headers={"Destination": srv.url("carol", "inbox/from-alice.txt")})
+    assert r.status_code == 201
+    assert c.get(srv.url("carol", "inbox/from-alice.txt")).content == b"one file"
+    a = srv.session("alice")
+    assert a.get(srv.url("alice", "single.txt")).content == b"one file"  # owner unaffected
+    assert c.delete(srv.url("carol", "inbox/from-alice.txt")).status_code == 204
+    assert c.get(srv.url("carol", "inbox/from-alice.txt")).status_code == 404
+    assert a.get(srv.url("alice", "single.txt")).content == b"one file"
+
+
+def test_name_clash_gets_a_number(srv):
+    d = srv.session("dave")
+    assert d.request("MKCOL", srv.url("dave", "team")).status_code == 201
+    share(srv, "alice", "team", "--user", "dave")
+    assert {"team", "team (2)"} <= names(d, srv.url("dave"))
+    assert d.get(srv.url("dave", "team (2)/t.txt")).content == b"team file"
+
+
+def test_group_membership_changes_access_without_restart(srv):
+    srv.run_cli("group:add", "staff")
+    share(srv, "alice", "team", "--group", "staff")
+    c = srv.session("carol")
+    assert c.get(srv.url("carol", "team/t.txt")).status_code == 404
+    srv.run_cli("group:adduser", "staff", "carol")
+    assert c.get(srv.url("carol", "team/t.txt")).content == b"team file"
+    listed = [s for s in shares(srv) if s["type"] == "group"]
+    assert listed[0]["recipients"] == ["carol"]
+    srv.run_cli("group:removeuser", "staff", "carol")
+    assert c.get(srv.url("carol", "team/t.txt")).status_code == 404
+
+
+@pytest.mark.parametrize("args,message", [
+    (["alice", "nope", "--user", "bob"], "not found"),
+    (["alice", "ro", "--user", "alice"], "own owner"),
+    (["alice", "ro", "--user", "nobody"], "nobody"),
+    (["alice", "ro", "--group", "nogroup"], "nogroup"),
+    (["alice", "../bob", "--user", "carol"], "'..'"),
+    (["alice", "ro", "--user", "carol", "--expire", "2001-01-01"], "past"),
+    (["alice", "ro", "--user", "carol", "--permissions", "fly"], "unknown permission"),
+    (["alice", "ro", "--user", "carol", "--group", "staff"], "exactly one"),
+    # bob holds ro read-only, without the share bit: no re-share at all.
+    (["bob", "ro/sub", "--user", "carol"], "re-share"),
+])
+def test_bad_share_requests_are_refused_cleanly(srv, read_only, args, message):
+    before = shares(srv)
+    res = share(srv, *args, check=False)
+    assert res.returncode != 0
+    line = res.stderr.strip().splitlines()[-1]
+    assert line.startswith("davserver: failed to create the share:"), res.stderr
+    assert message in line
+    assert "Traceback" not in res.stderr
+    assert shares(srv) == before
+
+
+def test_reshare_never_beyond_own_permissions(srv):
+    r = share(srv, "alice", "ro/sub", "--user", "carol", "--permissions", "read,share")
+    res = share(srv, "carol", "sub", "--user", "dave", "--permissions", "read,update",
+                check=False)
+    assert res.returncode != 0 and "cannot grant update" in res.stderr
+    ok = share(srv, "carol", "sub", "--user", "dave")
+    assert ok["owner"] == "alice" and ok["initiator"] == "carol"
+    assert srv.session("dave").get(srv.url("dave", "sub/b.txt")).content == b"deeper"
+    srv.run_cli("share:remove", str(ok["id"]))
+    srv.run_cli("share:remove", str(r["id"]))
+    assert srv.session("dave").get(srv.url("dave", "sub/b.txt")).status_code == 404
