@@ -29,6 +29,7 @@ from davserver.vault.files import Vault, ensure_home, remove_home
 from davserver.vault.keystore import Identity, KeyStore, Recipient
 from davserver.vault.secret import read_secret, write_secret
 from davserver.vault.shares import ShareService
+from davserver.vault.sharewraps import ShareWraps
 from davserver.vault.userkeys import KeyLocked, UserKeys
 
 log = logging.getLogger("davserver")
@@ -84,6 +85,12 @@ class Instance:
         self.shares = ShareService(
             self.db, self.vault, self.users, self.groups,
             share_folder=str(cfg.extra.get("sharing", {}).get("share_folder", "/")))
+        self.sharewraps = ShareWraps(self.keys, self.db, self.userkeys, self.shares,
+                                     user_mode=lambda: self.mode() == "user",
+                                     suite=cfg.hpke_suite)
+        self.shares.keywork = self.sharewraps
+        self.groups.on_change = self.shares.group_member_changed
+        self.vault.after_move = self.sharewraps.moved
 
     def _remove_user_data(self, user: str) -> None:
         remove_home(self.vault, user)
@@ -144,6 +151,7 @@ class Instance:
         ids = list(context.current())
         if not ids:
             raise KeyLocked()
+        ids += self.sharewraps.identities_for(tuple(ids))  # share keys they hold
         if self._master_present():
             # Files a node wrote in the second before it saw a switch to user-key mode
             # carry a master wrap only; they stay readable to their (authorised) owner.
@@ -159,7 +167,7 @@ class Instance:
             self._has_master = bool(self.keys.master_files())
         return self._has_master
 
-    def recipients(self, user: str) -> list[Recipient]:
+    def recipients(self, user: str, path: str = "") -> list[Recipient]:
         if self.mode() == "master":
             return [self.master().as_recipient()]
         own = self.userkeys.public(user)
@@ -172,6 +180,8 @@ class Instance:
             rec = self.userkeys.recovery_public()
             if rec is not None:
                 out.append(rec)
+        if path:
+            out += self.sharewraps.recipients_for(path)  # members read it at once
         return out
 
     def unlock(self, user: str, password: str) -> tuple[Identity, ...]:
@@ -179,7 +189,19 @@ class Instance:
         serves everyone), the user's own key in user-key mode."""
         if self.mode() == "master":
             return ()
-        return (self.userkeys.unlock(user, password),)
+        ids = (self.userkeys.unlock(user, password),)
+        self._share_pending(ids)
+        return ids
+
+    def _share_pending(self, ids: tuple[Identity, ...]) -> None:
+        """Wraps waiting for someone able to make them (vault.sharekeys): this user, or
+        a holder whose key this process has unlocked recently (online)."""
+        if not self.sharewraps.keys.pending():
+            return
+        try:
+            self.sharewraps.complete_pending(ids + self.userkeys.unlocked())
+        except DavServerError as e:
+            log.warning("pending share key work not done: %s", e)
 
     def recovery_opted_in(self, user: str) -> bool:
         return self.db.get_setting(f"recovery.optin.{user}") == "1"

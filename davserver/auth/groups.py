@@ -25,6 +25,8 @@ class GroupService:
     def __init__(self, db: MetaDB, users) -> None:
         self.db = db
         self.users = users
+        #: Called as (group, user, added) after a membership change (share keys follow).
+        self.on_change = None
 
     def exists(self, name: str) -> bool:
         return bool(self.db.query("SELECT 1 FROM local_groups WHERE name = ?", (name,)))
@@ -59,7 +61,10 @@ class GroupService:
         with self.db.tx() as c:
             cur = c.execute("INSERT OR IGNORE INTO local_group_members(grp, user) VALUES(?, ?)",
                             (name, user))
-            return cur.rowcount > 0
+            added = cur.rowcount > 0
+        if added and self.on_change is not None:
+            self.on_change(name, user, True)
+        return added
 
     def remove_user(self, name: str, user: str) -> None:
         self.require(name)
@@ -68,6 +73,8 @@ class GroupService:
                             (name, user))
             if cur.rowcount == 0:
                 raise NotFound(f"{user} in group {name}")
+        if self.on_change is not None:
+            self.on_change(name, user, False)
 
     def members(self, name: str) -> list[str]:
         return [r[0] for r in self.db.query(

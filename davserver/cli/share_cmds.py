@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from davserver.cli.common import add_command, emit, instance_from
+from davserver.cli.common import add_command, emit, instance_from, password_from_env
 from davserver.errors import UserError
 from davserver.vault import shares as sh
+from davserver.vault.keystore import Identity
 
 
 def cmd_share_add(args) -> int:
@@ -34,11 +35,13 @@ def cmd_share_list(args) -> int:
     for s in inst.shares.list(user=args.user):
         d = s.as_dict()
         d["recipients"] = inst.shares.recipients(s)
+        d["pending"] = inst.sharewraps.pending_users(s.id)
         rows.append(d)
     text = "\n".join(
         f"  - {d['id']}: {d['owner']}:{d['path']} -> {d['type']} {d['share_with']} "
         f"({d['permissions']})" + (f", expires after {d['expires']}" if d["expires"] else "")
-        + (f", by {d['initiator']}" if d["initiator"] != d["owner"] else "") for d in rows)
+        + (f", by {d['initiator']}" if d["initiator"] != d["owner"] else "")
+        + (f", pending: {', '.join(d['pending'])}" if d["pending"] else "") for d in rows)
     emit(args, rows, text or "no shares")
     return 0
 
@@ -48,6 +51,55 @@ def cmd_share_remove(args) -> int:
     inst = instance_from(args)
     share = inst.shares.remove(args.id)
     print(f"share {share.id} removed")
+    return 0
+
+
+def _openers(inst, args, owner: str) -> list[Identity]:
+    """Keys the admin brings: the owner's (their password) and/or the recovery key."""
+    out = []
+    if getattr(args, "owner_password_from_env", False):
+        out.append(inst.userkeys.open_existing(owner, password_from_env("DAVSERVER_PASS")))
+    if getattr(args, "recovery_password_from_env", False):
+        out.append(inst.userkeys.unlock_recovery(password_from_env("DAVSERVER_RECOVERY_PASS")))
+    return out
+
+
+def cmd_share_rotate(args) -> int:
+    """Start a new key version of a share (user-key mode): new writes use it.
+
+    --reencrypt also re-encrypts every file still under an older version (what a removed
+    member could read with a key they kept); it reads the files, so it needs the owner's
+    password (--owner-password-from-env, $DAVSERVER_PASS) or the recovery password
+    (--recovery-password-from-env, $DAVSERVER_RECOVERY_PASS)."""
+    inst = instance_from(args)
+    if inst.mode() != "user":
+        raise UserError("share keys exist only in user-key mode (master-key mode needs none)")
+    share = inst.shares.get(args.id)
+    openers = _openers(inst, args, share.owner)
+    if args.reencrypt and not openers:
+        raise UserError("--reencrypt reads the files: pass --owner-password-from-env or "
+                        "--recovery-password-from-env")
+    version = inst.sharewraps.rotate(share, openers)
+    done = 0
+    if args.reencrypt:
+        done = inst.sharewraps.reencrypt(share, inst.vault, openers)
+    emit(args, {"id": share.id, "version": version, "reencrypted": done},
+         f"share {share.id} now at key version {version}"
+         + (f"; {done} files re-encrypted" if args.reencrypt else ""))
+    return 0
+
+
+def cmd_share_wrap_pending(args) -> int:
+    """Make the share key wraps that wait for a key holder, with the recovery key.
+
+    What a holder's login does by itself (see docs/SECURITY.md, sharing); this is for
+    when no owner or member is expected online."""
+    inst = instance_from(args)
+    openers = [inst.userkeys.unlock_recovery(password_from_env("DAVSERVER_RECOVERY_PASS"))]
+    made = inst.sharewraps.complete_pending(openers)
+    left = len(inst.sharewraps.keys.pending())
+    emit(args, {"wraps_made": made, "still_pending": left},
+         f"{made} wraps made, {left} items still pending")
     return 0
 
 
@@ -109,6 +161,17 @@ def register(sub, common) -> None:
     p = add_command(sub, common, "share:remove", cmd_share_remove, cmd_share_remove.__doc__,
                     "remove the share")
     p.add_argument("id", type=int)
+    p = add_command(sub, common, "share:rotate", cmd_share_rotate, cmd_share_rotate.__doc__,
+                    "rotate the share key")
+    p.add_argument("id", type=int)
+    p.add_argument("--reencrypt", action="store_true")
+    p.add_argument("--owner-password-from-env", action="store_true")
+    p.add_argument("--recovery-password-from-env", action="store_true")
+    p.add_argument("--output", choices=("plain", "json"), default="plain")
+    p = add_command(sub, common, "share:wrap-pending", cmd_share_wrap_pending,
+                    cmd_share_wrap_pending.__doc__, "make the pending wraps")
+    p.add_argument("--recovery-password-from-env", action="store_true", required=True)
+    p.add_argument("--output", choices=("plain", "json"), default="plain")
     p = add_command(sub, common, "group:add", cmd_group_add, cmd_group_add.__doc__,
                     "create the group")
     p.add_argument("name")

@@ -32,6 +32,12 @@ CREATE TABLE IF NOT EXISTS share_mounts(
     PRIMARY KEY(share_id, user)
 );
 CREATE INDEX IF NOT EXISTS share_mounts_user ON share_mounts(user);
+CREATE TABLE IF NOT EXISTS share_key_pending(
+    share_id INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    who TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY(share_id, kind, who)
+);
 CREATE TABLE IF NOT EXISTS local_groups(name TEXT PRIMARY KEY, display_name TEXT);
 CREATE TABLE IF NOT EXISTS local_group_members(
     grp TEXT NOT NULL,

@@ -148,6 +148,8 @@ class ShareService:
         self.users = users
         self.groups = groups
         self.share_folder = clean_rel(share_folder)
+        #: Key work in user-key mode (vault.sharewraps.ShareWraps), set by the instance.
+        self.keywork = None
 
     # --- nodes -------------------------------------------------------------------------
 
@@ -235,7 +237,37 @@ class ShareService:
                 (node_id, owner, initiator, share_type, share_with, permissions, expires,
                  time.time()))
             share_id = cur.lastrowid
-        return self.get(share_id)
+        share = self.get(share_id)
+        if self.keywork is not None:
+            try:
+                self.keywork.share_created(share)
+            except BaseException:
+                self._delete_row(share)  # nothing half-created
+                raise
+        return share
+
+    def _delete_row(self, share: Share) -> None:
+        with self.db.tx() as c:
+            c.execute("DELETE FROM share_mounts WHERE share_id = ?", (share.id,))
+            c.execute("DELETE FROM shares WHERE id = ?", (share.id,))
+
+    def shares_above(self, paths: list[str]) -> list[Share]:
+        """Shares of any of these storage paths (a path and its folders)."""
+        if not paths:
+            return []
+        return self._rows(f"n.path IN ({','.join('?' * len(paths))})", tuple(paths))
+
+    def group_member_changed(self, group: str, user: str, added: bool) -> None:
+        if self.keywork is None:
+            return
+        for share in self._rows("s.share_type = 1 AND s.share_with = ? AND n.path IS NOT NULL",
+                                (group,)):
+            if share.owner == user:
+                continue
+            if added:
+                self.keywork.member_added(share, user)
+            else:
+                self.keywork.member_removed(share, user)
 
     def _may_manage(self, share: Share, actor: str | None) -> None:
         if actor is not None and actor not in (share.owner, share.initiator):
@@ -275,9 +307,9 @@ class ShareService:
     def remove(self, share_id: int, *, actor: str | None = None) -> Share:
         share = self.get(share_id)
         self._may_manage(share, actor)
-        with self.db.tx() as c:
-            c.execute("DELETE FROM share_mounts WHERE share_id = ?", (share.id,))
-            c.execute("DELETE FROM shares WHERE id = ?", (share.id,))
+        self._delete_row(share)
+        if self.keywork is not None:
+            self.keywork.share_removed(share)
         return share
 
     def recipients(self, share: Share) -> list[str]:
