@@ -217,3 +217,93 @@ def test_reshare_never_beyond_own_permissions(srv):
     srv.run_cli("share:remove", str(ok["id"]))
     srv.run_cli("share:remove", str(r["id"]))
     assert srv.session("dave").get(srv.url("dave", "sub/b.txt")).status_code == 404
+
+
+# --- OCS Share API (what Nextcloud/ownCloud clients' share dialogs call) -----------------
+
+OCS = "/ocs/v2.php/apps/files_sharing/api/v1"
+OCS_HEADERS = {"OCS-APIRequest": "true"}
+
+
+def ocs(srv, user, method, path, version=2, fmt="json", **kw):
+    base = OCS if version == 2 else OCS.replace("v2.php", "v1.php")
+    params = dict(kw.pop("params", {}))
+    if fmt == "json":
+        params["format"] = "json"
+    return requests.request(method, f"{srv.base}{base}{path}", auth=srv.auth(user),
+                            headers=kw.pop("headers", OCS_HEADERS), params=params, **kw)
+
+
+def test_ocs_create_list_update_delete(srv):
+    a = srv.session("alice")
+    assert a.request("MKCOL", srv.url("alice", "ocsdir")).status_code == 201
+    assert a.put(srv.url("alice", "ocsdir/o.txt"), data=b"via ocs").status_code == 201
+    r = ocs(srv, "alice", "POST", "/shares", data={
+        "path": "/ocsdir", "shareType": 0, "shareWith": "carol", "permissions": 1})
+    assert r.status_code == 200, r.text
+    created = r.json()["ocs"]["data"]
+    assert r.json()["ocs"]["meta"]["statuscode"] == 200
+    assert created["share_with"] == "carol" and created["permissions"] == 1
+    assert created["item_type"] == "folder" and created["path"] == "/ocsdir"
+    sid = created["id"]
+    assert srv.session("carol").get(srv.url("carol", "ocsdir/o.txt")).content == b"via ocs"
+
+    listed = ocs(srv, "alice", "GET", "/shares", params={"path": "/ocsdir"}).json()
+    assert [s["id"] for s in listed["ocs"]["data"]] == [sid]
+    mine = ocs(srv, "carol", "GET", "/shares", params={"shared_with_me": "true"}).json()
+    assert sid in [s["id"] for s in mine["ocs"]["data"]]
+    sub = ocs(srv, "alice", "GET", "/shares", params={"path": "/", "subfiles": "true"}).json()
+    assert sid in [s["id"] for s in sub["ocs"]["data"]]
+
+    r = ocs(srv, "alice", "PUT", f"/shares/{sid}", data={"permissions": 3})
+    assert r.json()["ocs"]["data"]["permissions"] == 3
+    c = srv.session("carol")
+    assert c.put(srv.url("carol", "ocsdir/o.txt"), data=b"carol edits").status_code == 204
+    assert ocs(srv, "carol", "DELETE", f"/shares/{sid}").status_code == 403  # not hers
+    assert ocs(srv, "alice", "DELETE", f"/shares/{sid}").status_code == 200
+    assert c.get(srv.url("carol", "ocsdir/o.txt")).status_code == 404
+    assert ocs(srv, "alice", "GET", f"/shares/{sid}").status_code == 404
+
+
+def test_ocs_xml_and_v1_status_codes(srv):
+    r = ocs(srv, "alice", "GET", "/shares", version=1, fmt="xml")
+    assert r.status_code == 200 and r.text.startswith("<?xml")
+    assert "<statuscode>100</statuscode>" in r.text
+    r = ocs(srv, "alice", "GET", "/shares/999999", version=1, fmt="xml")
+    assert r.status_code == 200 and "<statuscode>404</statuscode>" in r.text
+    r = ocs(srv, "alice", "GET", "/shares/999999")
+    assert r.status_code == 404 and r.json()["ocs"]["meta"]["status"] == "failure"
+
+
+@pytest.mark.parametrize("data,status", [
+    ({"path": "/missing", "shareType": 0, "shareWith": "bob"}, 404),
+    ({"path": "/rw", "shareType": 0, "shareWith": "nobody"}, 404),
+    ({"path": "/rw", "shareType": 1, "shareWith": "nogroup"}, 404),
+    ({"path": "/rw", "shareType": 0, "shareWith": "alice"}, 400),
+    ({"path": "/rw", "shareType": 7, "shareWith": "bob"}, 400),
+    ({"path": "/../bob", "shareType": 0, "shareWith": "carol"}, 400),
+    ({"path": "/rw", "shareType": 0, "shareWith": "dave", "expireDate": "2000-01-01"}, 400),
+])
+def test_ocs_bad_input(srv, data, status):
+    before = shares(srv)
+    r = ocs(srv, "alice", "POST", "/shares", data=data)
+    assert r.status_code == status, r.text
+    assert r.json()["ocs"]["meta"]["message"]
+    assert shares(srv) == before
+
+
+def test_ocs_needs_api_header_and_login(srv):
+    r = ocs(srv, "alice", "GET", "/shares", headers={})
+    assert r.status_code == 412
+    r = requests.get(f"{srv.base}{OCS}/shares", headers=OCS_HEADERS,
+                     params={"format": "json"}, auth=("alice", "wrong-password"))
+    assert r.status_code == 401
+
+
+def test_ocs_sharees(srv):
+    r = ocs(srv, "alice", "GET", "/sharees", params={"search": "car", "itemType": "folder"})
+    data = r.json()["ocs"]["data"]
+    assert [u["value"]["shareWith"] for u in data["users"]] == ["carol"]
+    r = ocs(srv, "alice", "GET", "/sharees", params={"search": "staff"})
+    assert r.json()["ocs"]["data"]["exact"]["groups"][0]["value"] == {
+        "shareType": 1, "shareWith": "staff"}

@@ -28,6 +28,8 @@ from davserver.dav.basicauth import BasicAuth
 from davserver.dav.errors import KnownErrors, plain_text
 from davserver.dav.fastfiles import FastFiles
 from davserver.dav.locks import DbLockStorage
+from davserver.dav.ocs_shares import PREFIXES as OCS_SHARE_PREFIXES
+from davserver.dav.ocs_shares import OcsSharesApp
 from davserver.dav.propfind import FastPropfind
 from davserver.dav.provider import HomeProvider
 from davserver.dav.resources import OPENED_KEY
@@ -49,6 +51,7 @@ class Guard:
         self.app = app
         self.instance = instance
         self.settings = SettingsApp(instance)
+        self.ocs_shares = OcsSharesApp(instance)
 
     def _maintenance(self) -> bool:
         self.instance.refresh()
@@ -70,6 +73,8 @@ class Guard:
         if path == "/settings" or path.startswith("/settings/"):
             if not self._maintenance():
                 return self.settings(environ, start_response)
+        if path.startswith(OCS_SHARE_PREFIXES) and not self._maintenance():
+            return self.ocs_shares(environ, start_response)
         if self._maintenance():
             return plain_text(start_response, "503 Service Unavailable",
                               "davserver is in maintenance mode; try again later",
