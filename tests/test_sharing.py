@@ -307,3 +307,37 @@ def test_ocs_sharees(srv):
     r = ocs(srv, "alice", "GET", "/sharees", params={"search": "staff"})
     assert r.json()["ocs"]["data"]["exact"]["groups"][0]["value"] == {
         "shareType": 1, "shareWith": "staff"}
+
+
+OC_PROPS = ('<?xml version="1.0"?><d:propfind xmlns:d="DAV:" xmlns:oc="http://owncloud.org/ns">'
+            "<d:prop><oc:permissions/><oc:share-types/><oc:owner-id/>"
+            "<oc:owner-display-name/></d:prop></d:propfind>")
+
+
+def oc_props(session, url) -> dict[str, dict[str, str]]:
+    r = session.request("PROPFIND", url, headers={"Depth": "1"}, data=OC_PROPS)
+    assert r.status_code == 207, r.text
+    out = {}
+    for resp in re.findall(r"<(?:\w+:)?response\b.*?</(?:\w+:)?response>", r.text, re.S):
+        href = re.search(r"<(?:\w+:)?href>([^<]+)<", resp).group(1)
+        name = requests.utils.unquote(href).rstrip("/").rsplit("/", 1)[-1]
+        props = {}
+        for local in ("permissions", "owner-id", "owner-display-name"):
+            m = re.search(rf"<(?:\w+:)?{local}[^>]*>([^<]*)</", resp)
+            props[local] = m.group(1) if m else None
+        props["share-types"] = ",".join(re.findall(r"<(?:\w+:)?share-type>(\d)<", resp))
+        out[name] = props
+    return out
+
+
+def test_propfind_share_properties(srv, read_only):
+    owner_view = oc_props(srv.session("alice"), srv.url("alice"))
+    assert owner_view["ro"]["share-types"] == "0"
+    assert owner_view["ro"]["owner-id"] == "alice"
+    assert "C" in owner_view["ro"]["permissions"] and "S" not in owner_view["ro"]["permissions"]
+    bob_root = oc_props(srv.session("bob"), srv.url("bob"))
+    assert bob_root["ro"]["owner-id"] == "alice"
+    assert bob_root["ro"]["permissions"].startswith("SM")  # shared with me, a mount point
+    inside = oc_props(srv.session("bob"), srv.url("bob", "ro"))
+    assert inside["a.txt"]["permissions"] == "SG"  # read-only: no W, D, N, V
+    assert inside["a.txt"]["owner-display-name"] == "alice"

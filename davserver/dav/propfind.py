@@ -22,6 +22,7 @@ from defusedxml.ElementTree import fromstring
 from wsgidav import util
 from wsgidav.mw.base_mw import BaseMiddleware
 
+from davserver.dav import share_props
 from davserver.dav.resources import content_type
 from davserver.vault.files import Node, storage_path
 
@@ -120,6 +121,8 @@ class FastPropfind(BaseMiddleware):
         if self._locks_near(prefix):
             raise _Fallback
         names = self._request(environ)
+        if names and not share_props.NAMES.isdisjoint(names):
+            raise _Fallback  # sharing properties: dav.share_props via WsgiDAV
         spath = storage_path(owner, home_rel)
         node = self.vault.stat(spath)
         if node is None:

@@ -23,6 +23,7 @@ from wsgidav.dav_error import (
 from wsgidav.dav_provider import DAVCollection, DAVNonCollection
 from wsgidav.xml_tools import etree, string_to_xml
 
+from davserver.dav import share_props
 from davserver.dav.errors import dav_errors, short_body
 from davserver.errors import Conflict
 from davserver.vault.files import Node, Upload
@@ -68,6 +69,9 @@ class _DeadProps:
         except DAVError as e:
             if e.value != HTTP_NOT_FOUND:
                 raise
+        shared = share_props.value(self, name)
+        if shared is not None:
+            return string_to_xml(shared)
         value = self._dead().get(name)
         if value is None:
             raise DAVError(HTTP_NOT_FOUND)
