@@ -341,3 +341,27 @@ def test_propfind_share_properties(srv, read_only):
     inside = oc_props(srv.session("bob"), srv.url("bob", "ro"))
     assert inside["a.txt"]["permissions"] == "SG"  # read-only: no W, D, N, V
     assert inside["a.txt"]["owner-display-name"] == "alice"
+
+
+def test_litmus_on_a_read_write_share_mount(srv, tmp_path):
+    """The whole WebDAV compliance suite, run by the recipient inside a share mount."""
+    import os
+    import subprocess
+
+    from tests.live import require_tool
+    from tests.test_litmus import SUITES, SUMMARY
+
+    a = srv.session("alice")
+    assert a.request("MKCOL", srv.url("alice", "litmus-area")).status_code == 201
+    share(srv, "alice", "litmus-area", "--user", "bob", "--permissions", "all")
+    litmus = require_tool("litmus")
+    env = dict(os.environ, TESTS=" ".join(SUITES))
+    res = subprocess.run([litmus, srv.url("bob", "litmus-area/"), "bob", srv.users["bob"]],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    out = res.stdout + res.stderr
+    fails = [ln for ln in out.splitlines() if "FAIL" in ln or "summary for" in ln]
+    assert res.returncode == 0, "\n".join(fails) + srv.log_tail(30)
+    for suite in SUITES:
+        m = {m.group(1): m for m in SUMMARY.finditer(out)}.get(suite)
+        assert m is not None and int(m.group(4)) == 0, "\n".join(fails)
+        assert int(m.group(2)) > 0 and m.group(2) == m.group(3)

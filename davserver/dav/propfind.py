@@ -24,7 +24,7 @@ from wsgidav.mw.base_mw import BaseMiddleware
 
 from davserver.dav import share_props
 from davserver.dav.resources import content_type
-from davserver.vault.files import Node, storage_path
+from davserver.vault.files import Node
 
 _SAFE = "/" + "!*'()," + "$-_|."
 _MAX_BODY = 1 << 20
@@ -116,14 +116,14 @@ class FastPropfind(BaseMiddleware):
         owner, home_rel = provider._split(rel, environ)
         if owner is None or owner != user:
             raise _Fallback  # users root and foreign homes: WsgiDAV answers those
-        if self.shares.touches(owner, home_rel):
-            raise _Fallback  # shares mounted here: WsgiDAV's resources know them
+        spath = self.shares.listable(owner, home_rel)
+        if spath is None:
+            raise _Fallback  # shares mounted in this folder: WsgiDAV's resources list them
         if self._locks_near(prefix):
             raise _Fallback
         names = self._request(environ)
         if names and not share_props.NAMES.isdisjoint(names):
             raise _Fallback  # sharing properties: dav.share_props via WsgiDAV
-        spath = storage_path(owner, home_rel)
         node = self.vault.stat(spath)
         if node is None:
             raise _Fallback
@@ -132,7 +132,7 @@ class FastPropfind(BaseMiddleware):
             base = rel.rstrip("/")
             entries += [(f"{base}/{n.name}", n) for n in self.vault.list_dir(spath)]
         dead = self._dead_props(spath, node.is_dir and depth == "1")
-        quota = self._quota(owner) if any(n.is_dir for _r, n in entries) else None
+        quota = self._quota(spath.split("/", 1)[0]) if any(n.is_dir for _r, n in entries) else None
         parts = ['<?xml version="1.0" encoding="utf-8" ?>\n<d:multistatus xmlns:d="DAV:">']
         for r, n in entries:
             parts.append(self._response(prefix, r, n, names, dead.get(n.path, {}), quota))

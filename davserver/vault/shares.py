@@ -410,6 +410,15 @@ class ShareService:
                 return True
         return False
 
+    def listable(self, user: str, rel: str) -> str | None:
+        """The storage path of ``rel`` when a plain listing of it is the whole answer
+        (the direct PROPFIND); None when mount points appear in it."""
+        rel = rel.strip("/")
+        mounts = self.mounts(user)
+        if any(parent_of(m.path) == rel for m in mounts):
+            return None
+        return self.resolve(user, rel, mounts).spath
+
     def move_mount(self, user: str, mount: Mount, new_rel: str) -> None:
         """Rename or move a mount point in the recipient's tree; nobody else sees it."""
         new_rel = clean_rel(new_rel)
