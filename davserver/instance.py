@@ -30,6 +30,7 @@ from davserver.vault.keystore import Identity, KeyStore, Recipient
 from davserver.vault.secret import read_secret, write_secret
 from davserver.vault.shares import ShareService
 from davserver.vault.sharewraps import ShareWraps
+from davserver.vault.teamfolders import TeamFolderService, is_team_owner
 from davserver.vault.userkeys import KeyLocked, UserKeys
 
 log = logging.getLogger("davserver")
@@ -89,6 +90,9 @@ class Instance:
                                      user_mode=lambda: self.mode() == "user",
                                      suite=cfg.hpke_suite)
         self.shares.keywork = self.sharewraps
+        self.teamfolders = TeamFolderService(self.db, self.vault, self.shares, self.groups)
+        self.shares.team_name = self.teamfolders.name_of
+        self.users.team_quota = self.teamfolders.quota_of
         self.groups.on_change = self.shares.group_member_changed
         self.vault.after_move = self.sharewraps.moved
 
@@ -170,6 +174,13 @@ class Instance:
     def recipients(self, user: str, path: str = "") -> list[Recipient]:
         if self.mode() == "master":
             return [self.master().as_recipient()]
+        if is_team_owner(user):
+            # A team folder has no owner key: its groups' share keys and the recovery key.
+            rec = self.userkeys.recovery_public()
+            out = self.sharewraps.recipients_for(path) + ([rec] if rec else [])
+            if not out:
+                raise KeyNotFound(f"share key of team folder {user} (give it a group first)")
+            return out
         own = self.userkeys.public(user)
         if own is None:
             raise KeyNotFound(f"user key of {user} (the user must log in once)")

@@ -365,3 +365,59 @@ def test_litmus_on_a_read_write_share_mount(srv, tmp_path):
         m = {m.group(1): m for m in SUMMARY.finditer(out)}.get(suite)
         assert m is not None and int(m.group(4)) == 0, "\n".join(fails)
         assert int(m.group(2)) > 0 and m.group(2) == m.group(3)
+
+
+# --- team folders -------------------------------------------------------------------------
+
+def test_team_folder_members_rename_quota_and_delete(srv):
+    srv.run_cli("group:add", "eng")
+    for u in ("bob", "dave"):
+        srv.run_cli("group:adduser", "eng", u)
+    fid = srv.run_cli("groupfolder:create", "Engineering").stdout.strip()
+    srv.run_cli("groupfolder:group", fid, "eng", "read,update,create,delete")
+    b, d = srv.session("bob"), srv.session("dave")
+    assert "Engineering" in names(b, srv.url("bob"))
+    assert b.put(srv.url("bob", "Engineering/plan.txt"), data=b"the plan").status_code == 201
+    assert d.get(srv.url("dave", "Engineering/plan.txt")).content == b"the plan"
+    assert srv.session("carol").get(srv.url("carol", "Engineering/plan.txt")).status_code == 404
+    # Members cannot rename or remove the folder itself; the admin renames it.
+    r = b.request("MOVE", srv.url("bob", "Engineering"),
+                  headers={"Destination": srv.url("bob", "Mine")})
+    assert r.status_code == 403
+    assert b.delete(srv.url("bob", "Engineering")).status_code == 403
+    srv.run_cli("groupfolder:rename", fid, "R&D")
+    assert d.get(srv.url("dave", "R&D/plan.txt")).content == b"the plan"
+    assert d.get(srv.url("dave", "Engineering/plan.txt")).status_code == 404
+    srv.run_cli("groupfolder:quota", fid, "20")
+    r = b.put(srv.url("bob", "R&D/big.bin"), data=b"x" * 100)
+    assert r.status_code == 507
+    listed = json.loads(srv.run_cli("groupfolder:list", "--output", "json").stdout)
+    assert listed == [{"id": int(fid), "name": "R&D", "quota": 20, "groups": {"eng": 15}}]
+    bad = srv.run_cli("groupfolder:rename", fid, "../x", check=False)
+    assert bad.returncode != 0 and "invalid team folder name" in bad.stderr
+    srv.run_cli("groupfolder:delete", fid)
+    assert d.get(srv.url("dave", "R&D/plan.txt")).status_code == 404
+    assert json.loads(srv.run_cli("groupfolder:list", "--output", "json").stdout) == []
+
+
+def test_litmus_on_a_team_folder(srv, tmp_path):
+    import os
+    import subprocess
+
+    from tests.live import require_tool
+    from tests.test_litmus import SUITES, SUMMARY
+
+    srv.run_cli("group:add", "litmus-team")
+    srv.run_cli("group:adduser", "litmus-team", "carol")
+    fid = srv.run_cli("groupfolder:create", "LitmusTeam").stdout.strip()
+    srv.run_cli("groupfolder:group", fid, "litmus-team")
+    env = dict(os.environ, TESTS=" ".join(SUITES))
+    res = subprocess.run([require_tool("litmus"), srv.url("carol", "LitmusTeam/"), "carol",
+                          srv.users["carol"]], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=300)
+    out = res.stdout + res.stderr
+    fails = [ln for ln in out.splitlines() if "FAIL" in ln or "summary for" in ln]
+    assert res.returncode == 0, "\n".join(fails) + srv.log_tail(30)
+    for suite in SUITES:
+        m = {m.group(1): m for m in SUMMARY.finditer(out)}.get(suite)
+        assert m is not None and int(m.group(4)) == 0, "\n".join(fails)

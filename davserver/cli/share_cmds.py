@@ -144,7 +144,87 @@ def cmd_group_list(args) -> int:
     return 0
 
 
+def _folder_text(f) -> str:
+    groups = ", ".join(f"{g} ({sh.permission_words(b)})" for g, b in f.groups.items())
+    quota = "none" if f.quota is None else f"{f.quota} B"
+    return f"  - {f.id}: {f.name}, quota {quota}, groups: {groups or '(none)'}"
+
+
+def cmd_gf_create(args) -> int:
+    """Create a team folder (owned by the instance); prints its ID."""
+    inst = instance_from(args)
+    f = inst.teamfolders.create(args.name)
+    emit(args, f.as_dict(), str(f.id))
+    return 0
+
+
+def cmd_gf_group(args) -> int:
+    """Give a group access to a team folder (PERMISSIONS as for share:add, default all),
+    or take it away with --delete."""
+    inst = instance_from(args)
+    if args.delete:
+        f = inst.teamfolders.remove_group(args.id, args.group)
+    else:
+        f = inst.teamfolders.set_group(args.id, args.group,
+                                       sh.parse_permissions(args.permissions, default=sh.ALL))
+    emit(args, f.as_dict(), _folder_text(f))
+    return 0
+
+
+def cmd_gf_quota(args) -> int:
+    """Set a team folder's quota (e.g. 10GB, none)."""
+    from davserver.auth.users import parse_size
+
+    inst = instance_from(args)
+    f = inst.teamfolders.set_quota(args.id, parse_size(args.size))
+    emit(args, f.as_dict(), _folder_text(f))
+    return 0
+
+
+def cmd_gf_rename(args) -> int:
+    """Rename a team folder: only its name changes, files and keys stay as they are."""
+    inst = instance_from(args)
+    f = inst.teamfolders.rename(args.id, args.name)
+    emit(args, f.as_dict(), _folder_text(f))
+    return 0
+
+
+def cmd_gf_list(args) -> int:
+    """List team folders with their groups and quota."""
+    inst = instance_from(args)
+    folders = inst.teamfolders.list()
+    emit(args, [f.as_dict() for f in folders],
+         "\n".join(_folder_text(f) for f in folders) or "no team folders")
+    return 0
+
+
+def cmd_gf_delete(args) -> int:
+    """Delete a team folder with all its files and keys."""
+    inst = instance_from(args)
+    inst.teamfolders.delete(args.id)
+    print(f"team folder {args.id} deleted")
+    return 0
+
+
 def register(sub, common) -> None:
+    def gf(name, func, action, *positional):
+        p = add_command(sub, common, name, func, func.__doc__, action)
+        for arg in positional:
+            if arg == "id":
+                p.add_argument("id", type=int)
+            else:
+                p.add_argument(arg)
+        p.add_argument("--output", choices=("plain", "json"), default="plain")
+        return p
+
+    gf("groupfolder:create", cmd_gf_create, "create the team folder", "name")
+    p = gf("groupfolder:group", cmd_gf_group, "set the group's access", "id", "group")
+    p.add_argument("permissions", nargs="?")
+    p.add_argument("--delete", "-d", action="store_true", help="remove the group's access")
+    gf("groupfolder:quota", cmd_gf_quota, "set the quota", "id", "size")
+    gf("groupfolder:rename", cmd_gf_rename, "rename the team folder", "id", "name")
+    gf("groupfolder:list", cmd_gf_list, "list team folders")
+    gf("groupfolder:delete", cmd_gf_delete, "delete the team folder", "id")
     p = add_command(sub, common, "share:add", cmd_share_add, cmd_share_add.__doc__,
                     "create the share")
     p.add_argument("owner")

@@ -38,6 +38,12 @@ CREATE TABLE IF NOT EXISTS share_key_pending(
     who TEXT NOT NULL DEFAULT '',
     PRIMARY KEY(share_id, kind, who)
 );
+CREATE TABLE IF NOT EXISTS team_folders(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE,
+    quota INTEGER,
+    created REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS local_groups(name TEXT PRIMARY KEY, display_name TEXT);
 CREATE TABLE IF NOT EXISTS local_group_members(
     grp TEXT NOT NULL,

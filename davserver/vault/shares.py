@@ -150,6 +150,8 @@ class ShareService:
         self.share_folder = clean_rel(share_folder)
         #: Key work in user-key mode (vault.sharewraps.ShareWraps), set by the instance.
         self.keywork = None
+        #: owner name -> team folder name (None: not a team folder); set by the instance.
+        self.team_name = lambda owner: None
 
     # --- nodes -------------------------------------------------------------------------
 
@@ -246,6 +248,25 @@ class ShareService:
                 raise
         return share
 
+    def create_instance_share(self, spath: str, share_type: int, share_with: str,
+                              permissions: int) -> Share:
+        """A share of a node the instance owns (a team folder root); see teamfolders."""
+        node_id = self.node_id(spath)
+        with self.db.tx() as c:
+            share_id = c.execute(
+                "INSERT INTO shares(node_id, owner, initiator, share_type, share_with, "
+                "permissions, expires, created) VALUES(?, ?, '', ?, ?, ?, NULL, ?)",
+                (node_id, spath.split("/", 1)[0], share_type, share_with, permissions | READ,
+                 time.time())).lastrowid
+        share = self.get(share_id)
+        if self.keywork is not None:
+            try:
+                self.keywork.share_created(share)
+            except BaseException:
+                self._delete_row(share)
+                raise
+        return share
+
     def _delete_row(self, share: Share) -> None:
         with self.db.tx() as c:
             c.execute("DELETE FROM share_mounts WHERE share_id = ?", (share.id,))
@@ -279,7 +300,7 @@ class ShareService:
         share = self.get(share_id)
         self._may_manage(share, actor)
         perms = share.permissions if permissions is None else permissions
-        if share.initiator != share.owner:
+        if share.initiator not in (share.owner, ""):  # "": the instance (team folders)
             # A re-share never grows beyond what its initiator holds.
             held = self._held_by(share.initiator, share.spath)
             if perms & ~held:
@@ -339,11 +360,21 @@ class ShareService:
             (user,)))
         out: list[Mount] = []
         taken = {v.split("\0")[0] for v in rows.values()}
+        by_node: dict[int, int] = {}
+        for s in received:
+            by_node[s.node_id] = by_node.get(s.node_id, 0) | s.permissions
         seen_nodes: set[int] = set()
         for s in received:
             if s.node_id in seen_nodes:
-                continue  # the same node shared twice (user and group): one mount
+                continue  # the same node shared twice (user and groups): one mount
             seen_nodes.add(s.node_id)
+            s = replace(s, permissions=by_node[s.node_id])
+            team = self.team_name(s.owner) if s.owner.startswith(".") else None
+            if team is not None:
+                # Team folders: one name for every member, set by the admin.
+                out.append(Mount(s, f"{self.share_folder}/{team}" if self.share_folder
+                                 else team))
+                continue
             row = rows.get(s.id)
             if row is None:
                 path = self._free_name(user, s.spath.rsplit("/", 1)[-1], taken)
@@ -421,6 +452,8 @@ class ShareService:
 
     def move_mount(self, user: str, mount: Mount, new_rel: str) -> None:
         """Rename or move a mount point in the recipient's tree; nobody else sees it."""
+        if mount.share.initiator == "":
+            raise ShareForbidden("a team folder cannot be moved or renamed by its members")
         new_rel = clean_rel(new_rel)
         if not new_rel:
             raise UserError("invalid destination for the share")
@@ -441,6 +474,8 @@ class ShareService:
 
     def leave(self, user: str, mount: Mount) -> None:
         """The recipient removes a share from their tree (the owner's files stay)."""
+        if mount.share.initiator == "":
+            raise ShareForbidden("a team folder cannot be removed by its members")
         if mount.share.share_type == USER:
             self.remove(mount.share.id)
             return

@@ -45,7 +45,8 @@ class ShareWraps:
     # --- who holds a share key ---------------------------------------------------------
 
     def _holder_users(self, share) -> list[str]:
-        return [share.owner] + [u for u in self.shares.recipients(share) if u != share.owner]
+        owner = [] if share.owner.startswith(".") else [share.owner]  # team folders: none
+        return owner + [u for u in self.shares.recipients(share) if u != share.owner]
 
     def _holders(self, share) -> tuple[list[Recipient], list[str]]:
         """(public keys to wrap for, users who have no key pair yet)."""
@@ -70,7 +71,8 @@ class ShareWraps:
         self.keys.new_version(share.id, self.suite, holders)
         for user in missing:
             self.keys.add_pending(share.id, "member", user)
-        self.keys.add_pending(share.id, "files")
+        if share.spath and any(r.file_id for r in self.db.iter_files(share.spath)):
+            self.keys.add_pending(share.id, "files")
         self.complete_pending(context.current())
 
     def member_added(self, share, user: str) -> None:
@@ -157,7 +159,8 @@ class ShareWraps:
             elif kind == "files" and share.spath:
                 latest = self.keys.latest(share_id)
                 ids = [r.file_id for r in self.db.iter_files(share.spath) if r.file_id]
-                result = rewrap_files(self.store, ids, opener=identities + opened,
+                opener = identities + self.identities_for(tuple(identities)) + opened
+                result = rewrap_files(self.store, ids, opener=opener,
                                       add=[latest.recipient()])
                 made += result["rewrapped"]
                 if result["failed"] == 0:
