@@ -104,7 +104,8 @@ def test_recovery_admin_as_only_holder_online(srv):
     share = cli_json(srv, "share:add", "alice", "solo", "--user", "carol")
     c = srv.session("carol")
     c.request("PROPFIND", srv.url("carol"), headers={"Depth": "0"})  # carol's key pair
-    assert c.get(srv.url("carol", "solo/s.txt")).status_code != 200  # nobody made the wrap
+    r = c.get(srv.url("carol", "solo/s.txt"))  # nobody could make the wrap yet
+    assert r.status_code == 403 and "not ready yet" in r.text
     assert cli_json(srv, "share:list", "--user", "carol")[0]["pending"] == ["carol"]
     out = cli_json(srv, "share:wrap-pending", "--recovery-password-from-env",
                    env={"DAVSERVER_RECOVERY_PASS": RECOVERY_PASS})
@@ -210,3 +211,25 @@ def test_offline_recover_decrypts_shared_files(srv, tmp_path):
     by_bob = next(p for p in out.rglob("by-bob.bin"))
     assert by_bob.read_bytes() == b"\x00bob\xff" * 1000
     assert os.path.getsize(next(out.rglob("f0.txt"))) == len(b"secret 0")
+
+
+def test_team_folder_rename_keeps_every_file_readable(srv):
+    srv.run_cli("group:add", "keyteam")
+    for u in ("bob", "dave"):
+        srv.run_cli("group:adduser", "keyteam", u)
+    srv.session("bob").request("PROPFIND", srv.url("bob"), headers={"Depth": "0"})
+    srv.session("dave").request("PROPFIND", srv.url("dave"), headers={"Depth": "0"})
+    fid = srv.run_cli("groupfolder:create", "Vault Team").stdout.strip()
+    srv.run_cli("groupfolder:group", fid, "keyteam")
+    b, d = srv.session("bob"), srv.session("dave")
+    files = {f"doc{i}.txt": os.urandom(1000 + i) for i in range(5)}
+    for name, data in files.items():
+        assert b.put(srv.url("bob", f"Vault Team/{name}"), data=data).status_code == 201
+    wraps = file_wraps(srv, f".gf-{fid}/doc0.txt")
+    assert {w.split(":")[0] for w in wraps} == {"share", "recovery"}  # no owner key
+    for new_name in ("Renamed Team", "Final"):
+        srv.run_cli("groupfolder:rename", fid, new_name)
+        for name, data in files.items():
+            r = d.get(srv.url("dave", f"{new_name}/{name}"))
+            assert r.status_code == 200 and r.content == data
+    assert file_wraps(srv, f".gf-{fid}/doc0.txt") == wraps  # keys untouched by renames

@@ -66,7 +66,8 @@ class HomeProvider(DAVProvider):
             return UsersRoot(path, environ, user)
         if owner != user:
             return None
-        spath = self.instance.shares.resolve(owner, rel).spath
+        target = self.instance.shares.resolve(owner, rel)
+        spath = target.spath
         node = self.vault.stat(spath)
         if node is None:
             return None
@@ -76,5 +77,8 @@ class HomeProvider(DAVProvider):
         if environ.get("REQUEST_METHOD") == "GET" and path.rstrip("/") == environ.get(
             "PATH_INFO", ""
         ).rstrip("/"):
+            if target.mount is not None and self.instance.sharewraps.awaiting(
+                    user, target.mount.share.id):
+                raise DAVError(HTTP_FORBIDDEN, self.instance.sharewraps.AWAITING)
             res.prepare_read(ranged="HTTP_RANGE" in environ)
         return res

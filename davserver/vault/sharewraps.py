@@ -183,6 +183,15 @@ class ShareWraps:
         self.keys.done(share_id, "chain")
         return made
 
+    AWAITING = ("your key for this share is not ready yet; it is made automatically the next "
+                "time the owner or another member is online, or by an administrator with the "
+                "recovery key (share:wrap-pending)")
+
+    def awaiting(self, user: str, share_id: int) -> bool:
+        """Is ``user``'s wrap of this share key still pending?"""
+        return self.user_mode() and any(
+            kind == "member" and who == user for _s, kind, who in self.keys.pending(share_id))
+
     def pending_users(self, share_id: int) -> list[str]:
         return sorted(who for _s, kind, who in self.keys.pending(share_id) if kind == "member")
 
