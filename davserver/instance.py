@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from davserver import config as config_mod
 from davserver.auth.groups import GroupService
 from davserver.auth.ldap import LdapConfig, LdapDirectory
+from davserver.auth.ldap_groups import LdapGroups
 from davserver.auth.login import LoginService
 from davserver.auth.throttle import Throttle
 from davserver.auth.users import UserService, new_password
@@ -83,6 +84,8 @@ class Instance:
                            encryption_enabled=self.encryption_enabled,
                            commit_locks=PathLocks(os.path.join(cfg.run_dir, "commit.lock")))
         self.groups = GroupService(self.db, self.users)
+        if directory is not None and directory.config.group_base:
+            self.groups.directory = LdapGroups(directory)
         self.shares = ShareService(
             self.db, self.vault, self.users, self.groups,
             share_folder=str(cfg.extra.get("sharing", {}).get("share_folder", "/")))

@@ -1,7 +1,10 @@
-"""Groups: local groups kept in the metadata DB (occ's group:* commands).
+"""Groups: local groups kept in the metadata DB (occ's group:* commands), and the
+directory's groups when LDAP has a ``group_base`` (auth.ldap_groups).
 
-Membership is read from the DB on every question, so adding or removing a member takes
-effect at the next request of every worker, without a restart.
+Local membership is read from the DB on every question, so adding or removing a member
+takes effect at the next request of every worker, without a restart; directory groups
+follow the directory within its cache interval. A local group and a directory group of the
+same name are one group (members of both).
 """
 
 from __future__ import annotations
@@ -27,9 +30,15 @@ class GroupService:
         self.users = users
         #: Called as (group, user, added) after a membership change (share keys follow).
         self.on_change = None
+        #: Directory groups (auth.ldap_groups.LdapGroups), set by the instance.
+        self.directory = None
+
+    def _local_exists(self, name: str) -> bool:
+        return bool(self.db.query("SELECT 1 FROM local_groups WHERE name = ?", (name,)))
 
     def exists(self, name: str) -> bool:
-        return bool(self.db.query("SELECT 1 FROM local_groups WHERE name = ?", (name,)))
+        return self._local_exists(name) or (
+            self.directory is not None and self.directory.exists(name))
 
     def require(self, name: str) -> str:
         if not self.exists(name):
@@ -46,7 +55,7 @@ class GroupService:
 
     def delete(self, name: str) -> None:
         """Delete the group; shares with it go too (nobody could reach them any more)."""
-        self.require(name)
+        self._require_local(name)
         with self.db.tx() as c:
             c.execute("DELETE FROM local_group_members WHERE grp = ?", (name,))
             c.execute("DELETE FROM local_groups WHERE name = ?", (name,))
@@ -54,9 +63,15 @@ class GroupService:
                       "(SELECT id FROM shares WHERE share_type = 1 AND share_with = ?)", (name,))
             c.execute("DELETE FROM shares WHERE share_type = 1 AND share_with = ?", (name,))
 
+    def _require_local(self, name: str) -> None:
+        if not self._local_exists(name):
+            if self.exists(name):
+                raise UserError(f"group {name} is managed by the directory (LDAP)")
+            raise NotFound(f"group {name}")
+
     def add_user(self, name: str, user: str) -> bool:
         """Add ``user`` to the group; False if they were a member already."""
-        self.require(name)
+        self._require_local(name)
         self.users.require(user)
         with self.db.tx() as c:
             cur = c.execute("INSERT OR IGNORE INTO local_group_members(grp, user) VALUES(?, ?)",
@@ -67,7 +82,7 @@ class GroupService:
         return added
 
     def remove_user(self, name: str, user: str) -> None:
-        self.require(name)
+        self._require_local(name)
         with self.db.tx() as c:
             cur = c.execute("DELETE FROM local_group_members WHERE grp = ? AND user = ?",
                             (name, user))
@@ -77,12 +92,22 @@ class GroupService:
             self.on_change(name, user, False)
 
     def members(self, name: str) -> list[str]:
-        return [r[0] for r in self.db.query(
+        local = [r[0] for r in self.db.query(
             "SELECT user FROM local_group_members WHERE grp = ? ORDER BY user", (name,))]
+        if self.directory is None:
+            return local
+        return sorted(set(local) | set(self.directory.members(name)))
 
     def groups_of(self, user: str) -> list[str]:
-        return [r[0] for r in self.db.query(
+        local = [r[0] for r in self.db.query(
             "SELECT grp FROM local_group_members WHERE user = ? ORDER BY grp", (user,))]
+        if self.directory is None or not self._directory_user(user):
+            return local
+        return sorted(set(local) | set(self.directory.groups_of(user)))
+
+    def _directory_user(self, user: str) -> bool:
+        rec = self.users.get(user)
+        return rec is not None and rec.backend == "ldap"
 
     def list(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {r[0]: [] for r in self.db.query(
@@ -90,4 +115,7 @@ class GroupService:
         for grp, user in self.db.query(
                 "SELECT grp, user FROM local_group_members ORDER BY grp, user"):
             out.setdefault(grp, []).append(user)
-        return out
+        if self.directory is not None:
+            for name in self.directory.names():
+                out[name] = self.members(name)
+        return dict(sorted(out.items()))

@@ -372,9 +372,13 @@ class ShareService:
             team = self.team_name(s.owner) if s.owner.startswith(".") else None
             if team is not None:
                 # Team folders: one name for every member, set by the admin.
+                if self.keywork is not None:
+                    self.keywork.note_member(s, user)
                 out.append(Mount(s, f"{self.share_folder}/{team}" if self.share_folder
                                  else team))
                 continue
+            if s.share_type == GROUP and self.keywork is not None:
+                self.keywork.note_member(s, user)  # e.g. joined a directory group
             row = rows.get(s.id)
             if row is None:
                 path = self._free_name(user, s.spath.rsplit("/", 1)[-1], taken)

@@ -84,6 +84,20 @@ class ShareWraps:
         self.keys.add_pending(share.id, "member", user)
         self.complete_pending(context.current())
 
+    def note_member(self, share, user: str) -> None:
+        """A member seen at their request without a wrap of the share key (they joined a
+        directory group, which sends no event): their wrap becomes pending."""
+        if not self.user_mode():
+            return
+        doc = self.keys.latest(share.id)
+        if doc is None:
+            return
+        pub = self.userkeys.public(user)
+        if pub is None or pub.recipient in doc.wraps:
+            return
+        if not self.awaiting(user, share.id):
+            self.keys.add_pending(share.id, "member", user)
+
     def member_removed(self, share, user: str) -> dict:
         """Delete the member's wraps and start a new key version for new writes."""
         if not self.keys.versions(share.id):
