@@ -100,6 +100,7 @@ class Instance:
         self.vault.after_move = self.sharewraps.moved
 
     def _remove_user_data(self, user: str) -> None:
+        self.shares.forget_user(user)
         remove_home(self.vault, user)
         self.userkeys.delete(user)
         self.db.delete_setting(f"recovery.optin.{user}")

@@ -240,12 +240,14 @@ class ShareService:
                  time.time()))
             share_id = cur.lastrowid
         share = self.get(share_id)
-        if self.keywork is not None:
-            try:
+        try:
+            if share_type == USER:
+                self.mounts(share_with)  # the mount point is named now, as Nextcloud does
+            if self.keywork is not None:
                 self.keywork.share_created(share)
-            except BaseException:
-                self._delete_row(share)  # nothing half-created
-                raise
+        except BaseException:
+            self._delete_row(share)  # nothing half-created
+            raise
         return share
 
     def create_instance_share(self, spath: str, share_type: int, share_with: str,
@@ -332,6 +334,18 @@ class ShareService:
         if self.keywork is not None:
             self.keywork.share_removed(share)
         return share
+
+    def forget_user(self, user: str) -> int:
+        """A user is deleted: the shares they own, made or received directly go, and
+        their mount points and group memberships with them."""
+        gone = [x for x in self.list(user=user) if user in (x.owner, x.initiator) or (
+            x.share_type == USER and x.share_with == user)]
+        for x in gone:
+            self.remove(x.id)
+        with self.db.tx() as c:
+            c.execute("DELETE FROM share_mounts WHERE user = ?", (user,))
+            c.execute("DELETE FROM local_group_members WHERE user = ?", (user,))
+        return len(gone)
 
     def recipients(self, share: Share) -> list[str]:
         """The users a share reaches now."""
