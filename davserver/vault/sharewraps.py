@@ -171,15 +171,22 @@ class ShareWraps:
             elif kind == "chain" and len(opened) >= 1:
                 made += self._link_chain(share_id, identities)
             elif kind == "files" and share.spath:
-                latest = self.keys.latest(share_id)
                 ids = [r.file_id for r in self.db.iter_files(share.spath) if r.file_id]
                 opener = identities + self.identities_for(tuple(identities)) + opened
                 result = rewrap_files(self.store, ids, opener=opener,
-                                      add=[latest.recipient()])
+                                      add=[self._newest_recipient(share_id, opener)])
                 made += result["rewrapped"]
                 if result["failed"] == 0:
                     self.keys.done(share_id, "files")
         return made
+
+    def _newest_recipient(self, share_id: int, held: list[Identity]) -> Recipient:
+        """Whom to wrap a data key for: the newest share key version, as a self wrap
+        when its private half is at hand (about ten times cheaper than HPKE, and what
+        makes sharing a large folder fast), else from its public key."""
+        doc = self.keys.latest(share_id)
+        mine = next((i for i in held if i.recipient == doc.recipient().recipient), None)
+        return mine.as_recipient() if mine is not None else doc.recipient()
 
     def _link_chain(self, share_id: int, identities: list[Identity]) -> int:
         """Link versions made while nobody could open the old one (a removal with nobody
@@ -248,12 +255,11 @@ class ShareWraps:
         readable by the share's members at once."""
         if not self.user_mode():
             return []
-        out = []
-        for share in self.shares.shares_above(_ancestors(path)):
-            doc = self.keys.latest(share.id)
-            if doc is not None:
-                out.append(doc.recipient())
-        return out
+        held = list(context.current())
+        held += self.identities_for(tuple(held))
+        return [self._newest_recipient(share.id, held)
+                for share in self.shares.shares_above(_ancestors(path))
+                if self.keys.versions(share.id)]
 
     def moved(self, src: str, dst: str) -> dict:
         """Re-wrap the keys of what moved into or out of shared folders; data untouched."""
@@ -264,16 +270,12 @@ class ShareWraps:
         after = {s.id for s in after_shares}
         if before == after:
             return {}
-        add = []
-        for s in after_shares:
-            if s.id not in before:
-                doc = self.keys.latest(s.id)
-                if doc is not None:
-                    add.append(doc.recipient())
-        gone = tuple(f"share:{sid}:" for sid in before - after)
-        ids = [r.file_id for r in self.db.iter_files(dst) if r.file_id]
         opener = list(context.current())
         opener += self.identities_for(tuple(opener))
+        add = [self._newest_recipient(s.id, opener) for s in after_shares
+               if s.id not in before and self.keys.versions(s.id)]
+        gone = tuple(f"share:{sid}:" for sid in before - after)
+        ids = [r.file_id for r in self.db.iter_files(dst) if r.file_id]
         return rewrap_files(self.store, ids, opener=opener, add=add,
                             remove=(lambda r: r.startswith(gone)) if gone else None)
 
