@@ -8,6 +8,7 @@ import json
 import time
 
 import ldap3
+import pytest
 import requests
 
 from tests.browser import ldap_config
@@ -77,3 +78,36 @@ def test_ldap_group_share_follows_directory_membership(server_factory, slapd):
     _set_members(slapd, group_dn, [m2])
     _eventually(lambda: get(m1).status_code == 404)
     assert get(m2).status_code == 200
+
+
+@pytest.mark.parametrize("kind", ["groupOfNames", "groupOfUniqueNames", "posixGroup"])
+def test_directory_group_kinds(slapd, kind):
+    """The three usual group shapes resolve to the same logins, both ways."""
+    from davserver.auth.ldap import LdapConfig, LdapDirectory
+    from davserver.auth.ldap_groups import LdapGroups
+    from tests.browser import ldap_section
+
+    uids = [unique("k"), unique("k")]
+    for uid in uids:
+        slapd.add_user(uid, "pw-" + uid)
+    cn = unique(kind.lower())
+    attr, attrs = {
+        "groupOfNames": ("member", {"member": [slapd.user_dn(u) for u in uids]}),
+        "groupOfUniqueNames": ("uniqueMember",
+                               {"uniqueMember": [slapd.user_dn(u) for u in uids]}),
+        "posixGroup": ("memberUid", {"memberUid": uids, "gidNumber": "4242"}),
+    }[kind]
+    conn = slapd._admin()
+    try:
+        conn.add(slapd.group_dn(cn), [kind], {"cn": cn, **attrs})
+        assert conn.result["result"] == 0, conn.result
+    finally:
+        conn.unbind()
+    directory = LdapDirectory(LdapConfig.from_mapping(ldap_section(
+        slapd, group_base=slapd.groups_dn, group_filter=f"(objectClass={kind})",
+        group_member_attribute=attr)))
+    groups = LdapGroups(directory)
+    assert groups.exists(cn) and not groups.exists(cn + "-missing")
+    assert groups.members(cn) == sorted(uids)
+    assert cn in groups.groups_of(uids[0])
+    assert cn in groups.names()
