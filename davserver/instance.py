@@ -206,7 +206,25 @@ class Instance:
             return ()
         ids = (self.userkeys.unlock(user, password),)
         self._share_pending(ids)
+        self._share_reconcile()
         return ids
+
+    _reconciled_at = -1e9
+
+    def _share_reconcile(self) -> None:
+        """Directory groups change without an event: at most once per directory cache
+        interval, wraps of users who left a shared group are removed (vault.sharewraps)."""
+        directory = self.groups.directory
+        if directory is None:
+            return
+        now = time.monotonic()
+        if now - self._reconciled_at < directory.cache_seconds:
+            return
+        self._reconciled_at = now
+        try:
+            self.sharewraps.reconcile()
+        except DavServerError as e:
+            log.warning("share key reconciliation not done: %s", e)
 
     def _share_pending(self, ids: tuple[Identity, ...]) -> None:
         """Wraps waiting for someone able to make them (vault.sharekeys): this user, or

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import ldap3
 import pytest
@@ -78,6 +79,20 @@ def test_ldap_group_share_follows_directory_membership(server_factory, slapd):
     _set_members(slapd, group_dn, [m2])
     _eventually(lambda: get(m1).status_code == 404)
     assert get(m2).status_code == 200
+
+    # m1's wraps of the share key go too (no event from the directory: checked at
+    # requests, at most once per cache interval), and the key is rotated.
+    def wraps() -> list[set[str]]:
+        d = Path(srv.data_dir) / "keys" / "shares" / str(share["id"])
+        return [{w["to"] for w in json.loads(f.read_text())["wraps"]}
+                for f in sorted(d.iterdir())]
+
+    def m1_gone() -> bool:
+        a.request("PROPFIND", srv.url("alice"), headers={"Depth": "0"})
+        return not any(w.startswith(f"user:{m1}:") for v in wraps() for w in v)
+
+    _eventually(m1_gone)
+    assert len(wraps()) == 2 and any(w.startswith(f"user:{m2}:") for w in wraps()[-1])
 
 
 @pytest.mark.parametrize("kind", ["groupOfNames", "groupOfUniqueNames", "posixGroup"])

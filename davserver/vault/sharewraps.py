@@ -98,6 +98,29 @@ class ShareWraps:
         if not self.awaiting(user, share.id):
             self.keys.add_pending(share.id, "member", user)
 
+    def reconcile(self) -> int:
+        """Drop the share key wraps of users no longer in a shared group (directory groups
+        change without an event), rotating as a removal does; returns how many left."""
+        if not self.user_mode():
+            return 0
+        n = 0
+        for share_id in self.keys.share_ids():
+            try:
+                share = self.shares.get(share_id)
+            except DavServerError:
+                continue
+            if share.share_type != 1:
+                continue
+            doc = self.keys.latest(share_id)
+            if doc is None:
+                continue
+            current = set(self._holder_users(share))
+            wrapped = {r.split(":")[1] for r in doc.wraps if r.startswith("user:")}
+            for user in sorted(wrapped - current):
+                self.member_removed(share, user)
+                n += 1
+        return n
+
     def member_removed(self, share, user: str) -> dict:
         """Delete the member's wraps and start a new key version for new writes."""
         if not self.keys.versions(share.id):
