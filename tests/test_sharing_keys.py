@@ -198,6 +198,16 @@ def test_move_into_and_out_of_share_rewraps_key_only(srv):
                   headers={"Destination": srv.url("alice", "loose-again.txt")})
     assert r.status_code == 201
     assert file_wraps(srv, "alice/loose-again.txt") == before
+    # A member moves a file out of the share into their own home: it becomes theirs,
+    # wrapped for their key (and no longer for alice's or the share's).
+    b = srv.session("bob")
+    assert b.put(srv.url("bob", "proj/to-take.txt"), data=b"mine now").status_code == 201
+    r = b.request("MOVE", srv.url("bob", "proj/to-take.txt"),
+                  headers={"Destination": srv.url("bob", "taken.txt")})
+    assert r.status_code == 201, r.text
+    assert b.get(srv.url("bob", "taken.txt")).content == b"mine now"
+    assert {w.split(":")[0] + ":" + w.split(":")[1] for w in file_wraps(
+        srv, "bob/taken.txt")} == {"user:bob"}
 
 
 def test_offline_recover_decrypts_shared_files(srv, tmp_path):

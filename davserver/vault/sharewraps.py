@@ -285,22 +285,45 @@ class ShareWraps:
                 if self.keys.versions(share.id)]
 
     def moved(self, src: str, dst: str) -> dict:
-        """Re-wrap the keys of what moved into or out of shared folders; data untouched."""
+        """Re-wrap the keys of what moved into or out of shared folders, or to another
+        owner (a member moving a file out of a share into their home); data untouched."""
         if not self.user_mode():
             return {}
         before = {s.id for s in self.shares.shares_above(_ancestors(parent_of(src)))}
         after_shares = self.shares.shares_above(_ancestors(parent_of(dst)))
         after = {s.id for s in after_shares}
-        if before == after:
+        src_owner, dst_owner = src.split("/", 1)[0], dst.split("/", 1)[0]
+        if before == after and src_owner == dst_owner:
             return {}
         opener = list(context.current())
         opener += self.identities_for(tuple(opener))
         add = [self._newest_recipient(s.id, opener) for s in after_shares
                if s.id not in before and self.keys.versions(s.id)]
-        gone = tuple(f"share:{sid}:" for sid in before - after)
+        gone = [f"share:{sid}:" for sid in before - after]
+        if src_owner != dst_owner:
+            add += self._owner_recipients(dst_owner, opener)
+            gone.append(f"user:{src_owner}:")
+            if not any(r.recipient.startswith("recovery:") for r in add):
+                gone.append("recovery:")
         ids = [r.file_id for r in self.db.iter_files(dst) if r.file_id]
+        prefixes = tuple(gone)
         return rewrap_files(self.store, ids, opener=opener, add=add,
-                            remove=(lambda r: r.startswith(gone)) if gone else None)
+                            remove=(lambda r: r.startswith(prefixes)) if prefixes else None)
+
+    def _owner_recipients(self, owner: str, held: list[Identity]) -> list[Recipient]:
+        """The wraps a file of ``owner`` carries besides share keys: their own key and
+        the recovery key if they opted in (team folders: always the recovery key)."""
+        out: list[Recipient] = []
+        team = owner.startswith(".")
+        if not team:
+            pub = self.userkeys.public(owner)
+            if pub is not None:
+                mine = next((i for i in held if i.recipient == pub.recipient), None)
+                out.append(mine.as_recipient() if mine is not None else pub)
+        rec = self.userkeys.recovery_public()
+        if rec is not None and (team or self.db.get_setting(f"recovery.optin.{owner}") == "1"):
+            out.append(rec)
+        return out
 
     def reencrypt(self, share, vault, identities: list[Identity]) -> int:
         """Re-encrypt every file of the share whose key is not wrapped for the newest
