@@ -421,3 +421,22 @@ def test_litmus_on_a_team_folder(srv, tmp_path):
     for suite in SUITES:
         m = {m.group(1): m for m in SUMMARY.finditer(out)}.get(suite)
         assert m is not None and int(m.group(4)) == 0, "\n".join(fails)
+
+
+def test_owner_lock_stops_recipient_writes(srv):
+    a, b = srv.session("alice"), srv.session("bob")
+    assert a.put(srv.url("alice", "rw/locked.txt"), data=b"v1").status_code == 201
+    body = ('<?xml version="1.0"?><d:lockinfo xmlns:d="DAV:"><d:lockscope><d:exclusive/>'
+            '</d:lockscope><d:locktype><d:write/></d:locktype><d:owner>alice</d:owner>'
+            '</d:lockinfo>')
+    r = a.request("LOCK", srv.url("alice", "rw/locked.txt"), data=body,
+                  headers={"Timeout": "Second-60"})
+    assert r.status_code == 200, r.text
+    token = r.headers["Lock-Token"]
+    r = b.put(srv.url("bob", "rw/locked.txt"), data=b"bob overwrites")
+    assert r.status_code == 423 and "locked" in r.text
+    assert b.delete(srv.url("bob", "rw/locked.txt")).status_code == 423
+    assert a.request("UNLOCK", srv.url("alice", "rw/locked.txt"),
+                     headers={"Lock-Token": token}).status_code == 204
+    assert b.put(srv.url("bob", "rw/locked.txt"), data=b"v2").status_code == 204
+    assert a.get(srv.url("alice", "rw/locked.txt")).content == b"v2"

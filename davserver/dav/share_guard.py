@@ -19,6 +19,14 @@ from davserver.dav.errors import plain_text
 from davserver.errors import DavServerError, known
 from davserver.vault.shares import CREATE, DELETE, UPDATE, ShareForbidden, ShareService, Target
 
+
+class ShareLocked(DavServerError):
+    """locked: {detail}"""
+
+    HTTP_STATUS = 423
+    EXIT_CODE = 8
+
+
 #: Methods that only read: any share grants them.
 _READING = {"GET", "HEAD", "OPTIONS", "PROPFIND", "UNLOCK", "REPORT", "SEARCH"}
 
@@ -55,6 +63,23 @@ class SharePermissions(BaseMiddleware):
             return answer
         return self.next_app(environ, start_response)
 
+    def _locked_by_other(self, target: Target, user: str) -> bool:
+        """Locks are kept per URL: one the owner (or another member) took on their own
+        URL of the node must stop this user's write through their mount too."""
+        if target.mount is None:
+            return False
+        manager = self.wsgidav_app.lock_manager
+        seen = {user}
+        urls = [f"/remote.php/dav/files/{target.spath}"]
+        for m in self.shares.mounts_of_node(target.spath):
+            if m[0] not in seen:
+                urls.append(f"/remote.php/dav/files/{m[0]}/{m[1]}")
+        for url in urls:
+            for lock in manager.get_indirect_url_lock_list(url):
+                if lock.get("principal") != user:
+                    return True
+        return False
+
     def _exists(self, target: Target) -> bool:
         return self.instance.vault.storage.stat(target.spath) is not None
 
@@ -73,6 +98,8 @@ class SharePermissions(BaseMiddleware):
                 require(target, UPDATE if same_parent else DELETE,
                         "moving out of this share" if not same_parent else "renaming here")
             if dest is not None and dest[1].mount is not None:
+                if self._locked_by_other(dest[1], user):
+                    raise ShareLocked("the destination is locked by another user of the share")
                 if dest[1].is_mount_root:
                     raise ShareForbidden("a shared folder cannot be overwritten")
                 require(dest[1], UPDATE if self._exists(dest[1]) else CREATE,
@@ -80,6 +107,8 @@ class SharePermissions(BaseMiddleware):
             return None
         if target.mount is None:
             return None
+        if method != "LOCK" and self._locked_by_other(target, user):
+            raise ShareLocked("this file is locked by another user of the share")
         if method == "DELETE":
             if target.is_mount_root:
                 self.shares.leave(user, target.mount)
@@ -117,7 +146,8 @@ class SharePermissions(BaseMiddleware):
 
     def _refuse(self, environ, start_response, err: DavServerError):
         status = {403: "403 Forbidden", 404: "404 Not Found", 400: "400 Bad Request",
-                  409: "409 Conflict"}.get(err.HTTP_STATUS, f"{err.HTTP_STATUS} Error")
+                  409: "409 Conflict", 423: "423 Locked"}.get(
+            err.HTTP_STATUS, f"{err.HTTP_STATUS} Error")
         headers = []
         if util.get_content_length(environ):
             headers.append(("Connection", "close"))  # the body was not read

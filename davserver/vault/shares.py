@@ -459,6 +459,23 @@ class ShareService:
                 return True
         return False
 
+    def mounts_of_node(self, spath: str) -> list[tuple[str, str]]:
+        """(user, path in their tree) of every mount point at or above ``spath``, for
+        the lock check across the URLs of one node."""
+        out = []
+        paths = []
+        p = spath
+        while p:
+            paths.append(p)
+            p = parent_of(p)
+        rows = self.db.query(
+            "SELECT m.user, m.path, n.path FROM share_mounts m JOIN shares s ON s.id = "
+            "m.share_id JOIN nodes n ON n.node_id = s.node_id WHERE m.hidden = 0 AND n.path "
+            f"IN ({','.join('?' * len(paths))})", tuple(paths))
+        for user, mount, root in rows:
+            out.append((user, mount + spath[len(root):]))
+        return out
+
     def listable(self, user: str, rel: str) -> str | None:
         """The storage path of ``rel`` when a plain listing of it is the whole answer
         (the direct PROPFIND); None when mount points appear in it."""
