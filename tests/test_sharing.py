@@ -440,3 +440,21 @@ def test_owner_lock_stops_recipient_writes(srv):
                      headers={"Lock-Token": token}).status_code == 204
     assert b.put(srv.url("bob", "rw/locked.txt"), data=b"v2").status_code == 204
     assert a.get(srv.url("alice", "rw/locked.txt")).content == b"v2"
+
+
+def etag(session, url) -> str:
+    r = session.request("PROPFIND", url, headers={"Depth": "0"})
+    assert r.status_code == 207
+    return re.search(r"<(?:\w+:)?getetag>([^<]+)<", r.text).group(1)
+
+
+def test_recipient_root_etag_changes_with_the_share(srv, read_only):
+    """Sync clients poll the root's ETag: a change by the owner inside a share must show."""
+    b = srv.session("bob")
+    before = etag(b, srv.url("bob"))
+    assert etag(b, srv.url("bob")) == before  # stable while nothing changes
+    assert srv.session("alice").put(srv.url("alice", "ro/sub/new.txt"),
+                                    data=b"new").status_code == 201
+    after = etag(b, srv.url("bob"))
+    assert after != before
+    assert etag(b, srv.url("bob")) == after

@@ -72,6 +72,8 @@ class HomeProvider(DAVProvider):
         if node is None:
             return None
         if node.is_dir:
+            if target.mount is None:
+                node = self.instance.shares.with_mounts_etag(user, rel, node)
             return FolderResource(path, environ, spath, node)
         res = FileResource(path, environ, spath, node)
         if environ.get("REQUEST_METHOD") == "GET" and path.rstrip("/") == environ.get(

@@ -19,6 +19,7 @@ whatever the way in:
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import time
 from dataclasses import dataclass, replace
 
@@ -448,7 +449,28 @@ class ShareService:
         if extra:
             names = {n.name for n in extra}
             nodes = [n for n in nodes if n.name not in names] + extra
+        if spath == storage_path(user, folder_rel):
+            base = f"{folder_rel}/" if folder_rel else ""
+            nodes = [self.with_mounts_etag(user, base + n.name, n) if n.is_dir and
+                     n.path.split("/", 1)[0] == user else n for n in nodes]
         return nodes
+
+    def with_mounts_etag(self, user: str, rel: str, node: Node,
+                         mounts: list[Mount] | None = None) -> Node:
+        """A folder of the user's own holding mount points below it changes its ETag when
+        anything in those shares changes, so sync clients that poll the root see changes
+        made by the owner or other members."""
+        rel = rel.strip("/")
+        below = [m for m in (self.mounts(user) if mounts is None else mounts)
+                 if not rel or m.path.startswith(rel + "/")]
+        if not below:
+            return node
+        parts = []
+        for m in sorted(below, key=lambda m: m.path):
+            n = self.vault.stat(m.share.spath)
+            parts.append(f"{m.path}\0{n.etag if n else ''}")
+        digest = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:12]
+        return replace(node, etag=f"{node.etag}-s{digest}")
 
     def touches(self, user: str, rel: str) -> bool:
         """Is ``rel`` inside a mount, or a folder holding one? (The direct paths leave
@@ -481,8 +503,8 @@ class ShareService:
         (the direct PROPFIND); None when mount points appear in it."""
         rel = rel.strip("/")
         mounts = self.mounts(user)
-        if any(parent_of(m.path) == rel for m in mounts):
-            return None
+        if any(not rel or m.path.startswith(rel + "/") for m in mounts):
+            return None  # mount points in it or below (their ETags count)
         return self.resolve(user, rel, mounts).spath
 
     def move_mount(self, user: str, mount: Mount, new_rel: str) -> None:
