@@ -119,3 +119,23 @@ def test_deleting_a_user_removes_their_shares(inst):
     assert inst.shares.list() == []
     assert inst.groups.members("g") == ["carol"]
     assert inst.shares.mounts("carol") == []
+
+
+def test_encrypt_all_covers_team_folders(inst):
+    from davserver.cli.encryption_cmds import _users
+    from davserver.crypto import header
+    from davserver.meta import settings
+    from davserver.vault import convert
+
+    inst.groups.add("g")
+    f = inst.teamfolders.create("Team")
+    inst.teamfolders.set_group(f.id, "g", sh.ALL)
+    inst.db.set_setting(settings.ENABLED, "0")
+    inst.vault.write_bytes(f".gf-{f.id}/plain.txt", b"written while encryption was off")
+    assert not header.is_encrypted(inst.vault.head(f".gf-{f.id}/plain.txt"))
+    inst.db.set_setting(settings.ENABLED, "1")
+    assert f".gf-{f.id}" in _users(inst, None)
+    report = convert.convert_all(inst.vault, _users(inst, None), encrypt=True)
+    assert not report.failed
+    assert header.is_encrypted(inst.vault.head(f".gf-{f.id}/plain.txt"))
+    assert inst.vault.read_all(f".gf-{f.id}/plain.txt") == b"written while encryption was off"

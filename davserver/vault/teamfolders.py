@@ -70,6 +70,10 @@ class TeamFolderService:
     def list(self) -> list[TeamFolder]:
         return [self.get(r[0]) for r in self.db.query("SELECT id FROM team_folders ORDER BY id")]
 
+    def owners(self) -> list[str]:
+        """Storage names of all team folders (for whole-instance jobs: encrypt-all)."""
+        return [owner_name(r[0]) for r in self.db.query("SELECT id FROM team_folders ORDER BY id")]
+
     def name_of(self, owner: str) -> str | None:
         if not is_team_owner(owner) or not owner[len(PREFIX):].isdigit():
             return None
