@@ -301,6 +301,7 @@ def test_ocs_needs_api_header_and_login(srv):
 
 
 def test_ocs_sharees(srv):
+    srv.run_cli("group:add", "staff", check=False)  # may exist from the group test
     r = ocs(srv, "alice", "GET", "/sharees", params={"search": "car", "itemType": "folder"})
     data = r.json()["ocs"]["data"]
     assert [u["value"]["shareWith"] for u in data["users"]] == ["carol"]
@@ -425,21 +426,33 @@ def test_litmus_on_a_team_folder(srv, tmp_path):
 
 def test_owner_lock_stops_recipient_writes(srv):
     a, b = srv.session("alice"), srv.session("bob")
-    assert a.put(srv.url("alice", "rw/locked.txt"), data=b"v1").status_code == 201
+    assert a.request("MKCOL", srv.url("alice", "lk")).status_code == 201
+    share(srv, "alice", "lk", "--user", "bob", "--permissions", "all")
+    assert a.put(srv.url("alice", "lk/locked.txt"), data=b"v1").status_code == 201
     body = ('<?xml version="1.0"?><d:lockinfo xmlns:d="DAV:"><d:lockscope><d:exclusive/>'
             '</d:lockscope><d:locktype><d:write/></d:locktype><d:owner>alice</d:owner>'
             '</d:lockinfo>')
-    r = a.request("LOCK", srv.url("alice", "rw/locked.txt"), data=body,
+    r = a.request("LOCK", srv.url("alice", "lk/locked.txt"), data=body,
                   headers={"Timeout": "Second-60"})
     assert r.status_code == 200, r.text
     token = r.headers["Lock-Token"]
-    r = b.put(srv.url("bob", "rw/locked.txt"), data=b"bob overwrites")
+    r = b.put(srv.url("bob", "lk/locked.txt"), data=b"bob overwrites")
     assert r.status_code == 423 and "locked" in r.text
-    assert b.delete(srv.url("bob", "rw/locked.txt")).status_code == 423
-    assert a.request("UNLOCK", srv.url("alice", "rw/locked.txt"),
+    assert b.delete(srv.url("bob", "lk/locked.txt")).status_code == 423
+    assert a.request("UNLOCK", srv.url("alice", "lk/locked.txt"),
                      headers={"Lock-Token": token}).status_code == 204
-    assert b.put(srv.url("bob", "rw/locked.txt"), data=b"v2").status_code == 204
-    assert a.get(srv.url("alice", "rw/locked.txt")).content == b"v2"
+    assert b.put(srv.url("bob", "lk/locked.txt"), data=b"v2").status_code == 204
+    assert a.get(srv.url("alice", "lk/locked.txt")).content == b"v2"
+    # The other way round: bob's lock through his mount stops alice's writes.
+    r = b.request("LOCK", srv.url("bob", "lk/locked.txt"), data=body.replace("alice", "bob"),
+                  headers={"Timeout": "Second-60"})
+    assert r.status_code == 200, r.text
+    bob_token = r.headers["Lock-Token"]
+    r = a.put(srv.url("alice", "lk/locked.txt"), data=b"alice overwrites")
+    assert r.status_code == 423 and "locked" in r.text
+    assert b.request("UNLOCK", srv.url("bob", "lk/locked.txt"),
+                     headers={"Lock-Token": bob_token}).status_code == 204
+    assert a.put(srv.url("alice", "lk/locked.txt"), data=b"v3").status_code == 204
 
 
 def etag(session, url) -> str:

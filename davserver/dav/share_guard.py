@@ -37,6 +37,7 @@ class SharePermissions(BaseMiddleware):
         self.providers = config["davserver.providers"]
         self.instance = config["davserver.instance"]
         self.shares: ShareService = self.instance.shares
+        self.locks = config["lock_storage"]
 
     def __call__(self, environ, start_response):
         method = environ.get("REQUEST_METHOD", "")
@@ -50,6 +51,11 @@ class SharePermissions(BaseMiddleware):
                 return self.next_app(environ, start_response)  # 404s are WsgiDAV's
             mounts = self.shares.mounts(user)
             if not mounts:
+                # Their own node: a member's lock on their mount URL of it still counts.
+                if method not in ("LOCK", "MKCOL") and self.locks.has_lock_under(
+                        "/remote.php/dav/files/") and self._locked_by_other(
+                        Target(f"{user}/{rel}".rstrip("/"), 31), user):
+                    raise ShareLocked("this file is locked by a user it is shared with")
                 return self.next_app(environ, start_response)
             target = self.shares.resolve(user, rel, mounts)
             answer = self._check(environ, start_response, method, provider, user, target,
@@ -66,11 +72,10 @@ class SharePermissions(BaseMiddleware):
     def _locked_by_other(self, target: Target, user: str) -> bool:
         """Locks are kept per URL: one the owner (or another member) took on their own
         URL of the node must stop this user's write through their mount too."""
-        if target.mount is None:
-            return False
         manager = self.wsgidav_app.lock_manager
         seen = {user}
-        urls = [f"/remote.php/dav/files/{target.spath}"]
+        urls = [] if target.spath.split("/", 1)[0] == user else [
+            f"/remote.php/dav/files/{target.spath}"]
         for m in self.shares.mounts_of_node(target.spath):
             if m[0] not in seen:
                 urls.append(f"/remote.php/dav/files/{m[0]}/{m[1]}")
@@ -105,14 +110,14 @@ class SharePermissions(BaseMiddleware):
                 require(dest[1], UPDATE if self._exists(dest[1]) else CREATE,
                         "writing into this share")
             return None
+        if method == "DELETE" and target.is_mount_root:
+            self.shares.leave(user, target.mount)  # their view only: locks do not apply
+            return _done(environ, start_response, "204 No Content")
+        if method not in ("LOCK", "MKCOL") and self._locked_by_other(target, user):
+            raise ShareLocked("this file is locked by another user of the share")
         if target.mount is None:
             return None
-        if method != "LOCK" and self._locked_by_other(target, user):
-            raise ShareLocked("this file is locked by another user of the share")
         if method == "DELETE":
-            if target.is_mount_root:
-                self.shares.leave(user, target.mount)
-                return _done(environ, start_response, "204 No Content")
             require(target, DELETE, "deleting in this share")
         elif method == "PUT":
             exists = self._exists(target)
