@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 from davserver import config as config_mod
 from davserver.auth.app_passwords import AppPasswords
+from davserver.auth.groups import GroupService
 from davserver.auth.ldap import LdapConfig, LdapDirectory
+from davserver.auth.ldap_groups import LdapGroups
 from davserver.auth.login import LoginService
 from davserver.auth.throttle import Throttle
 from davserver.auth.users import UserService, new_password
@@ -28,6 +30,9 @@ from davserver.vault import context
 from davserver.vault.files import Vault, ensure_home, remove_home
 from davserver.vault.keystore import Identity, KeyStore, Recipient
 from davserver.vault.secret import read_secret, write_secret
+from davserver.vault.shares import ShareService
+from davserver.vault.sharewraps import ShareWraps
+from davserver.vault.teamfolders import TeamFolderService, is_team_owner
 from davserver.vault.userkeys import KeyLocked, UserKeys
 
 log = logging.getLogger("davserver")
@@ -89,8 +94,24 @@ class Instance:
                            identities=self.identities, recipients=self.recipients,
                            encryption_enabled=self.encryption_enabled,
                            commit_locks=PathLocks(os.path.join(cfg.run_dir, "commit.lock")))
+        self.groups = GroupService(self.db, self.users)
+        if directory is not None and directory.config.group_base:
+            self.groups.directory = LdapGroups(directory)
+        self.shares = ShareService(
+            self.db, self.vault, self.users, self.groups,
+            share_folder=str(cfg.extra.get("sharing", {}).get("share_folder", "/")))
+        self.sharewraps = ShareWraps(self.keys, self.db, self.userkeys, self.shares,
+                                     user_mode=lambda: self.mode() == "user",
+                                     suite=cfg.hpke_suite)
+        self.shares.keywork = self.sharewraps
+        self.teamfolders = TeamFolderService(self.db, self.vault, self.shares, self.groups)
+        self.shares.team_name = self.teamfolders.name_of
+        self.users.team_quota = self.teamfolders.quota_of
+        self.groups.on_change = self.shares.group_member_changed
+        self.vault.after_move = self.sharewraps.moved
 
     def _remove_user_data(self, user: str) -> None:
+        self.shares.forget_user(user)
         remove_home(self.vault, user)
         self.userkeys.delete(user)
         self.app_passwords.revoke_all(user)
@@ -152,6 +173,7 @@ class Instance:
         ids = list(context.current())
         if not ids:
             raise KeyLocked()
+        ids += self.sharewraps.identities_for(tuple(ids))  # share keys they hold
         if self._master_present():
             # Files a node wrote in the second before it saw a switch to user-key mode
             # carry a master wrap only; they stay readable to their (authorised) owner.
@@ -167,9 +189,16 @@ class Instance:
             self._has_master = bool(self.keys.master_files())
         return self._has_master
 
-    def recipients(self, user: str) -> list[Recipient]:
+    def recipients(self, user: str, path: str = "") -> list[Recipient]:
         if self.mode() == "master":
             return [self.master().as_recipient()]
+        if is_team_owner(user):
+            # A team folder has no owner key: its groups' share keys and the recovery key.
+            rec = self.userkeys.recovery_public()
+            out = self.sharewraps.recipients_for(path) + ([rec] if rec else [])
+            if not out:
+                raise KeyNotFound(f"share key of team folder {user} (give it a group first)")
+            return out
         own = self.userkeys.public(user)
         if own is None:
             raise KeyNotFound(f"user key of {user} (the user must log in once)")
@@ -180,6 +209,8 @@ class Instance:
             rec = self.userkeys.recovery_public()
             if rec is not None:
                 out.append(rec)
+        if path:
+            out += self.sharewraps.recipients_for(path)  # members read it at once
         return out
 
     def unlock(self, user: str, password: str) -> tuple[Identity, ...]:
@@ -187,7 +218,37 @@ class Instance:
         serves everyone), the user's own key in user-key mode."""
         if self.mode() == "master":
             return ()
-        return (self.userkeys.unlock(user, password),)
+        ids = (self.userkeys.unlock(user, password),)
+        self._share_pending(ids)
+        self._share_reconcile()
+        return ids
+
+    _reconciled_at = -1e9
+
+    def _share_reconcile(self) -> None:
+        """Directory groups change without an event: at most once per directory cache
+        interval, wraps of users who left a shared group are removed (vault.sharewraps)."""
+        directory = self.groups.directory
+        if directory is None:
+            return
+        now = time.monotonic()
+        if now - self._reconciled_at < directory.cache_seconds:
+            return
+        self._reconciled_at = now
+        try:
+            self.sharewraps.reconcile()
+        except DavServerError as e:
+            log.warning("share key reconciliation not done: %s", e)
+
+    def _share_pending(self, ids: tuple[Identity, ...]) -> None:
+        """Wraps waiting for someone able to make them (vault.sharekeys): this user, or
+        a holder whose key this process has unlocked recently (online)."""
+        if not self.sharewraps.keys.pending():
+            return
+        try:
+            self.sharewraps.complete_pending(ids + self.userkeys.unlocked())
+        except DavServerError as e:
+            log.warning("pending share key work not done: %s", e)
 
     def recovery_opted_in(self, user: str) -> bool:
         return self.db.get_setting(f"recovery.optin.{user}") == "1"

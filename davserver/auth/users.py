@@ -61,6 +61,8 @@ class UserService:
                  on_delete: Callable[[str], None] | None = None) -> None:
         self.db = db
         self.cache_seconds = cache_seconds
+        #: Quota of a team folder owner (".gf-<id>"), set by the instance.
+        self.team_quota: Callable[[str], int | None] | None = None
         self._verified = verified.for_this_process(verified.PASSWORDS)
         self._on_create = on_create
         self._on_delete = on_delete
@@ -70,6 +72,8 @@ class UserService:
 
     def quota(self, name: str) -> int | None:
         """The user's quota in bytes; None: unlimited (or no such user)."""
+        if name.startswith(".") and self.team_quota is not None:
+            return self.team_quota(name)  # a team folder (vault.teamfolders)
         u = self.db.get_user(name)
         return u.quota_bytes if u else None
 

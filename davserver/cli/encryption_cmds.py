@@ -23,7 +23,8 @@ def _users(inst, user: str | None) -> list[str]:
     if user:
         inst.users.require(user)
         return [user]
-    return [u.name for u in inst.users.list()]
+    # Team folders (vault.teamfolders) are stored like homes, under names no user has.
+    return [u.name for u in inst.users.list()] + inst.teamfolders.owners()
 
 
 def _confirm(args, question: str) -> None:

@@ -19,11 +19,13 @@ from davserver.cli import (
     encryption_cmds,
     import_cmds,
     serve,
+    share_cmds,
     user,
 )
 from davserver.errors import known
 
-MODULES = (serve, user, encryption_cmds, backup_cmds, import_cmds, app_password_cmds)
+MODULES = (serve, user, encryption_cmds, backup_cmds, import_cmds, app_password_cmds,
+           share_cmds)
 
 
 def build_parser() -> argparse.ArgumentParser:

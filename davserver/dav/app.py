@@ -32,10 +32,13 @@ from davserver.dav.errors import KnownErrors, plain_text
 from davserver.dav.fastfiles import FastFiles
 from davserver.dav.locks import DbLockStorage
 from davserver.dav.nextcloud import NextcloudLayer
+from davserver.dav.ocs_shares import PREFIXES as OCS_SHARE_PREFIXES
+from davserver.dav.ocs_shares import OcsSharesApp
 from davserver.dav.propfind import FastPropfind
 from davserver.dav.provider import HomeProvider
 from davserver.dav.requestcheck import refusal
 from davserver.dav.resources import OPENED_KEY
+from davserver.dav.share_guard import SharePermissions
 from davserver.dav.xmlbody import XmlBodies
 from davserver.instance import Instance
 from davserver.meta.shared_state import RETRY_AFTER, SharedStateUnavailable
@@ -55,6 +58,7 @@ class Guard:
         self.app = app
         self.instance = instance
         self.settings = SettingsApp(instance)
+        self.ocs_shares = OcsSharesApp(instance)
 
     def _maintenance(self) -> bool:
         self.instance.refresh()
@@ -81,6 +85,8 @@ class Guard:
         if path == "/settings" or path.startswith("/settings/"):
             if not self._maintenance():
                 return self.settings(environ, start_response)
+        if path.startswith(OCS_SHARE_PREFIXES) and not self._maintenance():
+            return self.ocs_shares(environ, start_response)
         if self._maintenance():
             return plain_text(start_response, "503 Service Unavailable",
                               "davserver is in maintenance mode; try again later",
@@ -159,8 +165,8 @@ def build_app(instance: Instance, *, fast_files: bool = True):
         "provider_mapping": {FILES_PREFIX: files, WEBDAV_PREFIX: webdav},
         "davserver.instance": instance,
         "davserver.providers": (files, webdav),
-        "middleware_stack": [ErrorPrinter, KnownErrors, BasicAuth, XmlBodies, FastPropfind,
-                             WsgiDavDirBrowser, RequestResolver],
+        "middleware_stack": [ErrorPrinter, KnownErrors, BasicAuth, XmlBodies, SharePermissions,
+                             FastPropfind, WsgiDavDirBrowser, RequestResolver],
         "lock_storage": locks,
         "property_manager": None,
         "block_size": cfg.block_size,

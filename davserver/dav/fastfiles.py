@@ -87,7 +87,7 @@ class FastFiles:
         if not isinstance(outcome, Refusal):
             admit(environ, outcome)
             owner, rel = target[1]._split(target[2], environ)
-            if owner == outcome.user and rel:
+            if owner == outcome.user and rel and not self.instance.shares.touches(owner, rel):
                 try:
                     answer = handler(environ, start_response, target[0],
                                      storage_path(owner, rel))

@@ -24,8 +24,8 @@ CHECKSUM_TYPES = ("SHA1", "MD5", "ADLER32")
 
 
 def capabilities() -> dict:
-    """What a client reads to decide how to talk to us. Other features (sharing) extend
-    the ``files_sharing`` block in place."""
+    """What a client reads to decide how to talk to us (its share dialog uses the OCS
+    Share API of dav.ocs_shares: users and groups, re-sharing; no public links)."""
     return {
         "core": {"pollinterval": 60, "webdav-root": "remote.php/webdav",
                  "reference-api": False, "mod-rewrite-working": False},
@@ -34,8 +34,8 @@ def capabilities() -> dict:
                   "forbidden_filenames": [".htaccess"], "forbidden_filename_characters": [],
                   "undelete": False, "versioning": False, "comments": False},
         "checksums": {"supportedTypes": list(CHECKSUM_TYPES), "preferredUploadType": "SHA1"},
-        "files_sharing": {"api_enabled": False, "public": {"enabled": False},
-                          "resharing": False, "group_sharing": False,
+        "files_sharing": {"api_enabled": True, "public": {"enabled": False},
+                          "resharing": True, "group_sharing": True,
                           "user": {"send_mail": False},
                           "federation": {"outgoing": False, "incoming": False}},
         "davserver": {"version": __version__},

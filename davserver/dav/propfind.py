@@ -22,9 +22,9 @@ from defusedxml.ElementTree import fromstring
 from wsgidav import util
 from wsgidav.mw.base_mw import BaseMiddleware
 
-from davserver.dav import nc_props
+from davserver.dav import nc_props, share_props
 from davserver.dav.resources import content_type
-from davserver.vault.files import Node, storage_path
+from davserver.vault.files import Node
 
 _SAFE = "/" + "!*'()," + "$-_|."
 _MAX_BODY = 1 << 20
@@ -62,6 +62,7 @@ class FastPropfind(BaseMiddleware):
         self.db = config["davserver.instance"].db
         self.vault = config["davserver.instance"].vault
         self.users = config["davserver.instance"].users
+        self.shares = config["davserver.instance"].shares
 
     def __call__(self, environ, start_response):
         if environ.get("REQUEST_METHOD") != "PROPFIND":
@@ -115,10 +116,14 @@ class FastPropfind(BaseMiddleware):
         owner, home_rel = provider._split(rel, environ)
         if owner is None or owner != user:
             raise _Fallback  # users root and foreign homes: WsgiDAV answers those
+        spath = self.shares.listable(owner, home_rel)
+        if spath is None:
+            raise _Fallback  # shares mounted in this folder: WsgiDAV's resources list them
         if self._locks_near(prefix):
             raise _Fallback
         names = self._request(environ)
-        spath = storage_path(owner, home_rel)
+        if names and not share_props.NAMES.isdisjoint(names):
+            raise _Fallback  # sharing properties: dav.share_props via WsgiDAV
         node = self.vault.stat(spath)
         if node is None:
             raise _Fallback
@@ -127,7 +132,7 @@ class FastPropfind(BaseMiddleware):
             base = rel.rstrip("/")
             entries += [(f"{base}/{n.name}", n) for n in self.vault.list_dir(spath)]
         dead = self._dead_props(spath, node.is_dir and depth == "1")
-        quota = self._quota(owner) if any(n.is_dir for _r, n in entries) else None
+        quota = self._quota(spath.split("/", 1)[0]) if any(n.is_dir for _r, n in entries) else None
         computed = nc_props.values(self.db, owner, names, [n for _r, n in entries],
                                    node.is_dir and depth == "1") if names else {}
         parts = ['<?xml version="1.0" encoding="utf-8" ?>\n<d:multistatus xmlns:d="DAV:">']

@@ -1,7 +1,8 @@
 """Maps request paths to homes: ``/remote.php/dav/files/USER/...`` and ``/remote.php/webdav/...``.
 
-Users reach only their own home: another user's path resolves to nothing (404), exactly
-as if it did not exist, so names of other users' files never leak.
+Users reach only their own home and what is shared with them (mounted in their home, see
+vault.shares): another user's path resolves to nothing (404), exactly as if it did not
+exist, so names of other users' files never leak.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from wsgidav.dav_provider import DAVProvider
 from davserver.dav.errors import dav_errors
 from davserver.dav.resources import FileResource, FolderResource, UsersRoot
 from davserver.instance import Instance
-from davserver.vault.files import storage_path
 
 
 class HomeProvider(DAVProvider):
@@ -47,7 +47,13 @@ class HomeProvider(DAVProvider):
         owner, rel = self._split(path, environ)
         if owner is None or owner != environ.get("wsgidav.auth.user_name"):
             raise DAVError(HTTP_FORBIDDEN, "outside your home folder")
-        return storage_path(owner, rel)
+        return self.instance.shares.resolve(owner, rel).spath  # shares mounted in the home
+
+    @dav_errors
+    def list_members(self, path: str, spath: str, environ: dict) -> list:
+        """A folder's members as the caller sees them, shares mounted in it included."""
+        owner, rel = self._split(path, environ)
+        return self.instance.shares.listing(owner, rel, spath)
 
     @dav_errors
     def get_resource_inst(self, path: str, environ: dict):
@@ -60,15 +66,21 @@ class HomeProvider(DAVProvider):
             return UsersRoot(path, environ, user)
         if owner != user:
             return None
-        spath = storage_path(owner, rel)
+        target = self.instance.shares.resolve(owner, rel)
+        spath = target.spath
         node = self.vault.stat(spath)
         if node is None:
             return None
         if node.is_dir:
+            if target.mount is None:
+                node = self.instance.shares.with_mounts_etag(user, rel, node)
             return FolderResource(path, environ, spath, node)
         res = FileResource(path, environ, spath, node)
         if environ.get("REQUEST_METHOD") == "GET" and path.rstrip("/") == environ.get(
             "PATH_INFO", ""
         ).rstrip("/"):
+            if target.mount is not None and self.instance.sharewraps.awaiting(
+                    user, target.mount.share.id):
+                raise DAVError(HTTP_FORBIDDEN, self.instance.sharewraps.AWAITING)
             res.prepare_read(ranged="HTTP_RANGE" in environ)
         return res

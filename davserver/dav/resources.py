@@ -23,7 +23,7 @@ from wsgidav.dav_error import (
 from wsgidav.dav_provider import DAVCollection, DAVNonCollection
 from wsgidav.xml_tools import etree, string_to_xml
 
-from davserver.dav import nc_props
+from davserver.dav import nc_props, share_props
 from davserver.dav.errors import dav_errors, short_body
 from davserver.errors import Conflict
 from davserver.vault.files import Node, Upload
@@ -59,6 +59,8 @@ class _DeadProps:
         return super().get_property_names(is_allprop=is_allprop) + list(self._dead())
 
     def get_property_value(self, name):
+        if name in share_props.NAMES:  # before nc_props: oc:permissions is share-aware
+            return string_to_xml(share_props.value(self, name))
         if name in nc_props.NAMES:
             return self._computed(name)
         if name in _QUOTA_PROPS and (not self.is_collection or (
@@ -71,6 +73,9 @@ class _DeadProps:
         except DAVError as e:
             if e.value != HTTP_NOT_FOUND:
                 raise
+        shared = share_props.value(self, name)
+        if shared is not None:
+            return string_to_xml(shared)
         value = self._dead().get(name)
         if value is None:
             raise DAVError(HTTP_NOT_FOUND)
@@ -254,7 +259,7 @@ class FolderResource(_DeadProps, DAVCollection):
 
     def _nodes(self) -> list[Node]:
         if self._members is None:
-            self._members = dav_errors(self.provider.vault.list_dir)(self.spath)
+            self._members = self.provider.list_members(self.path, self.spath, self.environ)
         return self._members
 
     def _child_path(self, name: str) -> str:

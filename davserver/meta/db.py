@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from davserver.meta import nextcloud_schema, objects_schema
 from davserver.meta.interprocess import ChangeCounter
+from davserver.meta.shares_schema import SHARES_SCHEMA
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS settings(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -93,7 +94,7 @@ CREATE TABLE IF NOT EXISTS web_sessions(
 #: Tables of later features, one module each (davserver/meta/*_schema.py), so features
 #: built side by side do not edit one string. Every statement is idempotent.
 SCHEMA_PARTS: list[str] = [objects_schema.SCHEMA, nextcloud_schema.SCHEMA,
-                            nextcloud_schema.APP_SCHEMA]
+                            nextcloud_schema.APP_SCHEMA, SHARES_SCHEMA]
 
 
 @dataclass(frozen=True)
@@ -362,6 +363,7 @@ class MetaDB:
         conn.execute(f"DELETE FROM files WHERE {_under('path')}", (path, path, path))
         conn.execute(f"DELETE FROM dir_etags WHERE {_under('path')}", (path, path, path))
         nextcloud_schema.delete_ids(conn, path)
+        conn.execute(f"DELETE FROM nodes WHERE {_under('path')}", (path, path, path))
 
     def move_files(self, src: str, dst: str, *, conn: sqlite3.Connection) -> None:
         n = len(src)
@@ -379,6 +381,10 @@ class MetaDB:
             f"WHERE {_under('path')}", (dst, n + 1, dst, n + 1, src, src, src))
         conn.execute("UPDATE dir_etags SET parent = ? WHERE path = ?", (parent_of(dst), dst))
         nextcloud_schema.move_ids(conn, src, dst)
+        # Node IDs (shares point at them) follow the move.
+        conn.execute(f"DELETE FROM nodes WHERE {_under('path')}", (dst, dst, dst))
+        conn.execute(f"UPDATE nodes SET path = ? || substr(path, ?) WHERE {_under('path')}",
+                     (dst, n + 1, src, src, src))
 
     # --- folder ETags (change when anything below changes, for sync clients) ------------
 

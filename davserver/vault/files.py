@@ -155,7 +155,7 @@ class Upload:
 class Vault:
     def __init__(self, storage: Storage, keys: KeyStore, db: MetaDB, *,
                  identities: Callable[[], list[Identity]],
-                 recipients: Callable[[str], list[Recipient]],
+                 recipients: Callable[[str, str], list[Recipient]],
                  encryption_enabled: Callable[[], bool], commit_locks: PathLocks) -> None:
         self.storage = storage
         self.keys = keys
@@ -164,6 +164,8 @@ class Vault:
         self._recipients = recipients
         self._encryption_enabled = encryption_enabled
         self._commit_locks = commit_locks  # one committer per path, across processes
+        #: Called as (src, dst) after a move (sharing re-wraps keys that changed folders).
+        self.after_move: Callable[[str, str], object] | None = None
 
     # --- start-up ----------------------------------------------------------------------
 
@@ -369,7 +371,7 @@ class Vault:
         if encrypt is None:
             encrypt = self._encryption_enabled()
         return Upload(self, path, limit=limit, encrypt=encrypt,
-                      recipients=self._recipients(user) if encrypt else [])
+                      recipients=self._recipients(user, path) if encrypt else [])
 
     def _commit(self, up: Upload, mtime: float | None,
                 expect_generation: int | None = None) -> FileRecord:
@@ -492,6 +494,8 @@ class Vault:
             self.db.move_props(src, dst, conn=c)
             self.db.touch_dirs(src, conn=c)
             self.db.touch_dirs(dst, conn=c)
+        if self.after_move is not None:
+            self.after_move(src, dst)
 
     def _rename_stored(self, src: str, dst: str) -> None:
         """Move in storage. Where a folder rename is not one atomic step (object stores),

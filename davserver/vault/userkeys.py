@@ -223,6 +223,13 @@ class UserKeys:
                                               doc["suite"], new_password, user=user))
         self.forget(user)
 
+    def unlocked(self) -> tuple[Identity, ...]:
+        """Keys this process holds unlocked right now: the users online here."""
+        now = time.monotonic()
+        with self._lock:
+            return tuple({v[1].recipient: v[1] for v in self._cache.values()
+                          if v[2] > now}.values())
+
     def forget(self, user: str) -> None:
         with self._lock:
             self._cache = {k: v for k, v in self._cache.items() if v[0] != user}

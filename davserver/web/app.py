@@ -1,5 +1,5 @@
 """Settings pages under /settings/: log in, see encryption status, fix a locked key,
-opt in or out of recovery, change a local password.
+opt in or out of recovery, change a local password, list, create and remove shares.
 
 Server-rendered (Jinja2) with no JavaScript. Sessions live in the DB (any node can serve
 any request) under a SHA-256 of a random token held in an HttpOnly, SameSite=Strict
@@ -25,6 +25,7 @@ from davserver.auth.forwarded import client_address
 from davserver.auth.login import DirectoryDown, LoginFailed, Throttled
 from davserver.errors import DavServerError, UserError, known
 from davserver.instance import Instance
+from davserver.vault import shares as sh
 from davserver.vault.userkeys import KeyLocked
 
 log = logging.getLogger("davserver.web")
@@ -143,13 +144,16 @@ class SettingsApp:
                                         "again.")
                 handler = {"/logout": self._logout, "/recovery": self._recovery,
                            "/key-password": self._key_password,
-                           "/password": self._password}.get(path)
+                           "/password": self._password, "/sharing/add": self._share_add,
+                           "/sharing/remove": self._share_remove}.get(path)
                 if handler is None:
                     return self._render(start_response, "error.html", "404 Not Found",
                                         message="No such page.")
                 return handler(environ, start_response, token, user, form)
             if path in ("/", "/encryption"):
                 return self._status(start_response, user, csrf, key_locked)
+            if path == "/sharing":
+                return self._sharing(start_response, user, csrf)
             return self._render(start_response, "error.html", "404 Not Found",
                                 message="No such page.")
         except Exception as e:
@@ -254,3 +258,41 @@ class SettingsApp:
             accounts.change_local_password(self.inst, user, old, new)
 
         return self._after(start_response, token, user, run, "Password changed.")
+
+    # --- sharing (the same service as the CLI and the OCS API: vault.shares) ----------
+
+    def _sharing(self, start_response, user: str, csrf: str, message: str | None = None,
+                 error: str | None = None, status: str = "200 OK"):
+        svc = self.inst.shares
+        by_me = [s.as_dict() for s in svc.list(user=user) if s.initiator == user]
+        with_me = [{"path": m.path, "owner": m.share.owner if not m.share.owner.startswith(".")
+                    else "team folder", "permissions": sh.permission_words(m.share.permissions)}
+                   for m in svc.mounts(user)]
+        return self._render(start_response, "sharing.html", status, user=user, csrf=csrf,
+                            by_me=by_me, with_me=with_me, message=message, error=error)
+
+    def _share_add(self, environ, start_response, token, user, form):
+        _u, csrf, _locked = self.inst.db.get_session(_hash(token))
+        words = ["read"] + [w for w in ("update", "create", "delete", "share")
+                            if form.get(f"perm_{w}") == "1"]
+        try:
+            share_type = int(form.get("share_type", "0"))
+            share = self.inst.shares.create(
+                user, form.get("path", ""), share_type, form.get("share_with", "").strip(),
+                permissions=sh.parse_permissions(",".join(words)),
+                expires=sh.parse_expiry(form.get("expire") or None))
+        except (DavServerError, ValueError) as e:
+            return self._sharing(start_response, user, csrf, error=str(e),
+                                 status="400 Bad Request")
+        return self._sharing(start_response, user, csrf,
+                             message=f"Shared /{share.rel} with {share.share_with}.")
+
+    def _share_remove(self, environ, start_response, token, user, form):
+        _u, csrf, _locked = self.inst.db.get_session(_hash(token))
+        try:
+            share = self.inst.shares.remove(int(form.get("id", "0")), actor=user)
+        except (DavServerError, ValueError) as e:
+            return self._sharing(start_response, user, csrf, error=str(e),
+                                 status="400 Bad Request")
+        return self._sharing(start_response, user, csrf,
+                             message=f"Stopped sharing /{share.rel} with {share.share_with}.")
