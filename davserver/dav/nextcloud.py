@@ -27,6 +27,7 @@ _EMPTY_MULTISTATUS = b'<?xml version="1.0" encoding="utf-8" ?>\n<d:multistatus x
 
 class NextcloudLayer:
     def __init__(self, app, instance: Instance, dav, providers: tuple) -> None:
+        self.app = app  # what is not a Nextcloud endpoint goes on there (through self.put)
         self.instance = instance
         self.dav = dav
         self.providers = providers
