@@ -224,12 +224,52 @@ class FastFiles:
             add_headers=headers)
 
     def _receive(self, environ, up, expected: int) -> None:
-        read, bs, left = environ["wsgi.input"].read, self.block_size, expected
-        while left:
-            block = read(min(bs, left))
-            if not block:
-                raise short_body(expected - left, expected)
-            up.write(block)
-            left -= len(block)
+        inp = environ["wsgi.input"]
+        if _direct_reader(inp):
+            _receive_into(inp, up, expected, max(self.block_size, RECEIVE_BLOCK))
+        else:
+            read, bs, left = inp.read, self.block_size, expected
+            while left:
+                block = read(min(bs, left))
+                if not block:
+                    raise short_body(expected - left, expected)
+                up.write(block)
+                left -= len(block)
         environ["wsgidav.all_input_read"] = 1
+
+
+#: Bytes gathered per write to the upload when receiving straight from cheroot's reader.
+RECEIVE_BLOCK = 1 << 20
+
+
+def _direct_reader(inp) -> bool:
+    """Is ``inp`` cheroot's known-length body over a buffered reader with readinto?
+
+    Its ``read(n)`` goes through the pure-Python BufferedReader, which for every recv of a
+    large read allocates and zero-fills an ``n``-byte buffer, copies what arrived into a
+    new bytes object and joins them: several copies of each byte before the AEAD sees it.
+    ``readinto`` receives into the caller's buffer instead."""
+    return isinstance(getattr(inp, "remaining", None), int) and hasattr(
+        getattr(inp, "rfile", None), "readinto1")
+
+
+def _receive_into(inp, up, expected: int, bs: int) -> None:
+    # readinto1, not readinto: the pure-Python readinto miscounts when its buffer holds
+    # more than the space left in the caller's (ValueError); readinto1 makes one copy or
+    # one recv per call, both sized correctly.
+    buf = bytearray(min(bs, expected) or 1)
+    view, left, readinto = memoryview(buf), expected, inp.rfile.readinto1
+    while left:
+        want, got = min(len(buf), left), 0
+        while got < want:
+            n = readinto(view[got:want])
+            if not n:
+                break
+            got += n
+        inp.remaining -= got
+        left -= got
+        if got:
+            up.write(view[:got])  # the upload copies what it keeps
+        if got < want:
+            raise short_body(expected - left, expected)
 
