@@ -478,3 +478,22 @@ def test_master_key_right_and_wrong_secret(tmp_path: Path):
     with pytest.raises(KeyNotFound):
         ks.load_master(secret, kid="0000000000000000")
     assert ks.load_master(secret, kid=keywrap.key_id(created.public)) == created
+
+
+def test_final_chunk_check_remembered_only_for_the_same_stored_size():
+    """A version's final chunk is checked once per process; a truncated or extended copy
+    of that same version (same file ID, other size) is still checked and refused."""
+    p = pattern(3 * CS + 10)
+    ct = enc(p)
+    f = stream.PlaintextFile(reader(ct))
+    f.seek(CS + 1)
+    assert f.read(3) == p[CS + 1:CS + 4]
+    reads = []
+    r = reader(ct)
+    real = r._read_at
+    r._read_at = lambda off, n: reads.append(off) or real(off, n)
+    stream.PlaintextFile(r).seek(5)
+    assert reads == []  # remembered: the last chunk was not read again
+    for cut in (ct[: 64 + 3 * STRIDE], ct + ct[64:64 + STRIDE]):
+        with pytest.raises(IntegrityError):
+            stream.PlaintextFile(reader(cut)).seek(1)

@@ -25,6 +25,7 @@ listings and quotas never decrypt.
 from __future__ import annotations
 
 import struct
+import threading
 from collections.abc import Callable, Iterator
 
 from davserver.crypto import header as hdr
@@ -168,6 +169,7 @@ class ChunkReader:
     def __init__(self, read_at: ReadAt, cipher_size: int, data_key: bytes,
                  header_bytes: bytes | None = None) -> None:
         self._read_at = read_at
+        self.cipher_size = cipher_size
         raw = read_at(0, hdr.HEADER_BYTES) if header_bytes is None else header_bytes
         self.header, payload_key = hdr.open_header(raw, data_key)
         self.plain_size = plaintext_size(cipher_size, self.header.chunk_shift)
@@ -205,6 +207,28 @@ class ChunkReader:
             yield data[lo:hi] if (lo, hi) != (0, len(data)) else data
 
 
+#: (file ID, stored size) of versions whose final chunk authenticated as final. The final
+#: flag guards against truncation and extension, i.e. against a different stored size;
+#: a file ID is fresh for every version and its header is authenticated, so the same pair
+#: means the same chunk layout, and the check need not decrypt the last chunk again for
+#: every Range request (a multi-stream download sends one per stream). Chunks that are
+#: served are still authenticated on every read.
+_FINAL_OK: dict[tuple[bytes, int], None] = {}
+_FINAL_OK_MAX = 4096
+_final_lock = threading.Lock()
+
+
+def _final_known(reader: ChunkReader) -> bool:
+    return (reader.header.file_id, reader.cipher_size) in _FINAL_OK
+
+
+def _final_verified(reader: ChunkReader) -> None:
+    with _final_lock:
+        if len(_FINAL_OK) >= _FINAL_OK_MAX:
+            del _FINAL_OK[next(iter(_FINAL_OK))]  # the oldest (insertion order)
+        _FINAL_OK[(reader.header.file_id, reader.cipher_size)] = None
+
+
 class PlaintextFile:
     """A read-only, seekable file object over a ChunkReader (what WsgiDAV's GET wants).
 
@@ -217,7 +241,8 @@ class PlaintextFile:
         self._pos = 0
         self._cache_index = -1
         self._cache = b""
-        self._final_checked = False
+        self._final_checked = False  # the final chunk authenticated by this reader
+        self._layout_checked = False  # ... or by an earlier one of the same version
         self._on_close = on_close
         self.closed = False
 
@@ -236,7 +261,16 @@ class PlaintextFile:
         """Authenticate the last chunk now (before serving a Range from the middle)."""
         if not self._final_checked:
             self._load(self._r.chunks - 1)
+            _final_verified(self._r)
             self._final_checked = True
+
+    def verify_layout(self) -> None:
+        """What :meth:`verify_final` proves about the size (no truncation, no extension),
+        remembered per version; serves before any seek away from the start."""
+        if not self._layout_checked:
+            if not _final_known(self._r):
+                self.verify_final()
+            self._layout_checked = True
 
     def readable(self) -> bool:
         return True
@@ -254,7 +288,7 @@ class PlaintextFile:
         if pos < 0:
             raise ValueError("negative seek position")
         if pos:
-            self.verify_final()
+            self.verify_layout()
         self._pos = pos
         return pos
 

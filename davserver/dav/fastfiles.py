@@ -5,12 +5,13 @@ consults the lock manager a dozen times for a PUT; for a 4 KiB file that costs m
 encrypting or decrypting it. For the plain cases in the caller's own home this answers
 with the same status, headers and bytes straight from the vault:
 
-- GET/HEAD of a file with no Range, no conditional header, no body and Depth 0;
+- GET/HEAD of a file with no conditional header, no body and Depth 0, whole or one byte
+  range of it (the forms dav.ranges takes; If-Range included);
 - PUT with a Content-Length, no conditional header, no Content-Range/-Encoding, into an
   existing folder, while no lock exists anywhere in the share (checked again just before
   the commit, so a LOCK taken while the body arrives wins).
 
-Everything else (folders, ranges, conditionals, locks, chunked bodies, errors on GET)
+Everything else (folders, other ranges, conditionals, locks, chunked bodies, errors on GET)
 falls through to WsgiDAV, which stays the reference behaviour: a test compares both paths
 header by header, and litmus runs against the whole stack.
 """
@@ -30,6 +31,7 @@ from wsgidav.dav_error import (
 from wsgidav.error_printer import ErrorPrinter
 from wsgidav.wsgidav_app import WsgiDAVApp
 
+from davserver.dav import ranges
 from davserver.dav.basicauth import OUTCOME_KEY, Refusal, admit, authenticate
 from davserver.dav.errors import raise_as_dav_error, short_body
 from davserver.dav.overlap import response_body
@@ -42,7 +44,7 @@ from davserver.vault.files import storage_path
 #: Request headers that need WsgiDAV's evaluation (preconditions).
 _CONDITIONAL = ("HTTP_IF", "HTTP_IF_MATCH", "HTTP_IF_NONE_MATCH", "HTTP_IF_MODIFIED_SINCE",
                 "HTTP_IF_UNMODIFIED_SINCE")
-_DEFER_GET = _CONDITIONAL + ("HTTP_RANGE", "HTTP_IF_RANGE")
+_DEFER_GET = _CONDITIONAL
 _DEFER_PUT = _CONDITIONAL + ("HTTP_CONTENT_RANGE", "HTTP_CONTENT_ENCODING",
                              "HTTP_TRANSFER_ENCODING")
 
@@ -141,6 +143,9 @@ class FastFiles:
             node = self.vault.stat(spath)
             if node is None or node.is_dir:
                 return None
+            part = ranges.plan(environ, node.size, node.etag, node.mtime)
+            if part is None:
+                return None  # a range form WsgiDAV answers (416, several ranges, ...)
             if head:
                 f = None
             else:
@@ -151,19 +156,36 @@ class FastFiles:
                 if not node.describes(f):
                     f.close()
                     return None
+                if part is not ranges.FULL:
+                    try:
+                        # As the reference path: the final chunk is authenticated before
+                        # any part is served, so a cut file is refused, not half-served.
+                        if hasattr(f, "verify_layout"):
+                            f.verify_layout()
+                        f.seek(part[0])
+                    except BaseException:
+                        f.close()
+                        raise
         except DavServerError:
             return None  # refusals are logged and answered by the reference path
-        start_response("200 OK", [
-            ("Content-Length", str(node.size)),
+        length = node.size if part is ranges.FULL else part[1] - part[0] + 1
+        headers = [
+            ("Content-Length", str(length)),
             ("Last-Modified", rfc1123(time.gmtime(node.mtime))),
             ("Content-Type", content_type(node.name)),
             ("Date", rfc1123(time.gmtime())),
             ("ETag", f'"{node.etag}"'),
             ("Accept-Ranges", "bytes"),
-        ])
+        ]
+        if part is ranges.FULL:
+            start_response("200 OK", headers)
+        else:
+            headers.append(("Content-Range", f"bytes {part[0]}-{part[1]}/{node.size}"))
+            start_response("206 Partial Content", headers)
         if f is None:
             return [b""]
-        return response_body(f, self.block_size, node.size)
+        return response_body(f, self.block_size, length,
+                             None if part is ranges.FULL else length)
 
     # --- PUT ---------------------------------------------------------------------------
 
@@ -202,12 +224,52 @@ class FastFiles:
             add_headers=headers)
 
     def _receive(self, environ, up, expected: int) -> None:
-        read, bs, left = environ["wsgi.input"].read, self.block_size, expected
-        while left:
-            block = read(min(bs, left))
-            if not block:
-                raise short_body(expected - left, expected)
-            up.write(block)
-            left -= len(block)
+        inp = environ["wsgi.input"]
+        if _direct_reader(inp):
+            _receive_into(inp, up, expected, max(self.block_size, RECEIVE_BLOCK))
+        else:
+            read, bs, left = inp.read, self.block_size, expected
+            while left:
+                block = read(min(bs, left))
+                if not block:
+                    raise short_body(expected - left, expected)
+                up.write(block)
+                left -= len(block)
         environ["wsgidav.all_input_read"] = 1
+
+
+#: Bytes gathered per write to the upload when receiving straight from cheroot's reader.
+RECEIVE_BLOCK = 1 << 20
+
+
+def _direct_reader(inp) -> bool:
+    """Is ``inp`` cheroot's known-length body over a buffered reader with readinto?
+
+    Its ``read(n)`` goes through the pure-Python BufferedReader, which for every recv of a
+    large read allocates and zero-fills an ``n``-byte buffer, copies what arrived into a
+    new bytes object and joins them: several copies of each byte before the AEAD sees it.
+    ``readinto`` receives into the caller's buffer instead."""
+    return isinstance(getattr(inp, "remaining", None), int) and hasattr(
+        getattr(inp, "rfile", None), "readinto1")
+
+
+def _receive_into(inp, up, expected: int, bs: int) -> None:
+    # readinto1, not readinto: the pure-Python readinto miscounts when its buffer holds
+    # more than the space left in the caller's (ValueError); readinto1 makes one copy or
+    # one recv per call, both sized correctly.
+    buf = bytearray(min(bs, expected) or 1)
+    view, left, readinto = memoryview(buf), expected, inp.rfile.readinto1
+    while left:
+        want, got = min(len(buf), left), 0
+        while got < want:
+            n = readinto(view[got:want])
+            if not n:
+                break
+            got += n
+        inp.remaining -= got
+        left -= got
+        if got:
+            up.write(view[:got])  # the upload copies what it keeps
+        if got < want:
+            raise short_body(expected - left, expected)
 

@@ -43,27 +43,41 @@ def _fresh_after_fork() -> None:
 os.register_at_fork(after_in_child=_fresh_after_fork)
 
 
-def response_body(f, block_size: int, size: int):
-    """The WSGI iterable for sending ``size`` bytes of ``f``, which it closes."""
+def response_body(f, block_size: int, size: int, length: int | None = None):
+    """The WSGI iterable for sending ``f`` (``size`` bytes from where it stands), which it
+    closes. ``length``: send only that many (a range); None reads to the end, which also
+    authenticates an empty file's one chunk."""
     if size >= READ_AHEAD_MIN and _helpers.acquire(blocking=False):
-        return ReadAhead(f, block_size, on_close=_helpers.release)
-    return Blocks(f, block_size)
+        return ReadAhead(f, block_size, on_close=_helpers.release, length=length)
+    return Blocks(f, block_size, length=length)
 
 
-class Blocks:
-    """Blocks read in the request's thread, and the file closed after."""
-
-    def __init__(self, f, block_size: int) -> None:
-        self._f = f
-        self._bs = block_size
-
-    def __iter__(self) -> Iterator[bytes]:
-        read, bs = self._f.read, self._bs
+def _blocks(read: Callable[[int], bytes], bs: int, length: int | None) -> Iterator[bytes]:
+    """``read(bs)`` until the end, or until ``length`` bytes (a range) were read."""
+    if length is None:
         while True:
             block = read(bs)
             if not block:
                 return
             yield block
+    while length > 0:
+        block = read(min(bs, length))
+        if not block:
+            return
+        length -= len(block)
+        yield block
+
+
+class Blocks:
+    """Blocks read in the request's thread, and the file closed after."""
+
+    def __init__(self, f, block_size: int, length: int | None = None) -> None:
+        self._f = f
+        self._bs = block_size
+        self._length = length
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from _blocks(self._f.read, self._bs, self._length)
 
     def close(self) -> None:
         self._f.close()
@@ -78,22 +92,24 @@ class ReadAhead:
     """
 
     def __init__(self, f, block_size: int, depth: int = DEPTH,
-                 on_close: Callable[[], object] | None = None) -> None:
+                 on_close: Callable[[], object] | None = None,
+                 length: int | None = None) -> None:
         self._f = f
         self._bs = block_size
+        self._length = length
         self._on_close = on_close
         self._q: queue.Queue = queue.Queue(depth)
         self._stopping = False
         self._thread: threading.Thread | None = None
 
     def _fill(self) -> None:
-        read, bs, put = self._f.read, self._bs, self._q.put
+        put = self._q.put
         try:
-            while not self._stopping:
-                block = read(bs)
-                put(block)
-                if not block:
+            for block in _blocks(self._f.read, self._bs, self._length):
+                if self._stopping:
                     return
+                put(block)
+            put(b"")
         except BaseException as e:  # noqa: BLE001 - raised again in the sending thread
             put(e)
 

@@ -12,6 +12,7 @@ which stays the reference behaviour: litmus runs against both paths.
 
 from __future__ import annotations
 
+import functools
 import time
 from urllib.parse import quote
 from xml.etree.ElementTree import ParseError
@@ -167,13 +168,13 @@ class FastPropfind(BaseMiddleware):
 
     def _live(self, rel: str, n: Node, quota) -> dict[str, str | None]:
         """Live property values as inner XML ('' for empty elements)."""
-        g = time.gmtime(n.mtime)
+        created, modified = _times(n.mtime)
         v: dict[str, str | None] = {
             "resourcetype": "<d:collection/>" if n.is_dir else "",
-            "creationdate": _rfc3339(g),
-            "getlastmodified": rfc1123(g),
-            "displayname": escape(rel.rstrip("/").rsplit("/", 1)[-1]),
-            "getetag": escape(n.etag),
+            "creationdate": created,
+            "getlastmodified": modified,
+            "displayname": _escape(rel.rstrip("/").rsplit("/", 1)[-1]),
+            "getetag": _escape(n.etag),
             "lockdiscovery": "",
             "supportedlock": None,  # written whole below
         }
@@ -187,7 +188,7 @@ class FastPropfind(BaseMiddleware):
         return v
 
     def _response(self, prefix, rel, n: Node, names, dead, quota, computed=None) -> str:
-        href = quote(prefix + rel, safe=_SAFE)
+        href = _href(prefix + rel)
         if n.is_dir and not href.endswith("/"):
             href += "/"
         if names is None and not dead and not n.is_dir:
@@ -221,15 +222,15 @@ class FastPropfind(BaseMiddleware):
 
     @staticmethod
     def _file_allprop(href: str, rel: str, n: Node) -> str:
-        g = time.gmtime(n.mtime)
+        created, modified = _times(n.mtime)
         return (
             f"<d:response><d:href>{href}</d:href><d:propstat><d:prop><d:resourcetype/>"
-            f"<d:creationdate>{_rfc3339(g)}</d:creationdate>"
+            f"<d:creationdate>{created}</d:creationdate>"
             f"<d:getcontentlength>{n.size}</d:getcontentlength>"
             f"<d:getcontenttype>{_content_type(n.name)}</d:getcontenttype>"
-            f"<d:getlastmodified>{rfc1123(g)}</d:getlastmodified>"
-            f"<d:displayname>{escape(rel.rsplit('/', 1)[-1])}</d:displayname>"
-            f"<d:getetag>{escape(n.etag)}</d:getetag><d:lockdiscovery/>{_SUPPORTED_LOCK}"
+            f"<d:getlastmodified>{modified}</d:getlastmodified>"
+            f"<d:displayname>{_escape(rel.rsplit('/', 1)[-1])}</d:displayname>"
+            f"<d:getetag>{_escape(n.etag)}</d:getetag><d:lockdiscovery/>{_SUPPORTED_LOCK}"
             f"</d:prop><d:status>{_STATUS_OK}</d:status></d:propstat></d:response>")
 
 
@@ -248,8 +249,39 @@ def _rfc3339(g: time.struct_time) -> str:
             f"{g.tm_hour:02d}:{g.tm_min:02d}:{g.tm_sec:02d}Z")
 
 
+@functools.lru_cache(maxsize=4096)
+def _escaped_type(ctype: str) -> str:
+    return escape(ctype)
+
+
 def _content_type(name: str) -> str:
-    return escape(content_type(name))
+    return _escaped_type(content_type(name))
+
+
+def _escape(text: str) -> str:
+    """saxutils.escape, skipped for the usual text that has nothing to escape."""
+    return escape(text) if ("&" in text or "<" in text or ">" in text) else text
+
+
+#: Characters quote() leaves alone with safe=_SAFE: such a path is its own href.
+_AS_IS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~"
+                   + _SAFE)
+
+
+def _href(path: str) -> str:
+    return path if _AS_IS.issuperset(path) else quote(path, safe=_SAFE)
+
+
+@functools.lru_cache(maxsize=8192)
+def _times_of_second(second: int) -> tuple[str, str]:
+    g = time.gmtime(second)
+    return _rfc3339(g), rfc1123(g)
+
+
+def _times(mtime: float) -> tuple[str, str]:
+    """(creationdate, getlastmodified) text; files of one folder often share a second."""
+    return _times_of_second(int(mtime)) if mtime >= 0 else (
+        _rfc3339(time.gmtime(mtime)), rfc1123(time.gmtime(mtime)))
 
 
 class _Replay:

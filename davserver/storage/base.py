@@ -9,7 +9,7 @@ complete new one, never a mix, whatever happens to the process.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from dataclasses import dataclass
 
 
@@ -73,6 +73,13 @@ class Storage(ABC):
 
     @abstractmethod
     def list_dir(self, key: str) -> list[Entry]: ...
+
+    def list_dir_known(self, key: str, known: Container[str]) -> list[Entry]:
+        """:meth:`list_dir`, except that files named in ``known`` (the index already has
+        their size and time) may come with size 0 and mtime 0.0. A local folder of 10,000
+        files spends a fifth of a PROPFIND on stat calls whose answers go unused;
+        backends whose listing carries them anyway keep this default."""
+        return self.list_dir(key)
 
     @abstractmethod
     def open_reader(self, key: str) -> BlobReader: ...

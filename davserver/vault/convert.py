@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from davserver.crypto import header as hdr
@@ -132,27 +134,66 @@ def _rewrite(vault, path: str, *, encrypt: bool, mtime: float) -> int:
     return done.size
 
 
+#: Files converted at once. Each commit is made durable on its own (blob, key file,
+#: renames, index row), so one converter waits on the disk's flush latency for every file;
+#: many in flight let the filesystem journal commit their flushes together, and the AEAD,
+#: reads and writes release the GIL, so large files use both cores.
+WORKERS = 16
+
+
 def convert_all(vault, users: list[str], *, encrypt: bool,
-                progress: Progress | None = None) -> ConvertReport:
+                progress: Progress | None = None, workers: int = WORKERS) -> ConvertReport:
     vault.recover()
     report = ConvertReport()
-    for path, size in plan(vault, users):
+    lock = threading.Lock()
+
+    stop = threading.Event()  # set by an error that is not one file's (a full disk)
+
+    def one(path: str, size: int) -> None:
+        if stop.is_set():
+            return
+        done = skipped = 0
+        failed = None
         try:
             if _is_encrypted(vault, path) == encrypt:
-                report.skipped += 1
-                if progress:
-                    progress(1, size)
-                continue
-            rec = vault.db.get_file(path)
-            e = vault.storage.stat(path)
-            mtime = rec.mtime if rec else (e.mtime if e else 0.0)
-            report.bytes += _rewrite(vault, path, encrypt=encrypt, mtime=mtime)
-            report.converted += 1
+                skipped = 1
+            else:
+                rec = vault.db.get_file(path)
+                e = vault.storage.stat(path)
+                mtime = rec.mtime if rec else (e.mtime if e else 0.0)
+                done = _rewrite(vault, path, encrypt=encrypt, mtime=mtime)
         except StorageNotFound:
-            continue  # removed while we ran
+            return  # removed while we ran
         except DavServerError as err:
             log.error("could not %s %s: %s", "encrypt" if encrypt else "decrypt", path, err)
-            report.failed.append((path, str(err)))
-        if progress:
-            progress(1, size)
+            failed = (path, str(err))
+        except BaseException:
+            stop.set()
+            raise
+        with lock:
+            if failed:
+                report.failed.append(failed)
+            elif skipped:
+                report.skipped += 1
+            else:
+                report.converted += 1
+                report.bytes += done
+            if progress:
+                progress(1, size)
+
+    files = plan(vault, users)
+    if workers <= 1 or len(files) <= 1:
+        for path, size in files:
+            one(path, size)
+        return report
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="convert") as pool:
+        pending = [pool.submit(one, path, size) for path, size in files]
+        try:
+            for f in pending:
+                f.result()  # re-raises what is not a per-file failure (a full disk, ...)
+        except BaseException:
+            stop.set()  # Ctrl-C too: the files in flight finish or roll back, no more start
+            for f in pending:
+                f.cancel()
+            raise
     return report

@@ -245,8 +245,10 @@ class Vault:
         return self._node(path, e, self.db.get_file(path))
 
     def list_dir(self, path: str) -> list[Node]:
-        entries = self.storage.list_dir(path)
         records = self.db.children(path)
+        # An encrypted file's node is made from its index row alone (size, time, ETag).
+        entries = self.storage.list_dir_known(
+            path, {n for n, r in records.items() if r.file_id is not None})
         etags = self.db.child_dir_etags(path) if any(e.is_dir for e in entries) else {}
         return [self._node(f"{path}/{e.name}", e, records.get(e.name), etags.get(e.name))
                 for e in entries]
