@@ -63,6 +63,12 @@ def content(seed: int, size: int) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
+def answer_text(body: bytes) -> str:
+    """The readable part of an error page (WsgiDAV's HTML or an XML error), shortened."""
+    text = re.sub(r"<head>.*?</head>|<[^>]+>", " ", body.decode("utf-8", "replace"), flags=re.S)
+    return " ".join(text.split())[:300]
+
+
 def random_size(rng: random.Random) -> int:
     """1 B .. 1 MiB, log-uniform so small files (the common case) dominate."""
     return max(1, min(MAX_SIZE, int(2 ** rng.uniform(0, 20))))
@@ -170,7 +176,7 @@ class Client(threading.Thread):
         if status in ok:
             return True
         self.stats.error(f"client {self.n} {op} {what}: HTTP {status} (expected {ok}) "
-                         f"{body[:200]!r}")
+                         f"{answer_text(body)}")
         return False
 
     def new_seed(self) -> int:

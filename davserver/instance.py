@@ -114,6 +114,13 @@ class Instance:
     def maintenance(self) -> bool:
         return self._setting(S_MAINTENANCE) == "1"
 
+    def jobs_in_progress(self) -> list[str]:
+        """Interrupted or running admin jobs (encryption:status shows them)."""
+        jobs = [self.db.get_setting(settings.MAINTENANCE_JOB),
+                "change-key-storage-root" if self.db.get_setting(settings.JOB_KEY_ROOT)
+                else None]
+        return [j for j in jobs if j]
+
     def refresh(self) -> None:
         """Pick up settings other processes changed (admin commands, other nodes)."""
         root = self.key_root

@@ -13,7 +13,6 @@ from davserver.cli.common import add_command, emit, instance_from, password_from
 from davserver.cli.progress import progress_bar
 from davserver.errors import UserError
 from davserver.instance import MODULE_ID, S_ENABLED, S_MODULE
-from davserver.meta import settings
 from davserver.vault import check, context, convert, keyroot
 
 EXIT_PROBLEMS = 3
@@ -44,9 +43,7 @@ def cmd_status(args) -> int:
     jobs in progress."""
     inst = instance_from(args)
     enc, plain = _count_files(inst)
-    jobs = [j for j in (inst.db.get_setting(settings.MAINTENANCE_JOB),
-                        "change-key-storage-root" if inst.db.get_setting(settings.JOB_KEY_ROOT)
-                        else None) if j]
+    jobs = inst.jobs_in_progress()
     data = {"enabled": inst.encryption_enabled(), "defaultModule": inst.db.get_setting(S_MODULE),
             "mode": inst.mode(), "keyStorageRoot": inst.key_root, "encryptedFiles": enc,
             "plaintextFiles": plain, "maintenance": inst.maintenance(), "jobsInProgress": jobs}

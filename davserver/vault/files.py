@@ -100,6 +100,14 @@ class RawFile:
         self._r.close()
 
 
+#: Opens of one path retried when a concurrent commit replaced the version being opened.
+_OPEN_ATTEMPTS = 5
+
+
+class _Superseded(Exception):
+    """The version being opened was replaced by a commit meanwhile (a race, not damage)."""
+
+
 class Upload:
     """A write in progress; see the module docstring for the commit protocol."""
 
@@ -257,12 +265,20 @@ class Vault:
         ``as_of``: the caller's stat of ``path``. When the stored header names the file ID
         that stat found in the index, that read of the index serves for this one too.
         """
-        reader = self.storage.open_reader(path)
-        try:
-            return self._open_checked(path, reader, as_of)
-        except BaseException:
-            reader.close()
-            raise
+        for attempt in range(_OPEN_ATTEMPTS):
+            reader = self.storage.open_reader(path)
+            try:
+                return self._open_checked(path, reader, as_of)
+            except _Superseded:
+                reader.close()
+                as_of = None  # the caller's stat is older still
+                if attempt == _OPEN_ATTEMPTS - 1:
+                    raise Conflict(f"{path} kept changing while it was being opened; "
+                                   "try again") from None
+            except BaseException:
+                reader.close()
+                raise
+        raise AssertionError("unreachable")
 
     def _open_checked(self, path: str, reader: BlobReader, as_of: Node | None = None):
         raw = reader.read_at(0, hdr.HEADER_BYTES)
@@ -283,6 +299,10 @@ class Vault:
         elif rec.file_id != h.file_id:
             if h.file_id in self.db.pending_for(path):
                 rec = self._finish_commit(path, h.file_id)
+            elif (now := self.db.get_file(path)) is not None and now.file_id == h.file_id:
+                rec = now  # a commit finished between the header read and the index read
+            elif now is None or now.file_id != rec.file_id:
+                raise _Superseded()  # the index moved on: open the newest version again
             else:
                 self._refuse(path, f"stored file ID {h.file_id.hex()} is not the indexed "
                              f"{rec.file_id.hex()} (swapped or rolled back)")
@@ -293,6 +313,11 @@ class Vault:
         try:
             data_key = self.keys.unwrap(file_id, self._identities())
         except KeyNotFound:
+            now = self.db.get_file(path)
+            if now is None or now.file_id != file_id:
+                # Overwritten (or deleted) after the header was read: the old version's key
+                # is gone with it. Not damage: open the newest version again.
+                raise _Superseded() from None
             log.error("no key for %s (file ID %s)", path, file_id.hex())
             raise
         try:
