@@ -67,3 +67,48 @@ def test_a_real_swap_is_still_refused(inst):
     b.write_bytes(data_a)
     with pytest.raises(VersionMismatch):
         v.read_all("alice/a.txt")
+
+
+def test_reader_finishing_a_commit_that_a_newer_one_replaced_changes_nothing(inst):
+    """The reader saw version X's pending row; X was finished and Z committed before the
+    reader got to finish X. Finishing X then must not index X over Z's blob (nor delete
+    Z's key): that lost the file under the soak."""
+    from davserver.vault.files import _Superseded
+
+    v = inst.vault
+    v.write_bytes("alice/f.txt", b"version Y")
+    x = v.write_bytes("alice/f.txt", b"version X").file_id
+    z = v.write_bytes("alice/f.txt", b"version Z").file_id
+    with pytest.raises(_Superseded):
+        v._finish_commit("alice/f.txt", x)
+    inst.db.add_pending(x, "alice/f.txt")  # even with X's row still there (a crash)
+    with pytest.raises(_Superseded):
+        v._finish_commit("alice/f.txt", x)
+    inst.db.remove_pending(x)
+    assert inst.db.get_file("alice/f.txt").file_id == z and inst.keys.exists(z)
+    assert v.read_all("alice/f.txt") == b"version Z"
+
+
+def test_path_lock_waits_through_a_false_deadlock_report(tmp_path, monkeypatch):
+    """POSIX record locks detect deadlocks per process, not per thread, and report
+    EDEADLK where none exists; the commit lock asks again instead of failing (a 500)."""
+    import errno
+    import fcntl
+
+    from davserver.meta import interprocess
+
+    real = fcntl.lockf
+    refusals = []
+
+    def edeadlk_twice(fd, cmd, *args):
+        if cmd == fcntl.LOCK_EX and len(refusals) < 2:
+            refusals.append(cmd)
+            raise OSError(errno.EDEADLK, "Resource deadlock avoided")
+        return real(fd, cmd, *args)
+
+    monkeypatch.setattr(interprocess.fcntl, "lockf", edeadlk_twice)
+    locks = interprocess.PathLocks(str(tmp_path / "commit.lock"))
+    entered = []
+    with locks.hold("alice/f.txt"):
+        entered.append(True)
+    assert entered and len(refusals) == 2

@@ -184,7 +184,10 @@ class Vault:
             else:
                 done = self._stored_file_id(path) == file_id
             if done:
-                self._finish_commit(path, file_id, plain=plain)
+                try:
+                    self._finish_commit(path, file_id, plain=plain)
+                except _Superseded:
+                    pass  # a request finished or replaced it meanwhile
                 finished += 1
             else:
                 if not plain:
@@ -444,22 +447,40 @@ class Vault:
             self.db.forget_doomed(file_ids)
 
     def _finish_commit(self, path: str, file_id: bytes, *, plain: bool = False) -> FileRecord:
-        """Complete a commit whose rename happened but whose index update did not."""
-        with self.storage.open_reader(path) as r:
-            if plain:
-                size, new_id = r.size, None
-            else:
-                size = stream.plaintext_size(r.size, hdr.parse(r.read_at(0, 64)).chunk_shift)
-                new_id = file_id
-        old = self.db.get_file(path)
-        rec = FileRecord(path, new_id, (old.generation + 1) if old else 1, size, time.time())
-        doomed = [old.file_id] if old is not None and old.file_id not in (None, new_id) else []
-        with self.db.tx() as c:
-            self.db.put_file(rec, conn=c)
-            self.db.remove_pending(file_id, conn=c)
-            self.db.doom_keys(doomed, conn=c)
-        self._delete_doomed(doomed)
-        return rec
+        """Complete a commit whose rename happened but whose index update did not.
+
+        Readers call this while the committer may still be at work, so it takes the
+        commit lock and checks again that the commit is still unfinished and its blob
+        still the stored one. Without that, a reader that saw the pending row before a
+        newer commit replaced the blob would index the old file ID over the new blob and
+        delete the new key: the file lost (found by bench/soak.py). _Superseded when the
+        commit was finished or replaced meanwhile.
+        """
+        with self._commit_locks.hold(path):
+            if file_id not in self.db.pending_for(path, plain=plain):
+                raise _Superseded()
+            with self.storage.open_reader(path) as r:
+                raw = r.read_at(0, hdr.HEADER_BYTES)
+                if plain:
+                    if hdr.is_encrypted(raw):
+                        raise _Superseded()
+                    size, new_id = r.size, None
+                else:
+                    h = hdr.parse(raw)
+                    if h.file_id != file_id:
+                        raise _Superseded()
+                    size, new_id = stream.plaintext_size(r.size, h.chunk_shift), file_id
+            old = self.db.get_file(path)
+            rec = FileRecord(path, new_id, (old.generation + 1) if old else 1, size,
+                             time.time())
+            doomed = [old.file_id] if old is not None and old.file_id not in (None, new_id) \
+                else []
+            with self.db.tx() as c:
+                self.db.put_file(rec, conn=c)
+                self.db.remove_pending(file_id, conn=c)
+                self.db.doom_keys(doomed, conn=c)
+            self._delete_doomed(doomed)
+            return rec
 
     def write_bytes(self, path: str, data: bytes, *, quota: int | None = None) -> FileRecord:
         up = self.begin_write(path, quota=quota, expected_size=len(data))
