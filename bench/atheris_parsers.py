@@ -9,7 +9,7 @@ instead of by strategies, for long unattended runs.
 
 Targets: header, stream (mutated ciphertext: an integrity error or the exact original
 plaintext, never other bytes), keyfile, masterfile, propfind (FastPropfind's body parser),
-xmlbody (WsgiDAV's parse_xml_body, used for PROPPATCH/LOCK), range (dav/ranges.py in front
+xmlbody (WsgiDAV's parse_xml_body, used for PROPPATCH/LOCK), range (dav/range_guard.py in front
 of WsgiDAV's Range parser), all (the input's first byte picks one). Arguments after the
 target go to libFuzzer (-atheris_runs=N, -max_total_time=S, -timeout=S for hangs, a corpus
 directory). A property violation or an undocumented exception stops the run with the
@@ -33,7 +33,7 @@ with atheris.instrument_imports():
 
     from davserver.crypto import header as hdr
     from davserver.crypto import keywrap, stream
-    from davserver.dav import ranges
+    from davserver.dav import range_guard
     from davserver.dav.propfind import FastPropfind, _Fallback
     from davserver.errors import FormatError, IntegrityError, KeyNotFound
     from davserver.vault.keystore import Identity, KeyStore
@@ -154,7 +154,7 @@ def _range(fdp: atheris.FuzzedDataProvider) -> None:
     value = fdp.ConsumeUnicodeNoSurrogates(fdp.ConsumeIntInRange(0, 300))
     size = fdp.ConsumeIntInRange(0, 1 << 40)
     environ = {"HTTP_RANGE": value}
-    ranges.drop_unusable(environ, size)
+    range_guard.drop_unusable(environ, size)
     if "HTTP_RANGE" not in environ:
         return
     try:

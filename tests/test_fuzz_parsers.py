@@ -3,7 +3,7 @@
 Parsers: the encrypted file's header and chunk stream (crypto/header.py, stream.py), the
 key files (vault/keystore.py, crypto/keywrap.py), the XML request bodies (dav/propfind.py's
 FastPropfind, WsgiDAV's parse_xml_body through defusedxml for PROPPATCH and LOCK) and the
-Range header (dav/ranges.py in front of WsgiDAV's obtain_content_ranges).
+Range header (dav/range_guard.py in front of WsgiDAV's obtain_content_ranges).
 
 Properties: no exception but the documented ones (davserver/errors.py classes, WsgiDAV's
 DAVError with a 4xx status, the fall-back signal); no hang (the hypothesis deadline, set
@@ -31,7 +31,7 @@ from wsgidav.dav_error import DAVError
 
 from davserver.crypto import header as hdr
 from davserver.crypto import keywrap, stream
-from davserver.dav import ranges
+from davserver.dav import range_guard
 from davserver.dav.propfind import FastPropfind, _Fallback
 from davserver.errors import DavServerError, FormatError, IntegrityError, KeyNotFound
 from davserver.vault.keystore import Identity, KeyStore, Recipient
@@ -384,7 +384,7 @@ _RANGE = st.one_of(
 @example("bytes=" + ",".join(f"{2 * i}-{2 * i}" for i in range(5000)), 10**6)
 def test_range_header_is_parsed_safely_or_ignored(value, size):
     environ = {"HTTP_RANGE": value}
-    ranges.drop_unusable(environ, size)
+    range_guard.drop_unusable(environ, size)
     if "HTTP_RANGE" not in environ:
         return  # ignored: the whole file is served (RFC 9110 14.2)
     assert len(value) < 20 * 40
@@ -402,9 +402,9 @@ def test_range_header_is_parsed_safely_or_ignored(value, size):
 def test_single_range_means_what_rfc_9110_says(a, b, size):
     value = f"bytes={a}-{b}"
     if a > b:  # invalid (RFC 9110 14.1.1): the header is ignored, the whole file is sent
-        assert not ranges.usable(value)
+        assert not range_guard.usable(value)
         return
-    assert ranges.usable(value)
+    assert range_guard.usable(value)
     try:
         found, _ = wsgidav_util.obtain_content_ranges(value, size)
     except DAVError as e:
@@ -417,7 +417,7 @@ def test_single_range_means_what_rfc_9110_says(a, b, size):
 def test_suffix_range_is_the_last_bytes(n, size):
     value = f"bytes=-{n}"
     if n == 0:
-        assert not ranges.usable(value)
+        assert not range_guard.usable(value)
         return
     found, _ = wsgidav_util.obtain_content_ranges(value, size)
     start = max(0, size - n)

@@ -3,7 +3,7 @@
 Found by tests/test_fuzz_parsers.py: a number of more than 4,300 digits made WsgiDAV's
 parser raise ValueError (a 500), thousands of ranges cost seconds of CPU per request,
 ``bytes=1-0`` was read as the suffix ``-0`` (an empty 206 ``bytes 2-1/2``), and any Range
-on an empty file gave ``bytes 0--1/0``. dav/ranges.py drops such headers first (RFC 9110
+on an empty file gave ``bytes 0--1/0``. dav/range_guard.py drops such headers first (RFC 9110
 lets a server ignore Range); ordinary ranges keep working.
 """
 
