@@ -73,7 +73,7 @@ class Config:
     secret_file: str = ""
     key_storage_root: str = ""
     fsync: bool = True
-    storage_backend: str = "local"  # "local" | "s3" | "webdav" (davserver.storage.factory)
+    storage_backend: str = "local"  # "local" | "s3" | "webdav" (davserver.vault.storage_factory)
     storage_options: dict = field(default_factory=dict)  # [storage.s3] / [storage.webdav]
     throttle_max_failures: int = 5
     throttle_window_seconds: float = 300.0

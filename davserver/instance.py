@@ -22,16 +22,16 @@ from davserver.auth.users import UserService, new_password
 from davserver.config import Config
 from davserver.crypto.kdf import KdfParams
 from davserver.errors import DavServerError, KeyNotFound, UserError
-from davserver.meta import settings
+from davserver.meta import job_lock, settings
 from davserver.meta.db import MetaDB
 from davserver.meta.interprocess import PathLocks
-from davserver.storage.factory import make_storage
 from davserver.vault import context
 from davserver.vault.files import Vault, ensure_home, remove_home
 from davserver.vault.keystore import Identity, KeyStore, Recipient
 from davserver.vault.secret import read_secret, write_secret
 from davserver.vault.shares import ShareService
 from davserver.vault.sharewraps import ShareWraps
+from davserver.vault.storage_factory import make_storage
 from davserver.vault.teamfolders import TeamFolderService, is_team_owner
 from davserver.vault.userkeys import KeyLocked, UserKeys
 
@@ -148,6 +148,18 @@ class Instance:
 
     def maintenance(self) -> bool:
         return self._setting(S_MAINTENANCE) == "1"
+
+    def exclusive_job(self, name: str):
+        """A context in which no other process or node runs the job ``name`` (a Redis lock
+        when redis.url is set; on one node, maintenance mode already keeps jobs apart)."""
+        return job_lock.cluster_job(self.config.redis_url, name)
+
+    def jobs_in_progress(self) -> list[str]:
+        """Interrupted or running admin jobs (encryption:status shows them)."""
+        jobs = [self.db.get_setting(settings.MAINTENANCE_JOB),
+                "change-key-storage-root" if self.db.get_setting(settings.JOB_KEY_ROOT)
+                else None]
+        return [j for j in jobs if j]
 
     def refresh(self) -> None:
         """Pick up settings other processes changed (admin commands, other nodes)."""

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The ONE test command (CI runs exactly this via .ci/run):
 #   1. install test dependencies (Debian packages + pip install -e '.[test]')
-#   2. lint:  ruff check davserver tests bench
+#   2. lint:  ruff check davserver tests bench; lint-imports (the layer contracts in
+#             pyproject.toml [tool.importlinter])
 #   3. tests: python -m pytest -q tests
 # Exits non-zero if any phase fails. "No tests collected" (pytest exit code 5)
 # counts as a failure. Extra arguments are passed on to pytest, e.g.
@@ -49,6 +50,10 @@ echo "python: $(command -v "$PY") ($("$PY" -c 'import sys; print(sys.version.spl
 # ---------------------------------------------------------------- 2. lint
 phase "2/3 lint: ruff check davserver tests bench"
 "$PY" -m ruff check davserver tests bench || fail "ruff check (exit $?)"
+phase "2/3 lint: lint-imports (layer contracts, pyproject.toml [tool.importlinter])"
+# lint-imports of the interpreter's own environment (the script may not be on PATH)
+"$PY" -c 'import sys; from importlinter.cli import lint_imports_command
+sys.exit(lint_imports_command())' --no-cache || fail "lint-imports (exit $?)"
 
 # ---------------------------------------------------------------- 3. tests
 timeout_cmd=()

@@ -316,3 +316,32 @@ def test_commit_between_stat_and_open_never_mixes_versions(apps, monkeypatch, wh
     assert fired and status == "200 OK"
     assert body == new and headers["content-length"] == str(len(new))
     assert headers["etag"] == f'"{inst.vault.stat(path).etag}"'
+
+
+def test_lock_on_another_file_during_the_upload_does_not_refuse_it(apps):
+    """Another client of the same account locking a different file (or a sibling folder)
+    while the body arrives is no conflict: the upload is stored (found by bench/soak.py)."""
+    fast, _, inst = apps
+    _put(fast, "/remote.php/dav/files/alice/dir/other.txt", b"other")
+    other = "/remote.php/dav/files/alice/dir/other.txt"
+    path = "/remote.php/dav/files/alice/dir/mine.txt"
+    body = _LockWhileReading(b"stored", fast, other)
+    try:
+        status, _, _ = _request(fast, "PUT", path, body, CONTENT_LENGTH="6")
+        assert status.startswith("201"), status
+        assert inst.vault.read_all("alice/dir/mine.txt") == b"stored"
+    finally:
+        _unlock(fast, other, body.token)
+
+
+def test_lock_on_the_folder_during_the_upload_wins(apps):
+    fast, _, inst = apps
+    folder = "/remote.php/dav/files/alice/dir"
+    path = folder + "/new-in-locked.txt"
+    body = _LockWhileReading(b"refused", fast, folder)
+    try:
+        status, _, _ = _request(fast, "PUT", path, body, CONTENT_LENGTH="7")
+        assert status.startswith("423"), status
+        assert inst.vault.stat("alice/dir/new-in-locked.txt") is None
+    finally:
+        _unlock(fast, folder, body.token)

@@ -1,9 +1,16 @@
-"""Layer rules, checked on the source (what an import-linter contract would check)."""
+"""Layer rules: the import-linter contracts of pyproject.toml, and a few finer checks on
+the source (which crypto module may use the hazmat layer)."""
 
 from __future__ import annotations
 
 import ast
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 PKG = Path(__file__).resolve().parent.parent / "davserver"
 
@@ -61,3 +68,42 @@ def test_http_and_cli_do_not_touch_crypto_or_storage_directly():
                                                               "davserver.crypto.header",
                                                               "davserver.crypto.keywrap"))]
             assert bad == [], f"{sub}/{p.name} imports {bad}"
+
+
+# --- the import-linter contracts in pyproject.toml ([tool.importlinter]) ------------------
+
+ROOT = PKG.parent
+LINT = ("import sys; from importlinter.cli import lint_imports_command; "
+        "sys.exit(lint_imports_command())")
+
+
+def lint_imports(root: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(root))
+    return subprocess.run([sys.executable, "-c", LINT, "--no-cache"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_import_contracts_are_kept():
+    res = lint_imports(ROOT)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    assert "0 broken" in res.stdout
+
+
+@pytest.mark.parametrize("module, bad_import, contract", [
+    ("storage/local.py", "import davserver.crypto.header", "storage sees opaque bytes"),
+    ("crypto/kdf.py", "import davserver.meta.db", "crypto imports nothing"),
+    ("dav/propfind.py", "import davserver.storage.base", "dav, web and cli reach"),
+    ("cli/user.py", "from davserver.meta import settings", "dav, web and cli reach"),
+    ("web/app.py", "import davserver.crypto.stream", "dav, web and cli reach"),
+])
+def test_a_forbidden_import_breaks_its_contract(tmp_path, module, bad_import, contract):
+    """The contracts do catch a violation: one forbidden import added to a copy of the
+    package makes lint-imports fail and name the contract."""
+    shutil.copytree(PKG, tmp_path / "davserver",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    target = tmp_path / "davserver" / module
+    target.write_text(target.read_text() + f"\n{bad_import}  # noqa\n")
+    res = lint_imports(tmp_path)
+    assert res.returncode != 0
+    assert f"{contract}" in res.stdout and "BROKEN" in res.stdout, res.stdout[-3000:]

@@ -12,9 +12,9 @@ from davserver import config as config_mod
 from davserver.errors import StorageUnavailable, UserError
 from davserver.meta.db import MetaDB
 from davserver.storage.by_id import IdNamedStorage
-from davserver.storage.factory import make_storage
 from davserver.storage.s3 import S3Storage
 from davserver.storage.webdav import WebDavSettings, WebDavStorage
+from davserver.vault.storage_factory import make_storage
 from tests.conftest_storage import make_storage as fresh_storage
 
 

@@ -8,8 +8,6 @@ from davserver import config as config_mod
 from davserver.cli.common import add_command, emit, instance_from, password_from_env
 from davserver.cli.progress import progress_bar
 from davserver.errors import UserError
-from davserver.meta import settings
-from davserver.meta.db import MetaDB
 from davserver.vault import backup, offline
 
 PASS_ENV = "DAVSERVER_BACKUP_PASS"
@@ -47,9 +45,6 @@ def cmd_restore(args) -> int:
     result = backup.restore(args.file, passphrase=_passphrase(args),
                             secret_file=cfg.secret_file, key_root=key_root, db_path=cfg.db_path,
                             force=args.force)
-    db = MetaDB(cfg.db_path)
-    db.set_setting(settings.KEY_ROOT, key_root)
-    db.close()
     for d in (cfg.files_dir, cfg.tmp_dir):
         os.makedirs(d, mode=0o700, exist_ok=True)
     emit(args, result, f"restored {result['key_files']} key files, the secret and the DB")

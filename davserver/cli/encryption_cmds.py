@@ -13,7 +13,6 @@ from davserver.cli.common import add_command, emit, instance_from, password_from
 from davserver.cli.progress import progress_bar
 from davserver.errors import UserError
 from davserver.instance import MODULE_ID, S_ENABLED, S_MODULE
-from davserver.meta import job_lock, settings
 from davserver.vault import check, context, convert, keyroot
 
 EXIT_PROBLEMS = 3
@@ -45,9 +44,7 @@ def cmd_status(args) -> int:
     jobs in progress."""
     inst = instance_from(args)
     enc, plain = _count_files(inst)
-    jobs = [j for j in (inst.db.get_setting(settings.MAINTENANCE_JOB),
-                        "change-key-storage-root" if inst.db.get_setting(settings.JOB_KEY_ROOT)
-                        else None) if j]
+    jobs = inst.jobs_in_progress()
     data = {"enabled": inst.encryption_enabled(), "defaultModule": inst.db.get_setting(S_MODULE),
             "mode": inst.mode(), "keyStorageRoot": inst.key_root, "encryptedFiles": enc,
             "plaintextFiles": plain, "maintenance": inst.maintenance(), "jobsInProgress": jobs}
@@ -111,7 +108,7 @@ def _convert(args, *, encrypt: bool) -> int:
     if getattr(args, "recovery_password_from_env", False):
         recovery = (inst.userkeys.unlock_recovery(password_from_env("DAVSERVER_RECOVERY_PASS")),)
     # One name for both jobs: encrypt-all and decrypt-all must not run at once either.
-    with job_lock.cluster_job(inst.config.redis_url, "encrypt-decrypt-all"), \
+    with inst.exclusive_job("encrypt-decrypt-all"), \
             convert.maintenance_for(inst.db, f"{verb}-all"), context.acting_as(*recovery):
         files = convert.plan(inst.vault, users)
         with progress_bar(f"{verb}ing", len(files), sum(s for _p, s in files),

@@ -8,8 +8,9 @@ with the same status, headers and bytes straight from the vault:
 - GET/HEAD of a file with no conditional header, no body and Depth 0, whole or one byte
   range of it (the forms dav.ranges takes; If-Range included);
 - PUT with a Content-Length, no conditional header, no Content-Range/-Encoding, into an
-  existing folder, while no lock exists anywhere in the share (checked again just before
-  the commit, so a LOCK taken while the body arrives wins).
+  existing folder, while no lock exists anywhere in the share (a lock on the target or a
+  folder above it is checked again just before the commit, so a LOCK taken on it while the
+  body arrives wins; one on another file of the user does not refuse the upload).
 
 Everything else (folders, other ranges, conditionals, locks, chunked bodies, errors on GET)
 falls through to WsgiDAV, which stays the reference behaviour: a test compares both paths
@@ -92,7 +93,7 @@ class FastFiles:
             if owner == outcome.user and rel and not self.instance.shares.touches(owner, rel):
                 try:
                     answer = handler(environ, start_response, target[0],
-                                     storage_path(owner, rel))
+                                     storage_path(owner, rel), target[2])
                 except DAVError as e:
                     return self._error(environ, start_response, e)
                 if answer is not None:
@@ -137,7 +138,7 @@ class FastFiles:
 
     # --- GET / HEAD --------------------------------------------------------------------
 
-    def _get(self, environ, start_response, share: str, spath: str):
+    def _get(self, environ, start_response, share: str, spath: str, path: str):
         head = environ["REQUEST_METHOD"] == "HEAD"
         try:
             node = self.vault.stat(spath)
@@ -189,7 +190,7 @@ class FastFiles:
 
     # --- PUT ---------------------------------------------------------------------------
 
-    def _put(self, environ, start_response, share: str, spath: str):
+    def _put(self, environ, start_response, share: str, spath: str, path: str):
         if self._locked(share):
             return None
         length, mtime = environ["CONTENT_LENGTH"], environ.get("HTTP_X_OC_MTIME")
@@ -207,7 +208,7 @@ class FastFiles:
                                         expected_size=expected)
             try:
                 self._receive(environ, up, expected)
-                if self._locked(share):
+                if self.locks.has_lock_covering(quote(share + path)):
                     raise DAVError(HTTP_LOCKED, "a lock was taken while the body arrived; "
                                    "nothing was stored")
                 rec = up.commit(mtime=float(mtime) if mtime is not None else None)

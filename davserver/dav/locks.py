@@ -104,3 +104,21 @@ class DbLockStorage(LockStorageDict):
                 k.startswith("URL2TOKEN:" + url_prefix) for k in mirror)
         finally:
             self._lock.release()
+
+    def has_lock_covering(self, url: str) -> bool:
+        """Any lock on ``url`` (quoted) or on a folder above it?
+
+        What a PUT that began with no lock in its share re-checks before it commits: a
+        lock taken meanwhile on another file of the same user (another client of the same
+        account) does not concern it, one on the target or on a folder above it does.
+        """
+        parts = url.rstrip("/").split("/")
+        covering = {"/".join(parts[:i]) or "/" for i in range(1, len(parts) + 1)}
+        self._lock.acquire_read()
+        try:
+            mirror = self._dict
+            return mirror is not None and any(
+                k.startswith("URL2TOKEN:") and (k[10:].rstrip("/") or "/") in covering
+                for k in mirror)
+        finally:
+            self._lock.release()

@@ -10,6 +10,7 @@ from __future__ import annotations
 from wsgidav.dav_error import HTTP_BAD_REQUEST, HTTP_FORBIDDEN, DAVError
 from wsgidav.dav_provider import DAVProvider
 
+from davserver.dav import range_guard
 from davserver.dav.errors import dav_errors
 from davserver.dav.resources import FileResource, FolderResource, UsersRoot
 from davserver.instance import Instance
@@ -76,6 +77,7 @@ class HomeProvider(DAVProvider):
                 node = self.instance.shares.with_mounts_etag(user, rel, node)
             return FolderResource(path, environ, spath, node)
         res = FileResource(path, environ, spath, node)
+        range_guard.drop_unusable(environ, node.size)  # before WsgiDAV's do_GET parses it
         if environ.get("REQUEST_METHOD") == "GET" and path.rstrip("/") == environ.get(
             "PATH_INFO", ""
         ).rstrip("/"):

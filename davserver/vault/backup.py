@@ -28,6 +28,8 @@ import time
 from davserver.crypto import keywrap, primitives, stream
 from davserver.durable import write_atomic
 from davserver.errors import DavServerError, IntegrityError, UserError, WrongPassword
+from davserver.meta import settings
+from davserver.meta.db import MetaDB
 
 MAGIC = b"DAVSERVER-BACKUP-1\n"
 FORMAT = "davserver-backup/1"
@@ -152,4 +154,9 @@ def restore(path: str, *, passphrase: str | None, secret_file: str, key_root: st
         if os.path.exists(db_path + suffix):
             os.unlink(db_path + suffix)
     write_atomic(db_path, members["davserver.db"])
+    db = MetaDB(db_path)
+    try:
+        db.set_setting(settings.KEY_ROOT, key_root)  # where this instance keeps the keys
+    finally:
+        db.close()
     return {"key_files": n, "secret_file": secret_file, "db": db_path, "key_root": key_root}

@@ -100,6 +100,14 @@ class RawFile:
         self._r.close()
 
 
+#: Opens of one path retried when a concurrent commit replaced the version being opened.
+_OPEN_ATTEMPTS = 5
+
+
+class _Superseded(Exception):
+    """The version being opened was replaced by a commit meanwhile (a race, not damage)."""
+
+
 class Upload:
     """A write in progress; see the module docstring for the commit protocol."""
 
@@ -178,7 +186,10 @@ class Vault:
             else:
                 done = self._stored_file_id(path) == file_id
             if done:
-                self._finish_commit(path, file_id, plain=plain)
+                try:
+                    self._finish_commit(path, file_id, plain=plain)
+                except _Superseded:
+                    pass  # a request finished or replaced it meanwhile
                 finished += 1
             else:
                 if not plain:
@@ -264,12 +275,20 @@ class Vault:
         ``as_of``: the caller's stat of ``path``. When the stored header names the file ID
         that stat found in the index, that read of the index serves for this one too.
         """
-        reader = self.storage.open_reader(path)
-        try:
-            return self._open_checked(path, reader, as_of)
-        except BaseException:
-            reader.close()
-            raise
+        for attempt in range(_OPEN_ATTEMPTS):
+            reader = self.storage.open_reader(path)
+            try:
+                return self._open_checked(path, reader, as_of)
+            except _Superseded:
+                reader.close()
+                as_of = None  # the caller's stat is older still
+                if attempt == _OPEN_ATTEMPTS - 1:
+                    raise Conflict(f"{path} kept changing while it was being opened; "
+                                   "try again") from None
+            except BaseException:
+                reader.close()
+                raise
+        raise AssertionError("unreachable")
 
     def _open_checked(self, path: str, reader: BlobReader, as_of: Node | None = None):
         raw = reader.read_at(0, hdr.HEADER_BYTES)
@@ -290,6 +309,10 @@ class Vault:
         elif rec.file_id != h.file_id:
             if h.file_id in self.db.pending_for(path):
                 rec = self._finish_commit(path, h.file_id)
+            elif (now := self.db.get_file(path)) is not None and now.file_id == h.file_id:
+                rec = now  # a commit finished between the header read and the index read
+            elif now is None or now.file_id != rec.file_id:
+                raise _Superseded()  # the index moved on: open the newest version again
             else:
                 self._refuse(path, f"stored file ID {h.file_id.hex()} is not the indexed "
                              f"{rec.file_id.hex()} (swapped or rolled back)")
@@ -300,6 +323,11 @@ class Vault:
         try:
             data_key = self.keys.unwrap(file_id, self._identities())
         except KeyNotFound:
+            now = self.db.get_file(path)
+            if now is None or now.file_id != file_id:
+                # Overwritten (or deleted) after the header was read: the old version's key
+                # is gone with it. Not damage: open the newest version again.
+                raise _Superseded() from None
             log.error("no key for %s (file ID %s)", path, file_id.hex())
             raise
         try:
@@ -431,22 +459,40 @@ class Vault:
             self.db.forget_doomed(file_ids)
 
     def _finish_commit(self, path: str, file_id: bytes, *, plain: bool = False) -> FileRecord:
-        """Complete a commit whose rename happened but whose index update did not."""
-        with self.storage.open_reader(path) as r:
-            if plain:
-                size, new_id = r.size, None
-            else:
-                size = stream.plaintext_size(r.size, hdr.parse(r.read_at(0, 64)).chunk_shift)
-                new_id = file_id
-        old = self.db.get_file(path)
-        rec = FileRecord(path, new_id, (old.generation + 1) if old else 1, size, time.time())
-        doomed = [old.file_id] if old is not None and old.file_id not in (None, new_id) else []
-        with self.db.tx() as c:
-            self.db.put_file(rec, conn=c)
-            self.db.remove_pending(file_id, conn=c)
-            self.db.doom_keys(doomed, conn=c)
-        self._delete_doomed(doomed)
-        return rec
+        """Complete a commit whose rename happened but whose index update did not.
+
+        Readers call this while the committer may still be at work, so it takes the
+        commit lock and checks again that the commit is still unfinished and its blob
+        still the stored one. Without that, a reader that saw the pending row before a
+        newer commit replaced the blob would index the old file ID over the new blob and
+        delete the new key: the file lost (found by bench/soak.py). _Superseded when the
+        commit was finished or replaced meanwhile.
+        """
+        with self._commit_locks.hold(path):
+            if file_id not in self.db.pending_for(path, plain=plain):
+                raise _Superseded()
+            with self.storage.open_reader(path) as r:
+                raw = r.read_at(0, hdr.HEADER_BYTES)
+                if plain:
+                    if hdr.is_encrypted(raw):
+                        raise _Superseded()
+                    size, new_id = r.size, None
+                else:
+                    h = hdr.parse(raw)
+                    if h.file_id != file_id:
+                        raise _Superseded()
+                    size, new_id = stream.plaintext_size(r.size, h.chunk_shift), file_id
+            old = self.db.get_file(path)
+            rec = FileRecord(path, new_id, (old.generation + 1) if old else 1, size,
+                             time.time())
+            doomed = [old.file_id] if old is not None and old.file_id not in (None, new_id) \
+                else []
+            with self.db.tx() as c:
+                self.db.put_file(rec, conn=c)
+                self.db.remove_pending(file_id, conn=c)
+                self.db.doom_keys(doomed, conn=c)
+            self._delete_doomed(doomed)
+            return rec
 
     def write_bytes(self, path: str, data: bytes, *, quota: int | None = None) -> FileRecord:
         up = self.begin_write(path, quota=quota, expected_size=len(data))

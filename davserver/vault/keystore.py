@@ -127,19 +127,24 @@ class KeyStore:
         if len(files) > 1:
             raise DavServerError("several master keys in the key store; name one")
         with open(files[0], "rb") as f:
-            doc = json.load(f)
-        if doc.get("format") != MASTER_FILE_FORMAT:
-            raise FormatError(f"{files[0]}: not a master key file")
-        public = _unb64(doc["public"])
+            raw = f.read()
         try:
-            private = keywrap.open_private_key(
-                keywrap.master_kek(instance_secret), _unb64(doc["private_sealed"]), doc["id"]
-            )
+            doc = json.loads(raw)
+            if not isinstance(doc, dict) or doc.get("format") != MASTER_FILE_FORMAT:
+                raise FormatError(f"{files[0]}: not a master key file")
+            kid, suite = doc["id"], doc["suite"]
+            if not isinstance(kid, str) or not isinstance(suite, str):
+                raise TypeError("id and suite must be strings")
+            public, sealed = _unb64(doc["public"]), _unb64(doc["private_sealed"])
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise FormatError(f"{files[0]}: damaged master key file") from None
+        try:
+            private = keywrap.open_private_key(keywrap.master_kek(instance_secret), sealed, kid)
         except IntegrityError:
             raise IntegrityError(
                 "the instance secret does not unlock the master key (wrong secret file?)"
             ) from None
-        return Identity(f"master:{doc['id']}", doc["suite"], private, public)
+        return Identity(f"master:{kid}", suite, private, public)
 
     # --- per-file wraps ----------------------------------------------------------------
 
@@ -169,11 +174,16 @@ class KeyStore:
             raise KeyNotFound(file_id.hex()) from None
         except ValueError:
             raise FormatError(f"key file of {file_id.hex()} is not valid JSON") from None
-        if doc.get("format") != KEY_FILE_FORMAT or doc.get("file_id") != file_id.hex():
+        if not isinstance(doc, dict) or doc.get("format") != KEY_FILE_FORMAT \
+                or doc.get("file_id") != file_id.hex():
             raise FormatError(f"key file of {file_id.hex()} does not belong to it")
         try:
-            return [Wrap(w["to"], w["suite"], _unb64(w["sealed"])) for w in doc["wraps"]]
-        except (KeyError, TypeError, ValueError):
+            wraps = [Wrap(w["to"], w["suite"], _unb64(w["sealed"])) for w in doc["wraps"]]
+            if not all(isinstance(w.recipient, str) and isinstance(w.suite, str)
+                       for w in wraps):
+                raise TypeError("recipient and suite must be strings")
+            return wraps
+        except (KeyError, TypeError, ValueError, AttributeError):
             raise FormatError(f"key file of {file_id.hex()} is damaged") from None
 
     def exists(self, file_id: bytes) -> bool:
