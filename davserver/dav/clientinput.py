@@ -36,6 +36,15 @@ class ClientInput:
     def __init__(self, inner) -> None:
         self._inner = inner
 
+    @property
+    def inner(self):
+        """cheroot's reader, for a caller that receives into its own buffer."""
+        return self._inner
+
+    def guarded(self, fn, *args):
+        """``fn(*args)`` with a failed read from the client turned into our errors."""
+        return self._call(fn, *args)
+
     def _call(self, fn, *args):
         try:
             return fn(*args)

@@ -34,6 +34,7 @@ from wsgidav.wsgidav_app import WsgiDAVApp
 
 from davserver.dav import ranges
 from davserver.dav.basicauth import OUTCOME_KEY, Refusal, admit, authenticate
+from davserver.dav.clientinput import ClientInput
 from davserver.dav.errors import raise_as_dav_error, short_body
 from davserver.dav.overlap import response_body
 from davserver.dav.propfind import rfc1123
@@ -226,8 +227,15 @@ class FastFiles:
 
     def _receive(self, environ, up, expected: int) -> None:
         inp = environ["wsgi.input"]
-        if _direct_reader(inp):
-            _receive_into(inp, up, expected, max(self.block_size, RECEIVE_BLOCK))
+        # The Guard wraps cheroot's reader (dav.clientinput): receive from the reader
+        # itself, so its byte count stays right, with the wrapper's error translation.
+        raw = inp.inner if isinstance(inp, ClientInput) else inp
+        if _direct_reader(raw):
+            bs = max(self.block_size, RECEIVE_BLOCK)
+            if raw is inp:
+                _receive_into(raw, up, expected, bs)
+            else:
+                inp.guarded(_receive_into, raw, up, expected, bs)
         else:
             read, bs, left = inp.read, self.block_size, expected
             while left:
