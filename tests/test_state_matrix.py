@@ -18,8 +18,8 @@ on (mixed) or is whatever form the interrupted job left it in (the state checks 
 forms occur). Each variant of a state works in its own folder, so the four servers of a
 state share one data directory without meeting each other's files.
 
-Nextcloud's chunked upload (``/remote.php/dav/uploads``) does not exist yet and is not
-covered here.
+Nextcloud's chunked upload (``/remote.php/dav/uploads``) is one more operation: a new file
+and an overwrite of each seed, with the chunks at rest checked for the state's form.
 """
 
 from __future__ import annotations
@@ -475,18 +475,49 @@ def op_propfind(c: Ctx, src: str) -> None:
     assert r.status_code == 207 and _seed_name("propfind", src) in r.text
 
 
+def op_chunked_upload(c: Ctx, src: str | None) -> None:
+    """Nextcloud's chunked upload v2 (MKCOL, numbered chunks out of order, MOVE of .file):
+    the chunks are stored in the state's form too, and none is left after the MOVE."""
+    rel = c.rel(_seed_name("chunked_upload", src) if src else "chunked-new.bin")
+    data = payload(rel + "chunked", 150_000)
+    upload = f"up-{c.variant}-{src or 'new'}"
+    base = f"{c.srv.base}/remote.php/dav/uploads/{c.user}/{upload}"
+    auth = c.srv.auth(c.user)
+
+    def send(method: str, url: str, **kw) -> requests.Response:
+        return requests.request(method, url, auth=auth, timeout=30, **kw)
+
+    r = send("MKCOL", base, headers={"Destination": c.url(rel)})
+    assert r.status_code == 201, (r.status_code, r.text[:300])
+    parts = [data[i:i + 60_000] for i in range(0, len(data), 60_000)]
+    for i in reversed(range(len(parts))):
+        r = send("PUT", f"{base}/{i + 1:05d}", data=parts[i],
+                 headers={"OC-Total-Length": str(len(data)), "Destination": c.url(rel)})
+        assert r.status_code == 201, (r.status_code, r.text[:300])
+    chunk_dir = Path(c.srv.data_dir) / "files" / ".uploads" / c.user / upload
+    if chunk_dir.exists():  # chunks at rest take the state's form
+        for blob in (p.read_bytes() for p in chunk_dir.iterdir() if p.is_file()):
+            assert blob.startswith(MAGIC) == c.state.encrypts, blob[:16]
+    r = send("MOVE", f"{base}/.file", headers={
+        "Destination": c.url(rel), "OC-Total-Length": str(len(data))})
+    assert r.status_code == (204 if src else 201), (r.status_code, r.text[:300])
+    c.assert_reads(rel, data)
+    c.assert_stored(rel, data)
+    assert not chunk_dir.exists() or not any(chunk_dir.iterdir())
+
+
 OPS: dict[str, Callable[[Ctx, str | None], None]] = {
     f.__name__[3:]: f for f in (
         op_put_new, op_put_empty, op_put_mtime, op_put_overwrite, op_put_content_range, op_copy,
         op_copy_overwrite, op_move, op_move_overwrite, op_delete, op_mkcol, op_lock_put_new,
         op_lock_put_overwrite, op_quota_refused, op_quota_overwrite_refused, op_get,
         op_head, op_range_get, op_propfind, op_put_if_match, op_copy_folder, op_move_folder,
-        op_delete_folder, op_propfind_listing)}
+        op_delete_folder, op_propfind_listing, op_chunked_upload)}
 #: Operations on an existing file run once per seed; the others once.
 ON_SEEDS = {"put_overwrite", "put_content_range", "copy", "copy_overwrite", "move",
             "move_overwrite", "delete", "lock_put_overwrite", "get", "head", "range_get",
             "propfind", "put_if_match"}
-ON_NEW_AND_SEEDS = {"put_mtime"}
+ON_NEW_AND_SEEDS = {"put_mtime", "chunked_upload"}
 CASES = [(name, src) for name in OPS
          for src in ((None, *SOURCES) if name in ON_NEW_AND_SEEDS
                      else SOURCES if name in ON_SEEDS else (None,))]
@@ -651,7 +682,8 @@ def _assert_refused_in_maintenance(c: Ctx, op: str, src: str | None) -> None:
               "lock_put_new": "LOCK", "lock_put_overwrite": "LOCK", "quota_refused": "PUT",
               "put_if_match": "PUT", "copy_folder": "COPY", "move_folder": "MOVE",
               "delete_folder": "DELETE", "propfind_listing": "PROPFIND",
-              "get": "GET", "head": "HEAD", "range_get": "GET", "propfind": "PROPFIND"}[op]
+              "get": "GET", "head": "HEAD", "range_get": "GET", "propfind": "PROPFIND",
+              "chunked_upload": "MKCOL"}[op]
     r = c.req(method, rel, data=b"x" if method == "PUT" else None,
               headers={"Destination": c.url(rel + ".dst")})
     assert r.status_code == 503, (r.status_code, r.text[:300])
