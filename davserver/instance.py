@@ -26,6 +26,7 @@ from davserver.storage.factory import make_storage
 from davserver.vault import context
 from davserver.vault.files import Vault, ensure_home, remove_home
 from davserver.vault.keystore import Identity, KeyStore, Recipient
+from davserver.vault.mounts import MountedVault, MountService
 from davserver.vault.secret import read_secret, write_secret
 from davserver.vault.userkeys import KeyLocked, UserKeys
 
@@ -38,6 +39,7 @@ S_MODE = settings.MODE
 S_MODULE = settings.MODULE
 S_KEY_ROOT = settings.KEY_ROOT
 S_MAINTENANCE = settings.MAINTENANCE
+S_HOME_ENCRYPTED = "encryption.home_storage"  # "0": homes stay plaintext (mounts decide alone)
 
 
 class Instance:
@@ -77,8 +79,16 @@ class Instance:
                                   directory_cache_seconds=auth_cache)
         self.vault = Vault(self.storage, self.keys, self.db,
                            identities=self.identities, recipients=self.recipients,
-                           encryption_enabled=self.encryption_enabled,
+                           encryption_enabled=self.home_encryption_enabled,
                            commit_locks=PathLocks(os.path.join(cfg.run_dir, "commit.lock")))
+        self.mounts = MountService(self.db, lambda: self.secret)
+        #: The tree a user sees over WebDAV: the home with external storage mounted in it.
+        self.dav_vault = MountedVault(self.vault, self.mounts, master=self.master,
+                                      run_dir=cfg.run_dir, groups_of=self._groups_of)
+
+    def _groups_of(self, user: str) -> list[str]:
+        u = self.db.get_user(user)
+        return ["admin"] if u is not None and u.is_admin else []
 
     def _remove_user_data(self, user: str) -> None:
         remove_home(self.vault, user)
@@ -108,6 +118,11 @@ class Instance:
 
     def encryption_enabled(self) -> bool:
         return self._setting(S_ENABLED) == "1"
+
+    def home_encryption_enabled(self) -> bool:
+        """Nextcloud's "encrypt home storage": off keeps new home files plaintext while
+        mounts follow their own ``encrypt`` option."""
+        return self.encryption_enabled() and self._setting(S_HOME_ENCRYPTED) != "0"
 
     def mode(self) -> str:
         return self._setting(S_MODE) or "master"

@@ -14,7 +14,7 @@ from wsgidav import dav_error
 from wsgidav.dav_error import HTTP_BAD_REQUEST, HTTP_INSUFFICIENT_STORAGE, DAVError
 from wsgidav.mw.base_mw import BaseMiddleware
 
-from davserver.errors import DavServerError, VersionMismatch, known
+from davserver.errors import DavServerError, KeyNotFound, VersionMismatch, known
 
 log = logging.getLogger("davserver.dav")
 
@@ -34,6 +34,8 @@ def to_dav_error(e: DavServerError) -> DAVError:
     if isinstance(e, VersionMismatch):
         msg = ("the stored file does not match the server's index and was not served; "
                "an administrator can inspect it with 'davserver encryption:fix-encrypted-version'")
+    elif isinstance(e, KeyNotFound):
+        msg = f"{e}; the file cannot be decrypted here"  # names the file ID, nothing secret
     elif e.HTTP_STATUS >= 500 and e.HTTP_STATUS != 507 and e.HTTP_STATUS != 503:
         msg = "the stored file could not be read safely; the server log has details"
     else:

@@ -87,10 +87,10 @@ class FastFiles:
         if not isinstance(outcome, Refusal):
             admit(environ, outcome)
             owner, rel = target[1]._split(target[2], environ)
-            if owner == outcome.user and rel:
-                try:
-                    answer = handler(environ, start_response, target[0],
-                                     storage_path(owner, rel))
+            spath = self.instance.dav_vault.resolve(owner, rel)
+            if owner == outcome.user and rel and spath == storage_path(owner, rel):
+                try:  # (inside an external storage mount: WsgiDAV's path)
+                    answer = handler(environ, start_response, target[0], spath)
                 except DAVError as e:
                     return self._error(environ, start_response, e)
                 if answer is not None:

@@ -23,7 +23,7 @@ from wsgidav import util
 from wsgidav.mw.base_mw import BaseMiddleware
 
 from davserver.dav.resources import content_type
-from davserver.vault.files import Node, storage_path
+from davserver.vault.files import Node
 
 _SAFE = "/" + "!*'()," + "$-_|."
 _MAX_BODY = 1 << 20
@@ -59,7 +59,7 @@ class FastPropfind(BaseMiddleware):
         self.providers = config["davserver.providers"]
         self.locks = config["lock_storage"]
         self.db = config["davserver.instance"].db
-        self.vault = config["davserver.instance"].vault
+        self.vault = config["davserver.instance"].dav_vault
         self.users = config["davserver.instance"].users
 
     def __call__(self, environ, start_response):
@@ -117,7 +117,7 @@ class FastPropfind(BaseMiddleware):
         if self._locks_near(prefix):
             raise _Fallback
         names = self._request(environ)
-        spath = storage_path(owner, home_rel)
+        spath = self.vault.resolve(owner, home_rel)
         node = self.vault.stat(spath)
         if node is None:
             raise _Fallback

@@ -12,14 +12,13 @@ from wsgidav.dav_provider import DAVProvider
 from davserver.dav.errors import dav_errors
 from davserver.dav.resources import FileResource, FolderResource, UsersRoot
 from davserver.instance import Instance
-from davserver.vault.files import storage_path
 
 
 class HomeProvider(DAVProvider):
     def __init__(self, instance: Instance, *, user_in_path: bool) -> None:
         super().__init__()
         self.instance = instance
-        self.vault = instance.vault
+        self.vault = instance.dav_vault  # the home with external storage mounted
         self.users = instance.users
         self.db = instance.db
         self.user_in_path = user_in_path
@@ -47,7 +46,7 @@ class HomeProvider(DAVProvider):
         owner, rel = self._split(path, environ)
         if owner is None or owner != environ.get("wsgidav.auth.user_name"):
             raise DAVError(HTTP_FORBIDDEN, "outside your home folder")
-        return storage_path(owner, rel)
+        return self.vault.resolve(owner, rel)
 
     @dav_errors
     def get_resource_inst(self, path: str, environ: dict):
@@ -60,7 +59,7 @@ class HomeProvider(DAVProvider):
             return UsersRoot(path, environ, user)
         if owner != user:
             return None
-        spath = storage_path(owner, rel)
+        spath = self.vault.resolve(owner, rel)
         node = self.vault.stat(spath)
         if node is None:
             return None

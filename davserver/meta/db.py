@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from davserver.meta import objects_schema
+from davserver.meta import mounts_schema, objects_schema
 from davserver.meta.interprocess import ChangeCounter
 
 SCHEMA = """
@@ -92,7 +92,7 @@ CREATE TABLE IF NOT EXISTS web_sessions(
 
 #: Tables of later features, one module each (davserver/meta/*_schema.py), so features
 #: built side by side do not edit one string. Every statement is idempotent.
-SCHEMA_PARTS: list[str] = [objects_schema.SCHEMA]
+SCHEMA_PARTS: list[str] = [objects_schema.SCHEMA, mounts_schema.SCHEMA]
 
 
 @dataclass(frozen=True)

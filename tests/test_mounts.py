@@ -1,0 +1,252 @@
+"""External storage mounts (files_external:*) against a real moto S3 server process and a
+real WsgiDAV process, used over real HTTP through a running davserver."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from davserver.crypto import header as hdr
+from tests.live import LiveServer
+from tests.s3_server import ACCESS_KEY, REGION, SECRET_KEY
+from tests.webdav_server import PASSWORD, USER
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory):
+    s = LiveServer(tmp_path_factory.mktemp("mounts")).create().start()
+    yield s
+    s.stop()
+
+
+class Store:
+    """One fresh remote folder or bucket: its mount config and a raw view of it."""
+
+    def __init__(self, kind: str, request) -> None:
+        self.kind = kind
+        if kind == "s3":
+            self.moto = request.getfixturevalue("moto")
+            self.bucket = self.moto.new_bucket()
+            host, port = self.moto.endpoint.split("//")[1].rsplit(":", 1)
+            self.backend, self.auth = "amazons3", "amazons3::accesskey"
+            self.config = {"bucket": self.bucket, "hostname": host, "port": port,
+                           "region": REGION, "use_ssl": "false", "use_path_style": "true",
+                           "key": ACCESS_KEY, "secret": SECRET_KEY}
+        else:
+            dav = request.getfixturevalue("remote_dav")
+            sub = f"m-{uuid.uuid4().hex[:10]}"
+            self.dir = Path(dav.root) / sub
+            self.dir.mkdir()
+            base, _, root = dav.url.rpartition("/")
+            self.backend, self.auth = "dav", "password::password"
+            self.config = {"host": base, "root": f"{root}/{sub}", "secure": "false",
+                           "user": USER, "password": PASSWORD}
+
+    def raw(self, name: str) -> bytes:
+        if self.kind == "s3":
+            return self.moto.client().get_object(Bucket=self.bucket, Key=name)["Body"].read()
+        return (self.dir / name).read_bytes()
+
+    def put_raw(self, name: str, data: bytes) -> None:
+        if self.kind == "s3":
+            self.moto.client().put_object(Bucket=self.bucket, Key=name, Body=data)
+        else:
+            (self.dir / name).write_bytes(data)
+
+    def delete_raw(self, name: str) -> None:
+        if self.kind == "s3":
+            self.moto.client().delete_object(Bucket=self.bucket, Key=name)
+        else:
+            (self.dir / name).unlink()
+
+
+def create_mount(srv: LiveServer, store: Store, point: str, *extra: str) -> int:
+    args = ["files_external:create", point, store.backend, store.auth, *extra]
+    for k, v in store.config.items():
+        args += ["-c", f"{k}={v}"]
+    out = srv.run_cli(*args).stdout
+    assert out.startswith("Storage created with id "), out
+    return int(out.split()[-1])
+
+
+def propfind_names(sess, url: str) -> set[str]:
+    r = sess.request("PROPFIND", url, headers={"Depth": "1"})
+    assert r.status_code == 207, r.text
+    import re
+
+    return {h.rstrip("/").rsplit("/", 1)[-1] for h in re.findall(r"<d:href>([^<]+)</d:href>",
+                                                                 r.text, re.I)}
+
+
+@pytest.mark.parametrize("kind", ["s3", "dav"])
+def test_cli_round_trip(srv, kind, request):
+    store = Store(kind, request)
+    mid = create_mount(srv, store, "/Ext-cli", "--user", "alice")
+    secret = "secret" if kind == "s3" else "password"
+    listed = srv.run_cli("files_external:list").stdout
+    assert "/Ext-cli" in listed and store.config[secret] not in listed and "***" in listed
+    doc = json.loads(srv.run_cli("files_external:list", "--output", "json").stdout)
+    mine = next(m for m in doc if m["mount_id"] == mid)
+    assert mine["configuration"][secret] == "***"
+    assert mine["applicable_users"] == ["alice"]
+    shown = json.loads(srv.run_cli("files_external:list", "--output", "json",
+                                   "--show-password").stdout)
+    assert next(m for m in shown if m["mount_id"] == mid)["configuration"][secret] \
+        == store.config[secret]
+    # The sealed definition holds no credential in the clear.
+    db = Path(srv.data_dir, "davserver.db").read_bytes()
+    assert store.config[secret].encode() not in db
+
+    assert "status: ok" in srv.run_cli("files_external:verify", str(mid)).stdout
+    srv.run_cli("files_external:option", str(mid), "readonly", "true")
+    srv.run_cli("files_external:applicable", str(mid), "--add-user", "bob",
+                "--remove-user", "alice", "--add-group", "admin")
+    doc = json.loads(srv.run_cli("files_external:list", "--output", "json").stdout)
+    mine = next(m for m in doc if m["mount_id"] == mid)
+    assert mine["options"]["readonly"] == "true"
+    assert mine["applicable_users"] == ["bob"] and mine["applicable_groups"] == ["admin"]
+
+    wrong = "bucket" if kind == "s3" else "password"
+    srv.run_cli("files_external:config", str(mid), wrong, "wrong-" + uuid.uuid4().hex[:6])
+    bad = srv.run_cli("files_external:verify", str(mid), check=False)
+    assert bad.returncode != 0
+    assert bad.stderr.startswith("davserver: failed to verify the external storage: ")
+    assert ("bucket does not exist" if kind == "s3" else "credentials are wrong") in bad.stderr
+    assert store.config[secret] not in bad.stderr and "Traceback" not in bad.stderr
+
+    bad = srv.run_cli("files_external:option", str(mid), "nonsense", "1", check=False)
+    assert bad.returncode != 0 and "unknown option" in bad.stderr
+    srv.run_cli("files_external:delete", str(mid))
+    doc = json.loads(srv.run_cli("files_external:list", "--output", "json").stdout)
+    assert all(m["mount_id"] != mid for m in doc)
+    bad = srv.run_cli("files_external:verify", str(mid), check=False)
+    assert bad.returncode != 0 and "not found" in bad.stderr
+
+
+def test_local_mount_and_bad_create(srv, tmp_path):
+    bad = srv.run_cli("files_external:create", "/X", "ftp", "password::password",
+                      check=False)
+    assert bad.returncode != 0 and "unknown backend" in bad.stderr
+    bad = srv.run_cli("files_external:create", "/X", "local", "null::null", "-c", "nope=1",
+                      check=False)
+    assert bad.returncode != 0 and "unknown config key" in bad.stderr
+    out = srv.run_cli("files_external:create", "/Local", "local", "null::null", "-c",
+                      f"datadir={tmp_path}", "--user", "alice").stdout
+    mid = out.split()[-1]
+    try:
+        sess = srv.session("alice")
+        assert sess.put(srv.url("alice", "Local/a.txt"), data=b"local mount").status_code \
+            in (201, 204)
+        assert sess.get(srv.url("alice", "Local/a.txt")).content == b"local mount"
+        assert hdr.is_encrypted((tmp_path / "a.txt").read_bytes()[:64])
+    finally:
+        srv.run_cli("files_external:delete", mid)
+
+
+@pytest.mark.parametrize("encrypt", [True, False], ids=["encrypted", "plaintext"])
+@pytest.mark.parametrize("kind", ["s3", "dav"])
+def test_read_write_through_mount(srv, kind, encrypt, request):
+    store = Store(kind, request)
+    point = f"Ext-{kind}-{encrypt}"
+    mid = create_mount(srv, store, "/" + point, "--user", "alice")
+    if not encrypt:
+        srv.run_cli("files_external:option", str(mid), "encrypt", "false")
+    try:
+        alice, bob = srv.session("alice"), srv.session("bob")
+        assert point in propfind_names(alice, srv.url("alice"))
+        assert point not in propfind_names(bob, srv.url("bob"))
+        assert bob.request("PROPFIND", srv.url("bob", point),
+                           headers={"Depth": "0"}).status_code == 404
+
+        body = os.urandom(300_000) + b"plain marker text"
+        assert alice.request("MKCOL", srv.url("alice", f"{point}/sub")).status_code == 201
+        assert alice.put(srv.url("alice", f"{point}/sub/f.bin"), data=body).status_code \
+            in (201, 204)
+        assert alice.get(srv.url("alice", f"{point}/sub/f.bin")).content == body
+        raw = store.raw("sub/f.bin")
+        if encrypt:
+            assert hdr.is_encrypted(raw[:64]) and b"plain marker text" not in raw
+        else:
+            assert raw == body
+
+        # MOVE and COPY inside the mount, and between the mount and the home.
+        r = alice.request("MOVE", srv.url("alice", f"{point}/sub/f.bin"),
+                          headers={"Destination": srv.url("alice", f"{point}/g.bin")})
+        assert r.status_code in (201, 204), r.text
+        r = alice.request("COPY", srv.url("alice", f"{point}/g.bin"),
+                          headers={"Destination": srv.url("alice", f"home-{point}.bin")})
+        assert r.status_code in (201, 204), r.text
+        assert alice.get(srv.url("alice", f"home-{point}.bin")).content == body
+        r = alice.request("MOVE", srv.url("alice", f"home-{point}.bin"),
+                          headers={"Destination": srv.url("alice", f"{point}/back.bin")})
+        assert r.status_code in (201, 204), r.text
+        assert alice.get(srv.url("alice", f"home-{point}.bin")).status_code == 404
+        assert alice.get(srv.url("alice", f"{point}/back.bin")).content == body
+        assert hdr.is_encrypted(store.raw("back.bin")[:64]) == encrypt
+        r = alice.request("MOVE", srv.url("alice", f"{point}/sub"),
+                          headers={"Destination": srv.url("alice", f"dir-{point}")})
+        assert r.status_code in (201, 204), r.text
+        assert alice.delete(srv.url("alice", f"{point}/g.bin")).status_code == 204
+        assert {"back.bin"} == propfind_names(alice, srv.url("alice", point + "/")) - {point}
+    finally:
+        srv.run_cli("files_external:delete", str(mid))
+    assert point not in propfind_names(srv.session("alice"), srv.url("alice"))
+
+
+@pytest.mark.parametrize("kind", ["s3", "dav"])
+def test_readonly_mount(srv, kind, request):
+    store = Store(kind, request)
+    store.put_raw("given.txt", b"read me")
+    mid = create_mount(srv, store, "/RO")
+    srv.run_cli("files_external:option", str(mid), "readonly", "true")
+    try:
+        bob = srv.session("bob")  # no applicable users: everyone sees it
+        assert bob.get(srv.url("bob", "RO/given.txt")).content == b"read me"
+        for method, path, kw in (("PUT", "RO/new.txt", {"data": b"x"}),
+                                 ("DELETE", "RO/given.txt", {}),
+                                 ("MKCOL", "RO/d", {})):
+            r = bob.request(method, srv.url("bob", path), **kw)
+            assert r.status_code == 403, (method, r.status_code, r.text)
+            assert "read-only" in r.text
+        assert store.raw("given.txt") == b"read me"
+    finally:
+        srv.run_cli("files_external:delete", str(mid))
+
+
+@pytest.mark.parametrize("kind", ["s3", "dav"])
+def test_changes_behind_the_servers_back(srv, kind, request):
+    store = Store(kind, request)
+    mid = create_mount(srv, store, "/Behind", "--user", "alice")
+    srv.run_cli("files_external:option", str(mid), "filesystem_check_changes", "always")
+    try:
+        alice = srv.session("alice")
+        store.put_raw("by-hand.txt", b"added by another tool")
+        assert "by-hand.txt" in propfind_names(alice, srv.url("alice", "Behind/"))
+        assert alice.get(srv.url("alice", "Behind/by-hand.txt")).content \
+            == b"added by another tool"
+        store.put_raw("by-hand.txt", b"changed by another tool")
+        assert alice.get(srv.url("alice", "Behind/by-hand.txt")).content \
+            == b"changed by another tool"
+        store.delete_raw("by-hand.txt")
+        assert "by-hand.txt" not in propfind_names(alice, srv.url("alice", "Behind/"))
+
+        # An encrypted file whose key this server does not have (from another instance).
+        assert alice.put(srv.url("alice", "Behind/enc.bin"), data=b"secret").status_code \
+            in (201, 204)
+        blob = store.raw("enc.bin")
+        file_id = hdr.parse(blob[:hdr.HEADER_BYTES]).file_id.hex()
+        assert alice.delete(srv.url("alice", "Behind/enc.bin")).status_code == 204  # key gone
+        store.put_raw("foreign.bin", blob)
+        r = alice.get(srv.url("alice", "Behind/foreign.bin"))
+        assert r.status_code >= 500 and file_id in r.text, (r.status_code, r.text)
+        scan = json.loads(srv.run_cli("files_external:scan", str(mid), "--output",
+                                      "json").stdout)
+        assert scan["files"] == 1 and scan["encrypted"] == 1
+        assert scan["missing_keys"] == [{"path": f"~mount{mid}/foreign.bin",
+                                         "file_id": file_id}]
+    finally:
+        srv.run_cli("files_external:delete", str(mid))
