@@ -250,3 +250,74 @@ def test_changes_behind_the_servers_back(srv, kind, request):
                                          "file_id": file_id}]
     finally:
         srv.run_cli("files_external:delete", str(mid))
+
+
+def test_home_storage_encryption_switch(srv, request):
+    """Off: new home files are plaintext while a mount stays encrypted; on again: both
+    encrypted."""
+    store = Store("dav", request)
+    mid = create_mount(srv, store, "/HomeSwitch", "--user", "alice")
+    alice = srv.session("alice")
+    home_file = Path(srv.data_dir, "files", "alice", "switch.txt")
+    try:
+        assert "off" in srv.run_cli("encryption:home-storage", "off").stdout
+        assert alice.put(srv.url("alice", "switch.txt"), data=b"home bytes").status_code \
+            in (201, 204)
+        assert alice.put(srv.url("alice", "HomeSwitch/m.txt"), data=b"mount bytes") \
+            .status_code in (201, 204)
+        assert home_file.read_bytes() == b"home bytes"
+        assert hdr.is_encrypted(store.raw("m.txt")[:64])
+        assert alice.get(srv.url("alice", "switch.txt")).content == b"home bytes"
+    finally:
+        assert "on" in srv.run_cli("encryption:home-storage", "on").stdout
+    assert alice.put(srv.url("alice", "switch.txt"), data=b"home bytes 2").status_code \
+        in (201, 204)
+    assert hdr.is_encrypted(home_file.read_bytes()[:64])
+    assert alice.get(srv.url("alice", "switch.txt")).content == b"home bytes 2"
+    srv.run_cli("files_external:delete", str(mid))
+
+
+def test_backup_includes_mount_definitions(srv, request, tmp_path):
+    from davserver.meta.db import MetaDB
+    from davserver.vault import backup
+    from davserver.vault.mounts import MountService
+    from davserver.vault.secret import read_secret
+
+    store = Store("s3", request)
+    mid = create_mount(srv, store, "/Backed", "--user", "bob")
+    try:
+        srv.run_cli("backup:create", str(tmp_path / "b.tar"))
+        members = backup.read(str(tmp_path / "b.tar"))
+        (tmp_path / "db").write_bytes(members["davserver.db"])
+        (tmp_path / "secret").write_bytes(members["secret"])
+        db = MetaDB(str(tmp_path / "db"))
+        restored = MountService(db, lambda: read_secret(str(tmp_path / "secret"))).get(mid)
+        db.close()
+        assert restored.mount_point == "/Backed" and restored.users == ["bob"]
+        assert restored.config == store.config
+    finally:
+        srv.run_cli("files_external:delete", str(mid))
+
+
+def test_litmus_on_webdav_mount(srv, request, tmp_path):
+    import re
+    import subprocess
+
+    from tests.live import require_tool
+    from tests.test_litmus import SUITES, SUMMARY
+
+    litmus = require_tool("litmus")
+    store = Store("dav", request)
+    mid = create_mount(srv, store, "/LitmusMount", "--user", "alice")
+    try:
+        env = dict(os.environ, TESTS=" ".join(SUITES))
+        res = subprocess.run([litmus, srv.url("alice", "LitmusMount/"), "alice",
+                              srv.users["alice"]], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=300)
+        out = res.stdout + res.stderr
+        summaries = {m.group(1): m for m in SUMMARY.finditer(out)}
+        fails = [ln for ln in out.splitlines() if re.search(r"\bFAIL\b", ln)]
+        assert set(summaries) == set(SUITES), out[-3000:]
+        assert all(m.group(4) == "0" for m in summaries.values()), "\n".join(fails)
+    finally:
+        srv.run_cli("files_external:delete", str(mid))

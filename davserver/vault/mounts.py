@@ -116,13 +116,18 @@ class MountService:
     def __init__(self, db: MetaDB, secret: Callable[[], bytes]) -> None:
         self.db = db
         self._secret = secret
+        self._sealing_key: bytes | None = None
         self._stores: dict[int, tuple[str, Storage]] = {}
         self._lock = threading.Lock()
 
     # --- sealing -----------------------------------------------------------------------
 
     def _key(self) -> bytes:
-        return hkdf_sha256(self._secret(), salt=b"davserver-mounts", info=_AAD)
+        # Derived once per process: mounts are resolved on every request.
+        if self._sealing_key is None:
+            self._sealing_key = hkdf_sha256(self._secret(), salt=b"davserver-mounts",
+                                            info=_AAD)
+        return self._sealing_key
 
     def _seal(self, config: dict) -> bytes:
         return aead_seal(self._key(), json.dumps(config, sort_keys=True).encode(), _AAD)
