@@ -26,7 +26,7 @@ from davserver.storage.factory import make_storage
 from davserver.vault import context
 from davserver.vault.files import Vault, ensure_home, remove_home
 from davserver.vault.keystore import Identity, KeyStore, Recipient
-from davserver.vault.mounts import MountedVault, MountService
+from davserver.vault.mounts import MountedVault, MountService, is_mount_path
 from davserver.vault.secret import read_secret, write_secret
 from davserver.vault.userkeys import KeyLocked, UserKeys
 
@@ -85,6 +85,7 @@ class Instance:
         #: The tree a user sees over WebDAV: the home with external storage mounted in it.
         self.dav_vault = MountedVault(self.vault, self.mounts, master=self.master,
                                       run_dir=cfg.run_dir, groups_of=self._groups_of)
+        self.vault.foreign = is_mount_path
 
     def _groups_of(self, user: str) -> list[str]:
         u = self.db.get_user(user)

@@ -321,3 +321,48 @@ def test_litmus_on_webdav_mount(srv, request, tmp_path):
         assert all(m.group(4) == "0" for m in summaries.values()), "\n".join(fails)
     finally:
         srv.run_cli("files_external:delete", str(mid))
+
+
+def test_crash_inside_a_mount_is_finished_by_the_mount(inst, tmp_path):
+    """A commit to a mount interrupted after the blob landed: the home vault's recovery
+    must not roll it back (it would delete the key of a committed file); the mount's
+    recovery finishes it."""
+    store = tmp_path / "store"
+    store.mkdir()
+    m = inst.mounts.create("/L", "local", "null::null", {"datadir": str(store)})
+    mv = inst.dav_vault
+    spath = mv.resolve("alice", "L/f.txt")
+    assert spath == f"{m.root}/f.txt"
+    up = mv.begin_write(spath)
+    up.write(b"committed before the crash")
+    up._stream.finish()
+    inst.db.add_pending(up.file_id, spath, plain=False, durable=False)
+    inst.keys.wrap_new(up.file_id, up._data_key, up._recipients)
+    up._blob.commit()  # ... and the process dies before the index update
+
+    inst.vault.recover()
+    assert inst.keys.exists(up.file_id)
+    mv.recover_mounts()
+    assert inst.db.list_pending() == []
+    assert mv.read_all(spath) == b"committed before the crash"
+    assert hdr.is_encrypted((store / "f.txt").read_bytes()[:64])
+
+
+def test_store_down_answers_503(srv):
+    from tests.live import free_port
+
+    out = srv.run_cli("files_external:create", "/Down", "dav", "password::password",
+                      "-c", f"host=http://127.0.0.1:{free_port()}", "-c", "root=dav",
+                      "-c", "user=u", "-c", "password=p", "--user", "alice").stdout
+    mid = out.split()[-1]
+    try:
+        alice = srv.session("alice")
+        assert "Down" in propfind_names(alice, srv.url("alice"))  # the home still lists
+        r = alice.request("PROPFIND", srv.url("alice", "Down/"), headers={"Depth": "1"})
+        assert r.status_code == 503 and r.headers.get("Retry-After"), (r.status_code, r.text)
+        r = alice.put(srv.url("alice", "Down/x.txt"), data=b"x")
+        assert r.status_code == 503, (r.status_code, r.text)
+        bad = srv.run_cli("files_external:verify", mid, check=False)
+        assert bad.returncode != 0 and "endpoint is wrong or down" in bad.stderr
+    finally:
+        srv.run_cli("files_external:delete", mid)

@@ -424,11 +424,27 @@ class MountedVault:
         m = self._mount_of(spath)
         if m is None:
             return self.home
+        return self._mount_vault(m)
+
+    def _mount_vault(self, m: Mount) -> Vault:
         master = self._master
-        return Vault(self.service.storage(m), self.home.keys, self.home.db,
-                     identities=lambda: [master()],
-                     recipients=lambda _u: [master().as_recipient()],
-                     encryption_enabled=lambda: m.encrypt, commit_locks=self._locks)
+        v = Vault(self.service.storage(m), self.home.keys, self.home.db,
+                  identities=lambda: [master()],
+                  recipients=lambda _u: [master().as_recipient()],
+                  encryption_enabled=lambda: m.encrypt, commit_locks=self._locks)
+        v.foreign = lambda path: not (path + "/").startswith(m.root + "/")
+        return v
+
+    def recover_mounts(self) -> None:
+        """Finish or roll back the mounts' commits a crash interrupted (the home vault
+        leaves them alone). A store that cannot be reached now is logged and skipped:
+        its pending commits wait for the next start."""
+        for m in self.service.list():
+            try:
+                self._mount_vault(m).recover()
+            except DavServerError as e:
+                log.warning("external storage %d (%s) not recovered now: %s", m.id,
+                            m.mount_point, e)
 
     def _writable(self, spath: str) -> Vault:
         m = self._mount_of(spath)
@@ -552,3 +568,8 @@ class MountedVault:
             else:
                 out["plaintext"] += 1
         return out
+
+
+def is_mount_path(path: str) -> bool:
+    """Is this storage path inside an external storage mount (``~mountN/...``)?"""
+    return path.startswith(PREFIX)
