@@ -8,12 +8,23 @@ file at all; the first start writes one that documents every key.
 
 from __future__ import annotations
 
+import logging
 import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from davserver.auth import forwarded
 from davserver.errors import UserError
+from davserver.meta import shared_state
+
+log = logging.getLogger("davserver.config")
+
+
+def system_config_dir() -> str:
+    """Where root's default config and secret live (``DAVSERVER_SYSTEM_CONFIG_DIR`` moves
+    it, for packagers and for tests, which must not touch the real /etc/davserver)."""
+    return os.environ.get("DAVSERVER_SYSTEM_CONFIG_DIR") or "/etc/davserver"
 
 
 def default_config_path() -> str:
@@ -21,9 +32,17 @@ def default_config_path() -> str:
     if env:
         return env
     if os.geteuid() == 0:
-        return "/etc/davserver/davserver.toml"
+        return os.path.join(system_config_dir(), "davserver.toml")
     base = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
     return os.path.join(base, "davserver", "davserver.toml")
+
+
+def default_secret_path(config_path: str) -> str:
+    """``secret`` next to ``davserver.toml``, ``NAME.secret`` next to ``NAME.toml``: a
+    second instance's config in the same folder never picks up the first one's secret."""
+    folder = os.path.dirname(os.path.abspath(config_path))
+    stem = Path(config_path).stem
+    return os.path.join(folder, "secret" if stem == "davserver" else f"{stem}.secret")
 
 
 def default_data_dir() -> str:
@@ -46,6 +65,9 @@ class Config:
     keyfile: str = ""
     workers: int = 0  # 0: one per CPU core (dav.prefork.default_workers)
     threads: int = 16
+    #: The direct GET/HEAD/PUT path in front of WsgiDAV (dav.fastfiles); false leaves every
+    #: request to WsgiDAV, the reference behaviour (diagnosis, and the tests of both paths).
+    fast_files: bool = True
     socket_timeout: float = 300.0
     block_size: int = 256 * 1024
     secret_file: str = ""
@@ -64,7 +86,12 @@ class Config:
     kdf_parallelism: int = 4
     ldap: dict = field(default_factory=dict)
     log_level: str = "info"
+    database_url: str = ""  # "" or a SQLite path: <data_dir>/davserver.db; postgresql://: later
+    redis_url: str = ""  # "": node-local locks and throttling; redis://...: shared by nodes
+    trusted_proxies: tuple = ()  # networks whose X-Forwarded-For is believed (auth.forwarded)
     extra: dict = field(default_factory=dict)
+    #: The data dir the config file itself names ("": none), whatever the command line says.
+    named_data_dir: str = ""
 
     @property
     def files_dir(self) -> str:
@@ -81,7 +108,7 @@ class Config:
 
     @property
     def db_path(self) -> str:
-        return os.path.join(self.data_dir, "davserver.db")
+        return shared_state.sqlite_path(self.database_url, self.data_dir)
 
     @property
     def default_key_root(self) -> str:
@@ -111,6 +138,12 @@ def check_owner(data_dir: str) -> None:
                     f"(runuser -u {owner} -- davserver ...) so the server can read what it writes")
 
 
+def _url(doc: dict, section: str, env: str) -> str:
+    """``[section] url``; the environment wins, so one config file serves every node and
+    a secret (a Redis password in the URL) can stay out of it."""
+    return os.environ.get(env) or str(doc.get(section, {}).get("url", ""))
+
+
 def load(path: str | None = None, data_dir: str | None = None) -> Config:
     """Read the config file if it exists; command-line values win over the file."""
     path = path or default_config_path()
@@ -135,6 +168,7 @@ def load(path: str | None = None, data_dir: str | None = None) -> Config:
         keyfile=server.get("keyfile", ""),
         workers=int(server.get("workers", 0)),
         threads=int(server.get("threads", 16)),
+        fast_files=bool(server.get("fast_files", True)),
         socket_timeout=float(server.get("socket_timeout", 300)),
         block_size=int(server.get("block_size", 256 * 1024)),
         secret_file=enc.get("secret_file", ""),
@@ -155,13 +189,42 @@ def load(path: str | None = None, data_dir: str | None = None) -> Config:
         kdf_parallelism=int(enc.get("kdf_parallelism", 4)),
         ldap=dict(doc.get("ldap", {})),
         log_level=doc.get("logging", {}).get("level", "info"),
+        database_url=_url(doc, "database", "DAVSERVER_DATABASE_URL"),
+        redis_url=_url(doc, "redis", "DAVSERVER_REDIS_URL"),
         extra={k: v for k, v in doc.items()
-               if k not in ("server", "storage", "encryption", "auth", "logging", "ldap")},
+               if k not in ("server", "storage", "encryption", "auth", "logging", "ldap",
+                            "database", "redis")},
     )
+    shared_state.check_database_url(cfg.database_url)
+    try:
+        proxies = server.get("trusted_proxies", [])
+        if isinstance(proxies, str):  # "10.0.0.1, 10.0.0.2" as well as a list
+            proxies = proxies.replace(",", " ").split()
+        cfg.trusted_proxies = forwarded.parse_trusted(proxies)
+    except (ValueError, TypeError) as e:
+        raise UserError(f"[server] trusted_proxies in {path}: {e}") from None
     cfg.data_dir = os.path.abspath(cfg.data_dir)
+    if storage.get("data_dir"):
+        cfg.named_data_dir = os.path.abspath(storage["data_dir"])
     if not cfg.secret_file:
-        cfg.secret_file = os.path.join(os.path.dirname(os.path.abspath(path)), "secret")
+        cfg.secret_file = default_secret_path(path)
+    if foreign_config(cfg) and os.path.exists(cfg.db_path):
+        log.warning("%s; using it for the instance in %s as told", foreign_config(cfg),
+                    cfg.data_dir)
     return cfg
+
+
+def foreign_config(cfg: Config) -> str | None:
+    """Why the config file looks like another instance's (None: it does not).
+
+    A config names its instance's data dir; one given on the command line or in
+    ``DAVSERVER_DATA_DIR`` wins, so a second instance started that way would silently run
+    on the first one's config and secret."""
+    if cfg.named_data_dir and os.path.realpath(cfg.named_data_dir) \
+            != os.path.realpath(cfg.data_dir):
+        return (f"config {cfg.path} belongs to the instance in {cfg.named_data_dir}, "
+                f"not {cfg.data_dir}")
+    return None
 
 
 TEMPLATE = """\
@@ -176,8 +239,11 @@ certfile = ""               # PEM certificate: set both to serve HTTPS
 keyfile = ""                # PEM private key
 workers = 0                 # server processes sharing the port; 0 = one per CPU core
 threads = 16                # threads per process (concurrent requests)
+fast_files = true           # direct GET/HEAD/PUT path; false: WsgiDAV answers everything
 socket_timeout = 300        # seconds a client may stay silent (large uploads on slow links)
 block_size = 262144         # bytes per read/write step of a transfer
+trusted_proxies = []        # reverse proxies (addresses or CIDR) whose X-Forwarded-For
+                            # names the client, for login throttling per address
 
 [storage]
 data_dir = "{data_dir}"   # files/, keys/, davserver.db and tmp/ live here
@@ -219,8 +285,8 @@ kdf_parallelism = 4
 throttle_max_failures = 5   # failed logins per user / per client address ...
 throttle_window_seconds = 300   # ... within this window, then 429 until it passes
 # throttle_max_failures_per_address = 5   # default: throttle_max_failures. The address is
-#                             # the socket's (X-Forwarded-For is not trusted): behind a NAT
-#                             # or reverse proxy many users share one, so raise this there
+#                             # the socket's (X-Forwarded-For only from [server]
+#                             # trusted_proxies): behind a NAT many users share one
 cache_seconds = 300         # a verified password is remembered (as a keyed hash) this long
 key_cache_seconds = 3600    # user-key mode: an unlocked key stays in memory this long
 
@@ -243,6 +309,19 @@ key_cache_seconds = 3600    # user-key mode: an unlocked key stays in memory thi
 # cache_seconds = 60          # directory lookups (not passwords) are cached this long
 # auth_cache_seconds = 0      # trust an accepted password this long without a new bind;
 #                             # 0: a password changed in the directory stops working at once
+
+[nextcloud]
+upload_max_age_hours = 24   # chunked uploads (Nextcloud clients) nobody added to for this
+                            # long are removed, chunks and all, when the next one starts
+
+# Several nodes behind a load balancer (docs/DEPLOY.md). Environment variables
+# DAVSERVER_DATABASE_URL / DAVSERVER_REDIS_URL win over these keys.
+# [database]
+# url = ""                  # "" = <data_dir>/davserver.db; or a SQLite file path
+#                           # (postgresql://... is not available in this version)
+# [redis]
+# url = "redis://127.0.0.1:6379/0"   # WebDAV locks, login throttling and job locks
+#                           # shared by all nodes; leave out on a single node
 
 [logging]
 level = "info"              # debug, info, warning, error; keys/passwords/contents never logged

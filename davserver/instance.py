@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 
 from davserver import config as config_mod
+from davserver.auth.app_passwords import AppPasswords
 from davserver.auth.ldap import LdapConfig, LdapDirectory
 from davserver.auth.login import LoginService
 from davserver.auth.throttle import Throttle
@@ -64,6 +65,14 @@ class Instance:
         self.throttle = Throttle(self.db, cfg.throttle_max_failures,
                                  cfg.throttle_window_seconds,
                                  max_failures_per_address=cfg.throttle_max_failures_per_address)
+        if cfg.redis_url:  # counted across nodes (issue 18)
+            from davserver.auth.redis_throttle import RedisThrottle
+            from davserver.meta.shared_state import redis_client
+
+            self.throttle = RedisThrottle(
+                redis_client(cfg.redis_url), cfg.throttle_max_failures,
+                cfg.throttle_window_seconds,
+                max_failures_per_address=cfg.throttle_max_failures_per_address)
         self.userkeys = UserKeys(
             self.keys, suite=cfg.hpke_suite, cache_seconds=cfg.key_cache_seconds,
             params=KdfParams(cfg.kdf_time_cost, cfg.kdf_memory_kib, cfg.kdf_parallelism))
@@ -75,6 +84,7 @@ class Instance:
                 directory = LdapDirectory(LdapConfig.from_mapping(ldap_conf))
             except (ValueError, TypeError) as e:
                 raise UserError(f"[ldap] in {cfg.path}: {e}") from None
+        self.app_passwords = AppPasswords(self)
         self.login = LoginService(self.users, self.throttle, instance=self, directory=directory,
                                   directory_cache_seconds=auth_cache)
         self.vault = Vault(self.storage, self.keys, self.db,
@@ -94,6 +104,9 @@ class Instance:
     def _remove_user_data(self, user: str) -> None:
         remove_home(self.vault, user)
         self.userkeys.delete(user)
+        self.app_passwords.revoke_all(user)
+        if self.storage.stat(f".uploads/{user}") is not None:  # chunked uploads in progress
+            self.vault.delete(f".uploads/{user}")
         self.db.delete_setting(f"recovery.optin.{user}")
 
     # --- settings ----------------------------------------------------------------------
@@ -206,6 +219,8 @@ class InitResult:
     admin_password: str | None
     config_path: str
     secret_file: str
+    #: The new instance uses a secret file that was already there (kept as it was).
+    reused_secret: bool = False
 
 
 def init_instance(cfg: Config, *, admin: str = "admin",
@@ -216,10 +231,17 @@ def init_instance(cfg: Config, *, admin: str = "admin",
     when the admin account is created.
     """
     config_mod.check_owner(cfg.data_dir)
+    new_instance = not os.path.exists(cfg.db_path)
+    foreign = config_mod.foreign_config(cfg)
+    if foreign and new_instance:
+        raise UserError(f"{foreign}; give this instance its own config with --config (or "
+                        "DAVSERVER_CONFIG), e.g. a new file next to it")
     created = False
+    # Nothing that exists is ever overwritten: a config or secret found here stays as is.
     if not os.path.exists(cfg.path):
         config_mod.write_default(cfg)
         created = True
+    reused_secret = new_instance and os.path.exists(cfg.secret_file)
     if not os.path.exists(cfg.secret_file):
         if os.path.exists(cfg.db_path):
             raise DavServerError(f"the instance in {cfg.data_dir} exists but its secret "
@@ -248,7 +270,7 @@ def init_instance(cfg: Config, *, admin: str = "admin",
             inst.users.add(admin, password, is_admin=True)
             created = True
         return InitResult(created, admin if password else None, password, cfg.path,
-                          cfg.secret_file)
+                          cfg.secret_file, reused_secret)
     finally:
         inst.close()
 

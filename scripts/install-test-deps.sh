@@ -3,7 +3,8 @@
 #   * Debian packages: WebDAV clients used as black-box testers (litmus, rclone,
 #     cadaver, curl), an LDAP server + tools for the LDAP auth tests (slapd,
 #     ldap-utils) and a headless browser for the web UI tests (chromium,
-#     chromium-driver);
+#     chromium-driver), and redis-server, PostgreSQL and nginx for the
+#     scale-out tests (private instances; the system services are not started);
 #   * the project itself in editable mode with its [test] extras.
 #
 # Idempotent and non-interactive: safe to run again and again (apt is skipped
@@ -25,7 +26,8 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 export PIP_ROOT_USER_ACTION=ignore
 export PIP_NO_INPUT=1
 
-APT_PACKAGES=(litmus rclone cadaver curl slapd ldap-utils chromium chromium-driver)
+APT_PACKAGES=(litmus rclone cadaver curl slapd ldap-utils chromium chromium-driver
+              nextcloud-desktop-cmd redis-server postgresql nginx)
 
 log() { printf '[install-test-deps] %s\n' "$*"; }
 
@@ -113,11 +115,31 @@ if [ -x /etc/init.d/slapd ] || is_installed slapd; then
     fi
 fi
 
+# Same for redis-server, PostgreSQL and nginx (the scale-out tests start private
+# instances on free ports): policy-rc.d above kept them from starting; also keep
+# them from starting at boot, and stop a system instance an earlier install left.
+for svc in redis-server postgresql nginx; do
+    is_installed "$svc" || continue
+    if [ -d /run/systemd/system ]; then
+        "${SUDO[@]}" systemctl disable --now "$svc" >/dev/null 2>&1 || true
+    else
+        "${SUDO[@]}" service "$svc" stop >/dev/null 2>&1 || true
+        if command -v update-rc.d >/dev/null 2>&1; then
+            "${SUDO[@]}" update-rc.d "$svc" disable >/dev/null 2>&1 || true
+        fi
+    fi
+done
+
 # Sanity check: the test tools are where the tests expect them.
 for tool in litmus rclone cadaver curl ldapadd; do
     command -v "$tool" >/dev/null 2>&1 || { log "ERROR: $tool not found after install" >&2; exit 1; }
 done
 [ -x /usr/sbin/slapd ] || { log "ERROR: /usr/sbin/slapd missing after install" >&2; exit 1; }
+for tool in /usr/bin/redis-server /usr/sbin/nginx; do
+    [ -x "$tool" ] || { log "ERROR: $tool missing after install" >&2; exit 1; }
+done
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+    || { log "ERROR: PostgreSQL initdb missing after install" >&2; exit 1; }
 
 # ---------------------------------------------------------------- Python packages
 externally_managed() {

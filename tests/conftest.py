@@ -46,3 +46,47 @@ def server(tmp_path_factory) -> Iterator[LiveServer]:
 
 def pytest_sessionfinish(session, exitstatus) -> None:
     kill_all()
+
+
+# --- real services for the scale-out tests (issue 18) --------------------------------------
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory) -> Iterator:
+    """A private redis-server on a free loopback port (tests/redis_server.py)."""
+    from tests.redis_server import RedisServer
+
+    srv = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def pg_server() -> Iterator:
+    """A temporary PostgreSQL cluster run as an unprivileged user (tests/pg_server.py)."""
+    from tests.pg_server import PgServer
+
+    srv = PgServer().start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+        srv.remove()
+
+
+@pytest.fixture
+def nginx_factory(tmp_path) -> Iterator:
+    """``nginx_factory([port, ...])``: nginx round-robin over those loopback backends."""
+    from tests.nginx_server import NginxServer
+
+    started = []
+
+    def make(backends: list[int]):
+        srv = NginxServer(tmp_path / f"nginx{len(started)}", backends)
+        started.append(srv)
+        return srv.start()
+
+    yield make
+    for srv in started:
+        srv.stop()

@@ -72,6 +72,8 @@ def _toml_value(v) -> str:
         return "true" if v else "false"
     if isinstance(v, int | float):
         return str(v)
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
@@ -104,13 +106,19 @@ class LiveServer:
 
     # --- set-up ------------------------------------------------------------------------
 
-    def create(self) -> LiveServer:
+    def write_config(self, **changes: dict) -> None:
+        """(Re)write the config file, ``changes`` merged per section; a restart applies it."""
+        for section, values in changes.items():
+            self._config_doc.setdefault(section, {}).update(values)
         self.etc.mkdir(parents=True, exist_ok=True)
         lines = []
         for section, values in self._config_doc.items():
             lines.append(f"[{section}]")
             lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
         Path(self.config).write_text("\n".join(lines) + "\n")
+
+    def create(self) -> LiveServer:
+        self.write_config()
         out = self.run_cli("init").stdout
         m = re.search(r"admin password:\s+(\S+)", out)
         assert m, f"init printed no admin password:\n{out}"
@@ -164,6 +172,12 @@ class LiveServer:
         return "\n".join(self.log_text().splitlines()[-n:])
 
     def start(self) -> LiveServer:
+        self.spawn()
+        return self.wait_ready()
+
+    def spawn(self) -> None:
+        """Start the process without waiting; several servers can then start together
+        (spawn each from this thread: the child dies with the thread that forked it)."""
         assert self.proc is None or self.proc.poll() is not None, "already running"
         if not self.port:
             # A fixed port, not 0: cheroot sets SO_REUSEADDR only for fixed ports, and
@@ -176,6 +190,9 @@ class LiveServer:
                                          stderr=subprocess.STDOUT,
                                          preexec_fn=_die_with_parent)
         _PROCS.add(self.proc)
+
+    def wait_ready(self) -> LiveServer:
+        assert self.proc is not None
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

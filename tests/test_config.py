@@ -34,7 +34,8 @@ def test_example_loads_to_defaults(tmp_path):
     tomllib.loads(EXAMPLE.read_text())
     cfg = config.load(str(p), str(tmp_path / "d"))
     defaults = config.Config(path=str(p), data_dir=str(tmp_path / "d"))
-    for field in ("host", "port", "workers", "threads", "socket_timeout", "block_size", "fsync",
+    for field in ("host", "port", "workers", "threads", "fast_files", "socket_timeout",
+                  "block_size", "fsync",
                   "throttle_max_failures", "throttle_window_seconds", "auth_cache_seconds",
                   "key_cache_seconds", "hpke_suite", "kdf_time_cost", "kdf_memory_kib",
                   "kdf_parallelism"):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from davserver.auth import app_passwords
 from davserver.auth.ldap import DirectoryUnavailable, LdapDirectory
 from davserver.auth.throttle import Throttle
 from davserver.auth.users import UserService
@@ -99,14 +100,26 @@ class LoginService:
         if wait:
             log.warning("login throttled for user %r from %s", name, addr)
             raise Throttled(wait)
+        if app_passwords.looks_like(password):
+            app_id = self._instance.app_passwords.find(name, password)
+            if app_id is not None and self.users.get(name) is not None:
+                if keys[0] in on_record:
+                    self.throttle.succeeded(keys[0])
+                return self._unlocked(name, lambda: self._instance.app_passwords.identities(
+                    name, app_id, password), allow_locked_key)
         if not self.check_password(name, password):
             self.throttle.failed(*keys)
             log.warning("failed login for user %r from %s", name, addr)
             raise LoginFailed()
         if keys[0] in on_record:
             self.throttle.succeeded(keys[0])
+        return self._unlocked(name, lambda: self._instance.unlock(name, password),
+                              allow_locked_key)
+
+    @staticmethod
+    def _unlocked(name: str, unlock, allow_locked_key: bool) -> Principal:
         try:
-            return Principal(name, self._instance.unlock(name, password))
+            return Principal(name, unlock())
         except KeyLocked:
             if not allow_locked_key:
                 raise

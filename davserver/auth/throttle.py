@@ -5,7 +5,8 @@ Counting both keys stops one address guessing many users and many addresses gues
 user. The address limit has its own setting (``throttle_max_failures_per_address``,
 default: the per-user one): behind a NAT or a reverse proxy many users share an address,
 and the client address is what the socket says (``X-Forwarded-For`` is not trusted, or
-an attacker would name a new address with each guess).
+an attacker would name a new address with each guess) unless the socket is one of the
+configured reverse proxies (:mod:`davserver.auth.forwarded`).
 
 Failures are kept in the metadata DB, so the limit holds across the worker processes of
 a node (and across nodes sharing a DB) instead of multiplying by their

@@ -13,7 +13,7 @@ from davserver.cli.common import add_command, emit, instance_from, password_from
 from davserver.cli.progress import progress_bar
 from davserver.errors import UserError
 from davserver.instance import MODULE_ID, S_ENABLED, S_MODULE
-from davserver.meta import settings
+from davserver.meta import job_lock, settings
 from davserver.vault import check, context, convert, keyroot
 
 EXIT_PROBLEMS = 3
@@ -109,7 +109,9 @@ def _convert(args, *, encrypt: bool) -> int:
     recovery = ()
     if getattr(args, "recovery_password_from_env", False):
         recovery = (inst.userkeys.unlock_recovery(password_from_env("DAVSERVER_RECOVERY_PASS")),)
-    with convert.maintenance_for(inst.db, f"{verb}-all"), context.acting_as(*recovery):
+    # One name for both jobs: encrypt-all and decrypt-all must not run at once either.
+    with job_lock.cluster_job(inst.config.redis_url, "encrypt-decrypt-all"), \
+            convert.maintenance_for(inst.db, f"{verb}-all"), context.acting_as(*recovery):
         files = convert.plan(inst.vault, users)
         with progress_bar(f"{verb}ing", len(files), sum(s for _p, s in files),
                           quiet=args.output == "json") as advance:

@@ -13,10 +13,19 @@ import logging
 import sys
 
 from davserver import __version__
-from davserver.cli import backup_cmds, encryption_cmds, import_cmds, mount_cmds, serve, user
+from davserver.cli import (
+    app_password_cmds,
+    backup_cmds,
+    encryption_cmds,
+    import_cmds,
+    mount_cmds,
+    serve,
+    user,
+)
 from davserver.errors import known
 
-MODULES = (serve, user, encryption_cmds, backup_cmds, import_cmds, mount_cmds)
+MODULES = (serve, user, encryption_cmds, backup_cmds, import_cmds, app_password_cmds,
+           mount_cmds)
 
 
 def build_parser() -> argparse.ArgumentParser:

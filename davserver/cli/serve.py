@@ -31,6 +31,9 @@ def _announce(cfg, res: InitResult) -> None:
         print(f"  config:          {res.config_path}")
         print(f"  instance secret: {res.secret_file}  (back it up; files cannot be "
               "decrypted without it)")
+        if res.reused_secret:
+            print("davserver: the instance secret existed already and is used as it is "
+                  "(init never replaces one)", file=sys.stderr)
         print(f"  data directory:  {cfg.data_dir}")
         print(f"  URL:             {_url(cfg, res.admin_user)}")
         print(f"  admin user:      {res.admin_user}")

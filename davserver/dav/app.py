@@ -3,6 +3,8 @@
 Request path, outermost first:
 
     Guard        status.php, maintenance 503, last-resort 500 without a traceback
+    Nextcloud    OCS core, login flow v2, chunked uploads, PUT checksums and headers
+                 (dav.nextcloud)
     FastFiles    whole-file GET/HEAD/PUT in the caller's home, before WsgiDAV's layers
     WsgiDAV      ErrorPrinter -> BasicAuth, FastPropfind (ours) -> dir browser
                  -> RequestResolver
@@ -29,12 +31,14 @@ from davserver.dav.clientinput import ClientInput
 from davserver.dav.errors import KnownErrors, plain_text
 from davserver.dav.fastfiles import FastFiles
 from davserver.dav.locks import DbLockStorage
+from davserver.dav.nextcloud import NextcloudLayer
 from davserver.dav.propfind import FastPropfind
 from davserver.dav.provider import HomeProvider
 from davserver.dav.requestcheck import refusal
 from davserver.dav.resources import OPENED_KEY
 from davserver.dav.xmlbody import XmlBodies
 from davserver.instance import Instance
+from davserver.meta.shared_state import RETRY_AFTER, SharedStateUnavailable
 from davserver.vault import context
 from davserver.web.app import SettingsApp
 
@@ -81,13 +85,33 @@ class Guard:
             return plain_text(start_response, "503 Service Unavailable",
                               "davserver is in maintenance mode; try again later",
                               [("Retry-After", "120")])
+        if self.instance.config.redis_url:
+            start_response = _retry_after_on_503(start_response)
         try:
             return _Closing(self.app(environ, start_response), environ)
+        except SharedStateUnavailable as e:
+            _close_prepared(environ)
+            log.error("%s %s: %s", environ.get("REQUEST_METHOD"), path, e)
+            return plain_text(start_response, "503 Service Unavailable", str(e),
+                              [("Retry-After", str(RETRY_AFTER))])
         except Exception:
             _close_prepared(environ)
             log.exception("unhandled error for %s %s", environ.get("REQUEST_METHOD"), path)
             return plain_text(start_response, "500 Internal Server Error",
                               "internal error; the server log has details")
+
+
+def _retry_after_on_503(start_response):
+    """A 503 that WsgiDAV renders (shared state down inside a handler) still tells the
+    client when to come back."""
+
+    def start(status, headers, exc_info=None):
+        if status.startswith("503") and not any(h[0].lower() == "retry-after"
+                                                for h in headers):
+            headers = [*headers, ("Retry-After", str(RETRY_AFTER))]
+        return start_response(status, headers, exc_info)
+
+    return start
 
 
 def _close_prepared(environ) -> None:
@@ -114,10 +138,21 @@ class _Closing:
             _close_prepared(self._environ)
 
 
+def _lock_storage(instance: Instance):
+    """In the metadata DB for one node; in Redis when nodes share one (``redis.url``)."""
+    cfg = instance.config
+    if cfg.redis_url:
+        from davserver.dav.redis_locks import RedisLockStorage
+        from davserver.meta.shared_state import redis_client
+
+        return RedisLockStorage(redis_client(cfg.redis_url))
+    return DbLockStorage(instance.db, os.path.join(cfg.run_dir, "davlocks.lock"))
+
+
 def build_app(instance: Instance, *, fast_files: bool = True):
     """``fast_files=False`` leaves GET/PUT to WsgiDAV (the reference the tests compare to)."""
     cfg = instance.config
-    locks = DbLockStorage(instance.db, os.path.join(cfg.run_dir, "davlocks.lock"))
+    locks = _lock_storage(instance)
     files = HomeProvider(instance, user_in_path=True)
     webdav = HomeProvider(instance, user_in_path=False)
     dav_config = {
@@ -144,9 +179,9 @@ def build_app(instance: Instance, *, fast_files: bool = True):
     # WsgiDAV's lock manager checks for conflicts and then grants under its own in-process
     # lock; with several worker processes that must be the shared one.
     dav.lock_manager._lock = locks.shared_lock
-    if not fast_files:
-        return Guard(dav, instance)
-    return Guard(FastFiles(dav, instance, (files, webdav), locks, cfg.block_size), instance)
+    inner = dav if not fast_files else FastFiles(dav, instance, (files, webdav), locks,
+                                                 cfg.block_size)
+    return Guard(NextcloudLayer(inner, instance, dav, (files, webdav)), instance)
 
 
 #: Idle keep-alive connections one worker process keeps open.
@@ -181,7 +216,8 @@ def make_server(instance: Instance, *, shared_socket: socket.socket | None = Non
     """``shared_socket``: the listening socket of several worker processes (dav.prefork)."""
     cfg = instance.config
     server = _Server(
-        (cfg.host, cfg.port), build_app(instance), numthreads=cfg.threads,
+        (cfg.host, cfg.port), build_app(instance, fast_files=cfg.fast_files),
+        numthreads=cfg.threads,
         timeout=int(cfg.socket_timeout), server_name="davserver",
         request_queue_size=128,  # cheroot's default backlog of 5 refuses bursts of clients
     )

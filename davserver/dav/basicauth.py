@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 from wsgidav.mw.base_mw import BaseMiddleware
 
+from davserver.auth.forwarded import client_address
 from davserver.auth.login import DirectoryDown, LoginFailed, Principal, Throttled
 from davserver.dav.errors import plain_text
 from davserver.instance import Instance
@@ -52,7 +53,8 @@ def authenticate(instance: Instance, environ: dict) -> Principal | Refusal:
     except (binascii.Error, UnicodeDecodeError):
         return Refusal("400 Bad Request", "malformed Authorization header", [])
     try:
-        return instance.login.login(user, password, environ.get("REMOTE_ADDR", ""))
+        return instance.login.login(
+            user, password, client_address(environ, instance.config.trusted_proxies))
     except LoginFailed as e:
         return _challenge(str(e))
     except Throttled as e:

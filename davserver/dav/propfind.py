@@ -22,6 +22,7 @@ from defusedxml.ElementTree import fromstring
 from wsgidav import util
 from wsgidav.mw.base_mw import BaseMiddleware
 
+from davserver.dav import nc_props
 from davserver.dav.resources import content_type
 from davserver.vault.files import Node
 
@@ -127,9 +128,12 @@ class FastPropfind(BaseMiddleware):
             entries += [(f"{base}/{n.name}", n) for n in self.vault.list_dir(spath)]
         dead = self._dead_props(spath, node.is_dir and depth == "1")
         quota = self._quota(owner) if any(n.is_dir for _r, n in entries) else None
+        computed = nc_props.values(self.db, owner, names, [n for _r, n in entries],
+                                   node.is_dir and depth == "1") if names else {}
         parts = ['<?xml version="1.0" encoding="utf-8" ?>\n<d:multistatus xmlns:d="DAV:">']
         for r, n in entries:
-            parts.append(self._response(prefix, r, n, names, dead.get(n.path, {}), quota))
+            parts.append(self._response(prefix, r, n, names, dead.get(n.path, {}), quota,
+                                        computed.get(n.path)))
         parts.append("</d:multistatus>")
         body = "".join(parts).encode("utf-8")
         start_response("207 Multi-Status", [
@@ -177,7 +181,7 @@ class FastPropfind(BaseMiddleware):
             v["getcontenttype"] = _content_type(n.name)
         return v
 
-    def _response(self, prefix, rel, n: Node, names, dead, quota) -> str:
+    def _response(self, prefix, rel, n: Node, names, dead, quota, computed=None) -> str:
         href = quote(prefix + rel, safe=_SAFE)
         if n.is_dir and not href.endswith("/"):
             href += "/"
@@ -193,6 +197,8 @@ class FastPropfind(BaseMiddleware):
                 found.append(_SUPPORTED_LOCK)
             elif name.startswith("{DAV:}") and name[6:] in live:
                 found.append(_clark_to_xml(name, live[name[6:]]))
+            elif computed and name in computed:
+                found.append(_clark_to_xml(name, escape(computed[name])))
             elif name in dead:
                 value = dead[name]
                 found.append(value.decode("utf-8") if isinstance(value, bytes) else value)

@@ -23,6 +23,7 @@ from wsgidav.dav_error import (
 from wsgidav.dav_provider import DAVCollection, DAVNonCollection
 from wsgidav.xml_tools import etree, string_to_xml
 
+from davserver.dav import nc_props
 from davserver.dav.errors import dav_errors, short_body
 from davserver.errors import Conflict
 from davserver.vault.files import Node, Upload
@@ -58,6 +59,8 @@ class _DeadProps:
         return super().get_property_names(is_allprop=is_allprop) + list(self._dead())
 
     def get_property_value(self, name):
+        if name in nc_props.NAMES:
+            return self._computed(name)
         if name in _QUOTA_PROPS and (not self.is_collection or (
                 name.endswith("available-bytes") and self.get_available_bytes() is None)):
             # RFC 4331: quota is a property of collections, and an integer when present.
@@ -74,7 +77,20 @@ class _DeadProps:
         return string_to_xml(value)
 
     @dav_errors
+    def _computed(self, name):
+        node = getattr(self, "node", None)
+        if node is None:
+            raise DAVError(HTTP_NOT_FOUND)
+        user = self.environ.get("wsgidav.auth.user_name") or ""
+        elem = etree.Element(name)
+        elem.text = nc_props.values(self.provider.db, user, [name], [node], False)[
+            node.path][name]
+        return elem
+
+    @dav_errors
     def set_property_value(self, name, value, *, dry_run=False):
+        if name in nc_props.NAMES:
+            raise DAVError(HTTP_FORBIDDEN, "computed property")
         if name in _LOCK_PROPS or name.startswith("{DAV:}"):
             return super().set_property_value(name, value, dry_run=dry_run)
         if dry_run:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from davserver.meta import mounts_schema, objects_schema
+from davserver.meta import mounts_schema, nextcloud_schema, objects_schema
 from davserver.meta.interprocess import ChangeCounter
 
 SCHEMA = """
@@ -92,7 +92,8 @@ CREATE TABLE IF NOT EXISTS web_sessions(
 
 #: Tables of later features, one module each (davserver/meta/*_schema.py), so features
 #: built side by side do not edit one string. Every statement is idempotent.
-SCHEMA_PARTS: list[str] = [objects_schema.SCHEMA, mounts_schema.SCHEMA]
+SCHEMA_PARTS: list[str] = [objects_schema.SCHEMA, nextcloud_schema.SCHEMA,
+                            nextcloud_schema.APP_SCHEMA, mounts_schema.SCHEMA]
 
 
 @dataclass(frozen=True)
@@ -360,6 +361,7 @@ class MetaDB:
             return
         conn.execute(f"DELETE FROM files WHERE {_under('path')}", (path, path, path))
         conn.execute(f"DELETE FROM dir_etags WHERE {_under('path')}", (path, path, path))
+        nextcloud_schema.delete_ids(conn, path)
 
     def move_files(self, src: str, dst: str, *, conn: sqlite3.Connection) -> None:
         n = len(src)
@@ -376,6 +378,7 @@ class MetaDB:
             f"UPDATE dir_etags SET path = ? || substr(path, ?), parent = ? || substr(parent, ?) "
             f"WHERE {_under('path')}", (dst, n + 1, dst, n + 1, src, src, src))
         conn.execute("UPDATE dir_etags SET parent = ? WHERE path = ?", (parent_of(dst), dst))
+        nextcloud_schema.move_ids(conn, src, dst)
 
     # --- folder ETags (change when anything below changes, for sync clients) ------------
 

@@ -222,7 +222,10 @@ class Vault:
                 return Node(path, name, False, rec.size, rec.mtime, rec.file_id.hex(), True,
                             rec.file_id)
             if rec.size == e.size:
-                return Node(path, name, False, rec.size, e.mtime,
+                # The recorded mtime is the client's (X-OC-Mtime, PROPPATCH), as for an
+                # encrypted file; the blob's own mtime in the ETag still catches a change
+                # made behind the server's back.
+                return Node(path, name, False, rec.size, rec.mtime,
                             f"p-{rec.generation}-{int(e.mtime * 1e6):x}", False)
         # Not indexed (placed by hand): sniff the header, never decrypt.
         size, encrypted, etag = e.size, False, f"p-{int(e.mtime * 1e6):x}-{e.size:x}"
@@ -357,10 +360,15 @@ class Vault:
         return max(0, quota - used)
 
     def begin_write(self, path: str, *, quota: int | None = None,
-                    expected_size: int | None = None, encrypt: bool | None = None) -> Upload:
-        """Start a write; ``encrypt`` overrides the instance setting (encrypt/decrypt-all)."""
-        user = path.split("/", 1)[0]
-        limit = self.available(user, quota, replacing=path)
+                    expected_size: int | None = None, encrypt: bool | None = None,
+                    owner: str | None = None, reserved: int = 0) -> Upload:
+        """Start a write; ``encrypt`` overrides the instance setting (encrypt/decrypt-all).
+        ``owner``: the user whose keys and quota apply when ``path`` is outside their
+        home (upload chunks), ``reserved`` bytes of whose quota are taken already."""
+        user = owner or path.split("/", 1)[0]
+        limit = self.available(user, quota, replacing=None if owner else path)
+        if limit is not None and reserved:
+            limit = max(0, limit - reserved)
         if limit is not None and expected_size is not None and expected_size > limit:
             raise QuotaExceeded(f"{expected_size} bytes do not fit in the {limit} available")
         if encrypt is None:

@@ -21,6 +21,7 @@ from urllib.parse import parse_qs
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from davserver import accounts
+from davserver.auth.forwarded import client_address
 from davserver.auth.login import DirectoryDown, LoginFailed, Throttled
 from davserver.errors import DavServerError, UserError, known
 from davserver.instance import Instance
@@ -176,8 +177,9 @@ class SettingsApp:
                                    "403 Forbidden")
         user, password = form.get("user", ""), form.get("password", "")
         try:
-            principal = self.inst.login.login(user, password, environ.get("REMOTE_ADDR", ""),
-                                              allow_locked_key=True)
+            principal = self.inst.login.login(
+                user, password, client_address(environ, self.inst.config.trusted_proxies),
+                allow_locked_key=True)
         except (LoginFailed, Throttled, DirectoryDown) as e:
             return self._login_get(environ, start_response, str(e), f"{e.HTTP_STATUS} Error")
         token = secrets.token_urlsafe(32)

@@ -1,0 +1,412 @@
+"""Nextcloud's chunked upload (v2): how desktop and mobile clients send big files.
+
+    MKCOL  /remote.php/dav/uploads/USER/<id>            start (Destination optional)
+    PUT    /remote.php/dav/uploads/USER/<id>/<number>   one chunk (OC-Total-Length)
+    PROPFIND  .../<id>                                  which chunks arrived (resume)
+    MOVE   .../<id>/.file   Destination: .../files/USER/path   assemble
+    DELETE .../<id>                                     abort
+
+Chunks are ordinary vault files in a per-user area outside every home
+(``.uploads/USER/<id>/<number>``, a name no user can have): encrypted at rest with the
+user's keys like any file, committed atomically, invisible in the files tree. They count
+against the user's quota while they wait. Assembly streams the chunks, in numeric order,
+into one vault write to the destination, so the destination is the old file or the new
+one whatever happens; the chunks go only after that commit. Uploads left alone longer
+than ``[nextcloud] upload_max_age_hours`` are removed when the next one starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from urllib.parse import quote, unquote, urlparse
+from xml.sax.saxutils import escape
+
+from wsgidav.dav_error import DAVError
+
+from davserver.dav.basicauth import Refusal, admit, authenticate
+from davserver.dav.errors import plain_text
+from davserver.dav.nc_put import Checksum, store_checksum, version_headers
+from davserver.dav.propfind import rfc1123
+from davserver.errors import Conflict, DavServerError, known
+from davserver.instance import Instance
+from davserver.vault.files import storage_path
+
+log = logging.getLogger("davserver.uploads")
+
+PREFIX = "/remote.php/dav/uploads/"
+AREA = ".uploads"
+_FILES_PREFIXES = ("/remote.php/dav/files/", "/remote.php/webdav/")
+_ID_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")
+_CHUNK_RE = re.compile(r"^[0-9]{1,20}$")
+_BLOCK = 1 << 20
+_CLEAN_EVERY = 600.0
+
+
+class _Answer(Exception):
+    """A finished answer: status line and one line of text."""
+
+    def __init__(self, status: str, text: str, headers: list | None = None) -> None:
+        super().__init__(text)
+        self.status = status
+        self.text = text
+        self.headers = headers or []
+
+
+def upload_dir(user: str, upload_id: str) -> str:
+    return f"{AREA}/{user}/{upload_id}"
+
+
+def clean_stale(instance: Instance, max_age: float, now: float | None = None) -> int:
+    """Remove uploads nobody added to for ``max_age`` seconds; returns how many."""
+    vault = instance.vault
+    now = time.time() if now is None else now
+    removed = 0
+    if vault.storage.stat(AREA) is None:
+        return 0
+    for user in vault.storage.list_dir(AREA):
+        if not user.is_dir:
+            continue
+        for up in vault.storage.list_dir(f"{AREA}/{user.name}"):
+            if up.mtime < now - max_age:
+                try:
+                    vault.delete(f"{AREA}/{user.name}/{up.name}")
+                    removed += 1
+                except DavServerError as e:
+                    log.warning("could not remove stale upload %s/%s: %s", user.name,
+                                up.name, e)
+    if removed:
+        log.info("removed %d stale chunked uploads", removed)
+    return removed
+
+
+class ChunkedUploads:
+    """Answers everything under :data:`PREFIX`."""
+
+    def __init__(self, instance: Instance) -> None:
+        self.instance = instance
+        self.vault = instance.vault
+        self.db = instance.db
+        self.users = instance.users
+        cfg = instance.config.extra.get("nextcloud", {})
+        self.max_age = float(cfg.get("upload_max_age_hours", 24)) * 3600
+        self._last_clean = 0.0
+        self._clean_lock = threading.Lock()
+        #: WsgiDAV's lock manager: a destination locked by someone else is refused (423).
+        self.lock_manager = None
+
+    def __call__(self, environ, start_response):
+        outcome = authenticate(self.instance, environ)
+        if isinstance(outcome, Refusal):
+            return outcome.respond(start_response)
+        admit(environ, outcome)
+        try:
+            return self._dispatch(environ, start_response, outcome.user)
+        except _Answer as a:
+            return plain_text(start_response, a.status, a.text, a.headers + _drain(environ))
+        except DAVError as e:
+            return plain_text(start_response, f"{e.value} {_reason(e.value)}",
+                              e.context_info or _reason(e.value).lower(), _drain(environ))
+        except Exception as e:
+            err = known(e)
+            if err is None:
+                raise
+            closing = _drain(environ)
+            if err.HTTP_STATUS >= 500 and err.HTTP_STATUS != 507:
+                log.error("%s %s: %s", environ.get("REQUEST_METHOD"),
+                          environ.get("PATH_INFO"), e)
+                return plain_text(start_response, f"{err.HTTP_STATUS} Error",
+                                  "the upload failed; the server log has details", closing)
+            return plain_text(start_response,
+                              f"{err.HTTP_STATUS} {_reason(err.HTTP_STATUS)}", str(e), closing)
+
+    # --- routing -----------------------------------------------------------------------
+
+    def _dispatch(self, environ, start_response, user: str):
+        parts = [p for p in environ.get("PATH_INFO", "")[len(PREFIX):].split("/") if p]
+        method = environ.get("REQUEST_METHOD")
+        if not parts or parts[0] != user:
+            raise _Answer("404 Not Found", "no such upload folder")
+        if len(parts) == 1:
+            if method == "PROPFIND":
+                return self._propfind(environ, start_response, user, None)
+            raise _Answer("405 Method Not Allowed", "not allowed on the uploads root")
+        upload_id = parts[1]
+        if not _ID_RE.match(upload_id) or len(parts) > 3:
+            raise _Answer("400 Bad Request", "invalid upload name")
+        name = parts[2] if len(parts) == 3 else None
+        if name is None:
+            handler = {"MKCOL": self._mkcol, "PROPFIND": self._propfind,
+                       "DELETE": self._delete}.get(method)
+        elif name == ".file":
+            handler = {"MOVE": self._assemble}.get(method)
+        else:
+            handler = {"PUT": self._put_chunk, "DELETE": self._delete,
+                       "PROPFIND": self._propfind}.get(method)
+        if handler is None:
+            raise _Answer("405 Method Not Allowed", f"{method} is not allowed here")
+        return handler(environ, start_response, user, upload_id, *(
+            [name] if name is not None else []))
+
+    # --- MKCOL / DELETE / PROPFIND -----------------------------------------------------
+
+    def _mkcol(self, environ, start_response, user: str, upload_id: str):
+        if (environ.get("CONTENT_LENGTH") or "0") != "0":
+            raise _Answer("415 Unsupported Media Type", "MKCOL takes no body")
+        self._maybe_clean()
+        storage = self.vault.storage
+        for d in (AREA, f"{AREA}/{user}"):
+            if storage.stat(d) is None:
+                try:
+                    storage.make_dir(d)
+                except Conflict:
+                    pass
+        path = upload_dir(user, upload_id)
+        if storage.stat(path) is not None:
+            raise _Answer("405 Method Not Allowed", "this upload exists already")
+        storage.make_dir(path)
+        start_response("201 Created", [("Content-Length", "0")])
+        return [b""]
+
+    def _delete(self, environ, start_response, user: str, upload_id: str,
+                name: str | None = None):
+        path = upload_dir(user, upload_id) + (f"/{name}" if name else "")
+        if self.vault.storage.stat(path) is None:
+            raise _Answer("404 Not Found", "no such upload or chunk")
+        self.vault.delete(path)
+        start_response("204 No Content", [("Content-Length", "0")])
+        return [b""]
+
+    def _propfind(self, environ, start_response, user: str, upload_id: str | None,
+                  name: str | None = None):
+        if _drain(environ):
+            raise _Answer("413 Request Entity Too Large", "PROPFIND body too large")
+        base = f"{AREA}/{user}" if upload_id is None else upload_dir(user, upload_id)
+        target = base + (f"/{name}" if name else "")
+        node = self.vault.stat(target)
+        if node is None:
+            if upload_id is None:  # no upload started yet: an empty folder
+                node = None
+            else:
+                raise _Answer("404 Not Found", "no such upload")
+        href = PREFIX + quote(target[len(AREA) + 1:])
+        depth = environ.get("HTTP_DEPTH", "1")
+        parts = ['<?xml version="1.0" encoding="utf-8" ?>\n'
+                 '<d:multistatus xmlns:d="DAV:" xmlns:oc="http://owncloud.org/ns">']
+        if node is None or node.is_dir:
+            parts.append(_entry(href + "/", None, node.mtime if node else time.time(),
+                                node.etag if node else "0"))
+            if depth != "0" and node is not None:
+                for child in sorted(self.vault.list_dir(target), key=lambda n: n.name):
+                    parts.append(_entry(f"{href}/{quote(child.name)}" + (
+                        "/" if child.is_dir else ""), None if child.is_dir else child.size,
+                        child.mtime, child.etag))
+        else:
+            parts.append(_entry(href, node.size, node.mtime, node.etag))
+        parts.append("</d:multistatus>")
+        body = "".join(parts).encode()
+        start_response("207 Multi-Status", [("Content-Type", "application/xml; charset=utf-8"),
+                                            ("Content-Length", str(len(body)))])
+        return [body]
+
+    # --- chunks ------------------------------------------------------------------------
+
+    def _pending_bytes(self, user: str, except_path: str) -> int:
+        area = f"{AREA}/{user}"
+        rows = self.db.query(
+            "SELECT coalesce(sum(size), 0) FROM files WHERE substr(path, 1, length(?) + 1) "
+            "= ? || '/' AND path != ?", (area, area, except_path))
+        return int(rows[0][0])
+
+    def _put_chunk(self, environ, start_response, user: str, upload_id: str, name: str):
+        if not _CHUNK_RE.match(name):
+            raise _Answer("400 Bad Request", "chunk names are numbers")
+        folder = upload_dir(user, upload_id)
+        if self.vault.storage.stat(folder) is None:
+            raise _Answer("404 Not Found", "no such upload; start it with MKCOL")
+        length = environ.get("CONTENT_LENGTH") or ""
+        if not length.isdigit() or environ.get("HTTP_TRANSFER_ENCODING"):
+            raise _Answer("411 Length Required", "a chunk needs a Content-Length")
+        expected = int(length)
+        path = f"{folder}/{name}"
+        quota = self.users.quota(user)
+        reserved = self._pending_bytes(user, path) if quota is not None else 0
+        total = environ.get("HTTP_OC_TOTAL_LENGTH") or ""
+        if quota is not None and total.isdigit():
+            room = self.vault.available(user, quota)
+            if room is not None and int(total) > room:
+                raise _Answer("507 Insufficient Storage",
+                              f"the file ({total} bytes) does not fit in the {room} available")
+        existed = self.vault.storage.stat(path) is not None
+        up = self.vault.begin_write(path, quota=quota, expected_size=expected, owner=user,
+                                    reserved=reserved)
+        environ["davserver.body_used"] = True
+        try:
+            read, left = environ["wsgi.input"].read, expected
+            while left:
+                block = read(min(_BLOCK, left))
+                if not block:
+                    raise _Answer("400 Bad Request", f"body ended after {expected - left} of "
+                                  f"{expected} bytes; the chunk was not stored")
+                up.write(block)
+                left -= len(block)
+            environ["wsgidav.all_input_read"] = 1
+            up.commit()
+        except BaseException:
+            up.abort()
+            raise
+        status = "204 No Content" if existed else "201 Created"
+        start_response(status, [("Content-Length", "0")])
+        return [b""]
+
+    # --- assembly ----------------------------------------------------------------------
+
+    def _destination(self, environ, user: str) -> str:
+        dest = environ.get("HTTP_DESTINATION") or ""
+        path = unquote(urlparse(dest).path)
+        for prefix in _FILES_PREFIXES:
+            if path.startswith(prefix):
+                rel = path[len(prefix):]
+                if prefix.endswith("/files/"):
+                    owner, _, rel = rel.partition("/")
+                    if owner != user:
+                        raise _Answer("403 Forbidden", "the destination is outside your home")
+                break
+        else:
+            raise _Answer("400 Bad Request", "Destination must be a path in your files")
+        parts = [p for p in rel.split("/") if p]
+        if not parts or any(p in (".", "..") or "\x00" in p for p in parts):
+            raise _Answer("400 Bad Request", "invalid destination path")
+        return storage_path(user, "/".join(parts))
+
+    def _chunks(self, folder: str) -> list:
+        nodes = [n for n in self.vault.list_dir(folder) if not n.is_dir]
+        bad = [n.name for n in nodes if not _CHUNK_RE.match(n.name)]
+        if bad:
+            raise _Answer("400 Bad Request", f"unexpected items in the upload: {bad[:3]}")
+        return sorted(nodes, key=lambda n: int(n.name))
+
+    def _assemble(self, environ, start_response, user: str, upload_id: str, _name: str):
+        folder = upload_dir(user, upload_id)
+        if self.vault.storage.stat(folder) is None:
+            raise _Answer("404 Not Found", "no such upload")
+        dest = self._destination(environ, user)
+        parent = self.vault.storage.stat(dest.rpartition("/")[0])
+        if parent is None or not parent.is_dir:
+            raise _Answer("409 Conflict", "the destination's folder does not exist")
+        if self.lock_manager is not None:
+            tokens = re.findall(r"<(opaquelocktoken:[^>]+)>", environ.get("HTTP_IF") or "")
+            self.lock_manager.check_write_permission(
+                url=quote(f"/remote.php/dav/files/{dest}"), depth="0", token_list=tokens,
+                principal=user)
+        chunks = self._chunks(folder)
+        size = sum(n.size for n in chunks)
+        total = environ.get("HTTP_OC_TOTAL_LENGTH")
+        if total is not None and (not total.isdigit() or int(total) != size):
+            raise _Answer("400 Bad Request", f"the chunks hold {size} bytes, OC-Total-Length "
+                          f"says {total}; nothing was stored (a chunk is missing or extra)")
+        current = self.vault.stat(dest)
+        if current is not None and current.is_dir:
+            raise _Answer("409 Conflict", "the destination is a folder")
+        _check_preconditions(environ, current)
+        rec = self.db.get_file(dest)
+        generation = rec.generation if rec is not None and current is not None else 0
+        mtime = environ.get("HTTP_X_OC_MTIME") or ""
+        checksum = Checksum.parse(environ.get("HTTP_OC_CHECKSUM"))
+        up = self.vault.begin_write(dest, quota=self.users.quota(user), expected_size=size)
+        try:
+            for n in chunks:
+                f = self.vault.open_read(n.path, as_of=n)
+                try:
+                    while True:
+                        block = f.read(_BLOCK)
+                        if not block:
+                            break
+                        if checksum is not None:
+                            checksum.update(block)
+                        up.write(block)
+                finally:
+                    f.close()
+            if up.size != size:
+                raise _Answer("409 Conflict", "the upload changed while it was assembled")
+            if checksum is not None:
+                checksum.check()
+            try:
+                up.commit(mtime=float(mtime) if mtime.isdigit() else None,
+                          expect_generation=generation)
+            except Conflict:
+                raise _Answer("412 Precondition Failed", "the destination changed while the "
+                              "upload was assembled; nothing was stored") from None
+        except BaseException:
+            up.abort()
+            raise
+        try:
+            self.vault.delete(folder)
+        except DavServerError as e:  # the file is in place; the chunks go with cleaning
+            log.warning("could not remove the chunks of %s: %s", folder, e)
+        store_checksum(self.db, dest, checksum)
+        headers = version_headers(self.vault, self.db, dest, mtime.isdigit())
+        status = "204 No Content" if current is not None else "201 Created"
+        start_response(status, [("Content-Length", "0")] + headers)
+        return [b""]
+
+    def _maybe_clean(self) -> None:
+        now = time.monotonic()
+        if now - self._last_clean < _CLEAN_EVERY or not self._clean_lock.acquire(False):
+            return
+        try:
+            self._last_clean = now
+            clean_stale(self.instance, self.max_age)
+        finally:
+            self._clean_lock.release()
+
+
+def _check_preconditions(environ, current) -> None:
+    """If-Match, and the ETag in an If header, name the version the client last saw."""
+    etags = []
+    if_match = environ.get("HTTP_IF_MATCH")
+    if if_match:
+        etags += [t.strip().strip('"') for t in if_match.split(",")]
+    if_header = environ.get("HTTP_IF")
+    if if_header:
+        etags += re.findall(r'\["?([^"\]]*)"?\]', if_header)
+    if not etags:
+        return
+    if current is None or not any(t == "*" or t == current.etag for t in etags):
+        raise _Answer("412 Precondition Failed", "the destination is not the version you "
+                      "last saw; nothing was stored")
+
+
+def _entry(href: str, size: int | None, mtime: float, etag: str) -> str:
+    props = ["<d:resourcetype><d:collection/></d:resourcetype>" if size is None
+             else "<d:resourcetype/>",
+             f"<d:getlastmodified>{rfc1123(time.gmtime(mtime))}</d:getlastmodified>",
+             f"<d:getetag>&quot;{escape(etag)}&quot;</d:getetag>"]
+    if size is not None:
+        props.append(f"<d:getcontentlength>{size}</d:getcontentlength>")
+    return (f"<d:response><d:href>{escape(href)}</d:href><d:propstat><d:prop>{''.join(props)}"
+            "</d:prop><d:status>HTTP/1.1 200 OK</d:status></d:propstat></d:response>")
+
+
+_REASONS = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+            409: "Conflict", 412: "Precondition Failed", 423: "Locked",
+            507: "Insufficient Storage"}
+
+
+def _reason(code: int) -> str:
+    return _REASONS.get(code, "Error")
+
+
+def _drain(environ) -> list:
+    """Read a small unused body so the connection stays usable; headers closing the
+    connection when the rest of a body was not read."""
+    if environ.get("wsgidav.all_input_read"):
+        return []
+    length = environ.get("CONTENT_LENGTH") or ""
+    if length.isdigit() and int(length) <= 1 << 20 and not environ.get("davserver.body_used"):
+        environ["wsgi.input"].read(int(length))
+        environ["wsgidav.all_input_read"] = 1
+        return []
+    return [("Connection", "close")] if length not in ("", "0") else []
