@@ -366,3 +366,37 @@ def test_store_down_answers_503(srv):
         assert bad.returncode != 0 and "endpoint is wrong or down" in bad.stderr
     finally:
         srv.run_cli("files_external:delete", mid)
+
+
+@pytest.mark.parametrize("readonly", [False, True], ids=["writable", "readonly"])
+def test_chunked_upload_into_mount(srv, request, readonly):
+    """The desktop client's chunked upload (v2) lands in the mount, not in the home
+    folder the mount hides; the PUT response headers describe the mount's file."""
+    from tests.test_chunked_upload import Client
+
+    store = Store("s3", request)
+    mid = create_mount(srv, store, "/Chunked", "--user", "alice")
+    if readonly:
+        srv.run_cli("files_external:option", str(mid), "readonly", "true")
+    try:
+        c = Client(srv)
+        data = os.urandom(200_000)
+        uid = f"up{uuid.uuid4().hex[:10]}"
+        c.start(uid, "Chunked/big.bin")
+        for i, part in enumerate((data[:120_000], data[120_000:]), 1):
+            assert c.chunk(uid, i, part, total=len(data)).status_code in (201, 204)
+        r = c.finish(uid, "Chunked/big.bin", len(data))
+        if readonly:
+            assert r.status_code == 403 and "read-only" in r.text, (r.status_code, r.text)
+            assert c.get("Chunked/big.bin").status_code == 404
+            return
+        assert r.status_code == 201, r.text
+        assert r.headers.get("OC-FileId") and r.headers.get("ETag")
+        assert c.get("Chunked/big.bin").content == data
+        assert hdr.is_encrypted(store.raw("big.bin")[:64])
+        assert not Path(srv.data_dir, "files", "alice", "Chunked").exists()
+        # A single PUT gets the Nextcloud headers for the mount's file too.
+        r = c.s.put(c.dest("Chunked/one.txt"), data=b"one")
+        assert r.status_code in (201, 204) and r.headers.get("OC-FileId"), r.headers
+    finally:
+        srv.run_cli("files_external:delete", str(mid))
