@@ -134,6 +134,12 @@ def test_local_mount_and_bad_create(srv, tmp_path):
     bad = srv.run_cli("files_external:create", "/X", "local", "null::null", "-c", "nope=1",
                       check=False)
     assert bad.returncode != 0 and "unknown config key" in bad.stderr
+    missing = tmp_path / "missing"
+    out = srv.run_cli("files_external:create", "/Gone", "local", "null::null", "-c",
+                      f"datadir={missing}").stdout
+    bad = srv.run_cli("files_external:verify", out.split()[-1], check=False)
+    assert bad.returncode != 0 and "does not exist" in bad.stderr and not missing.exists()
+    srv.run_cli("files_external:delete", out.split()[-1])
     out = srv.run_cli("files_external:create", "/Local", "local", "null::null", "-c",
                       f"datadir={tmp_path}", "--user", "alice").stdout
     mid = out.split()[-1]

@@ -287,10 +287,10 @@ class MountService:
         m = self.get(mount_id)
         where = self.describe_endpoint(m)
         try:
-            st = self.build_storage(m)
             if m.backend == "local" and not os.path.isdir(m.config.get("datadir", "")):
+                # Checked first: opening a local store would create the folder.
                 raise UserError(f"datadir {m.config.get('datadir')} does not exist")
-            st.list_dir("")
+            self.build_storage(m).list_dir("")
         except DavServerError as e:
             hint = ""
             text = str(e)
