@@ -249,11 +249,13 @@ def test_changes_behind_the_servers_back(srv, kind, request):
         store.put_raw("foreign.bin", blob)
         r = alice.get(srv.url("alice", "Behind/foreign.bin"))
         assert r.status_code >= 500 and file_id in r.text, (r.status_code, r.text)
-        scan = json.loads(srv.run_cli("files_external:scan", str(mid), "--output",
-                                      "json").stdout)
-        assert scan["files"] == 1 and scan["encrypted"] == 1
-        assert scan["missing_keys"] == [{"path": f"~mount{mid}/foreign.bin",
-                                         "file_id": file_id}]
+        store.put_raw("plain.txt", b"plaintext by hand")
+        res = srv.run_cli("files_external:scan", str(mid), "--output", "json", check=False)
+        assert res.returncode == 3, res.stderr
+        scan = json.loads(res.stdout)
+        assert scan["counts"]["no-key"] == 1 and scan["counts"]["plaintext"] == 1
+        assert [(f["path"], f["file_id"]) for f in scan["problems"]] == [
+            (f"~mount{mid}/foreign.bin", file_id)]
     finally:
         srv.run_cli("files_external:delete", str(mid))
 

@@ -99,13 +99,17 @@ def cmd_verify(args) -> int:
 
 
 def cmd_scan(args) -> int:
-    """Walk a mount's store and report what is on it (files added behind the server's
-    back are listed, plaintext or encrypted)."""
+    """Authenticate every file on a mount's store as it is now (also files other tools
+    put there) and report plaintext files and problems: files without a key here (by
+    file ID), corrupt, swapped or duplicated ones. Exits 3 if there are problems."""
     inst = instance_from(args)
     report = inst.dav_vault.scan(inst.mounts.get(args.id))
-    emit(args, report, f"scanned {report['folders']} folders, {report['files']} files "
-         f"({report['encrypted']} encrypted, {report['plaintext']} plaintext)")
-    return 0
+    d = report.as_dict()
+    counts = ", ".join(f"{v} {k}" for k, v in d["counts"].items() if v) or "no files"
+    emit(args, d, f"scan finished: {counts}" + "".join(
+        f"\n  - {f['path']}: {f['state']} ({f['detail']}) file ID {f['file_id']}"
+        for f in d["problems"]))
+    return 3 if report.problems else 0
 
 
 def cmd_home_storage(args) -> int:

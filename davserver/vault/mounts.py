@@ -549,25 +549,13 @@ class MountedVault:
             self.copy_file(src, dst)
         source.delete(src)
 
-    def scan(self, m: Mount) -> dict:
-        """Walk a mount's store as it is now (changes made by other tools included) and
-        count what is there; files whose key is missing are named by file ID."""
-        vault = self.vault_for(m.root)
-        out = {"mount_id": m.id, "folders": 0, "files": 0, "encrypted": 0, "plaintext": 0,
-               "missing_keys": []}
-        for key, entry in vault.iter_paths(m.root):
-            if entry.is_dir:
-                out["folders"] += 1
-                continue
-            out["files"] += 1
-            node = vault.stat(key)
-            if node is not None and node.encrypted:
-                out["encrypted"] += 1
-                if not vault.keys.exists(bytes.fromhex(node.etag)):
-                    out["missing_keys"].append({"path": key, "file_id": node.etag})
-            else:
-                out["plaintext"] += 1
-        return out
+    def scan(self, m: Mount):
+        """Authenticate every file on a mount's store as it is now (files other tools
+        added included), as ``encryption:scan`` does for homes: plaintext, no-key (named
+        by file ID), corrupt, mismatch and duplicate files are reported."""
+        from davserver.vault import check
+
+        return check.scan(self._mount_vault(m), path=m.root)
 
 
 def is_mount_path(path: str) -> bool:
