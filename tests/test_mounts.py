@@ -187,9 +187,18 @@ def test_read_write_through_mount(srv, kind, encrypt, request):
                           headers={"Destination": srv.url("alice", f"home-{point}.bin")})
         assert r.status_code in (201, 204), r.text
         assert alice.get(srv.url("alice", f"home-{point}.bin")).content == body
+        prop = ('<?xml version="1.0"?><d:propertyupdate xmlns:d="DAV:" xmlns:x="urn:t">'
+                '<d:set><d:prop><x:tag>kept</x:tag></d:prop></d:set></d:propertyupdate>')
+        assert alice.request("PROPPATCH", srv.url("alice", f"home-{point}.bin"),
+                             data=prop).status_code == 207
         r = alice.request("MOVE", srv.url("alice", f"home-{point}.bin"),
                           headers={"Destination": srv.url("alice", f"{point}/back.bin")})
         assert r.status_code in (201, 204), r.text
+        r = alice.request("PROPFIND", srv.url("alice", f"{point}/back.bin"),
+                          headers={"Depth": "0"},
+                          data='<d:propfind xmlns:d="DAV:" xmlns:x="urn:t"><d:prop><x:tag/>'
+                               '</d:prop></d:propfind>')
+        assert r.status_code == 207 and "kept" in r.text, r.text
         assert alice.get(srv.url("alice", f"home-{point}.bin")).status_code == 404
         assert alice.get(srv.url("alice", f"{point}/back.bin")).content == body
         assert hdr.is_encrypted(store.raw("back.bin")[:64]) == encrypt

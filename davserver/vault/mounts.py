@@ -547,6 +547,7 @@ class MountedVault:
                     self.copy_file(key, to)
         else:
             self.copy_file(src, dst)
+        self.db.move_props(src, dst)  # dead properties follow, as within one vault
         source.delete(src)
 
     def scan(self, m: Mount):
