@@ -28,6 +28,7 @@ from davserver.meta.interprocess import PathLocks
 from davserver.vault import context
 from davserver.vault.files import Vault, ensure_home, remove_home
 from davserver.vault.keystore import Identity, KeyStore, Recipient
+from davserver.vault.mounts import MountedVault, MountService, is_mount_path
 from davserver.vault.secret import read_secret, write_secret
 from davserver.vault.shares import ShareService
 from davserver.vault.sharewraps import ShareWraps
@@ -44,6 +45,7 @@ S_MODE = settings.MODE
 S_MODULE = settings.MODULE
 S_KEY_ROOT = settings.KEY_ROOT
 S_MAINTENANCE = settings.MAINTENANCE
+S_HOME_ENCRYPTED = "encryption.home_storage"  # "0": homes stay plaintext (mounts decide alone)
 
 
 class Instance:
@@ -92,7 +94,7 @@ class Instance:
                                   directory_cache_seconds=auth_cache)
         self.vault = Vault(self.storage, self.keys, self.db,
                            identities=self.identities, recipients=self.recipients,
-                           encryption_enabled=self.encryption_enabled,
+                           encryption_enabled=self.home_encryption_enabled,
                            commit_locks=PathLocks(os.path.join(cfg.run_dir, "commit.lock")))
         self.groups = GroupService(self.db, self.users)
         if directory is not None and directory.config.group_base:
@@ -109,6 +111,16 @@ class Instance:
         self.users.team_quota = self.teamfolders.quota_of
         self.groups.on_change = self.shares.group_member_changed
         self.vault.after_move = self.sharewraps.moved
+        self.mounts = MountService(self.db, lambda: self.secret)
+        #: The tree a user sees over WebDAV: the home with external storage mounted in it.
+        self.dav_vault = MountedVault(self.vault, self.mounts, master=self.master,
+                                      run_dir=cfg.run_dir, groups_of=self._groups_of)
+        self.vault.foreign = is_mount_path
+        self.shares.lister = self.dav_vault.list_dir  # mount points in the user's folders
+
+    def _groups_of(self, user: str) -> list[str]:
+        u = self.db.get_user(user)
+        return self.groups.groups_of(user) + (["admin"] if u is not None and u.is_admin else [])
 
     def _remove_user_data(self, user: str) -> None:
         self.shares.forget_user(user)
@@ -142,6 +154,11 @@ class Instance:
 
     def encryption_enabled(self) -> bool:
         return self._setting(S_ENABLED) == "1"
+
+    def home_encryption_enabled(self) -> bool:
+        """Nextcloud's "encrypt home storage": off keeps new home files plaintext while
+        mounts follow their own ``encrypt`` option."""
+        return self.encryption_enabled() and self._setting(S_HOME_ENCRYPTED) != "0"
 
     def mode(self) -> str:
         return self._setting(S_MODE) or "master"

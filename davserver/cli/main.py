@@ -18,6 +18,7 @@ from davserver.cli import (
     backup_cmds,
     encryption_cmds,
     import_cmds,
+    mount_cmds,
     serve,
     share_cmds,
     user,
@@ -25,7 +26,7 @@ from davserver.cli import (
 from davserver.errors import known
 
 MODULES = (serve, user, encryption_cmds, backup_cmds, import_cmds, app_password_cmds,
-           share_cmds)
+           mount_cmds, share_cmds)
 
 
 def build_parser() -> argparse.ArgumentParser:

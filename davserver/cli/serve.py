@@ -86,6 +86,7 @@ def cmd_serve(args) -> int:
     _announce(cfg, init_instance(cfg))
     inst = Instance(cfg)
     inst.vault.recover()  # once, before any worker serves
+    inst.dav_vault.recover_mounts()
     count = cfg.workers or prefork.default_workers()
     if count == 1:
         return _serve(inst)

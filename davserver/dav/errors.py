@@ -14,7 +14,7 @@ from wsgidav import dav_error
 from wsgidav.dav_error import HTTP_BAD_REQUEST, HTTP_INSUFFICIENT_STORAGE, DAVError
 from wsgidav.mw.base_mw import BaseMiddleware
 
-from davserver.errors import DavServerError, VersionMismatch, known
+from davserver.errors import DavServerError, KeyNotFound, VersionMismatch, known
 
 log = logging.getLogger("davserver.dav")
 
@@ -30,10 +30,20 @@ def plain_text(start_response, status: str, text: str, headers: list | None = No
     return [body]
 
 
+def _file_id(detail: str) -> str | None:
+    """The file ID a KeyNotFound names, if it names one (never a path or a user)."""
+    head = detail.split(" ", 1)[0]
+    return head if len(head) >= 16 and all(c in "0123456789abcdef" for c in head) else None
+
+
 def to_dav_error(e: DavServerError) -> DAVError:
     if isinstance(e, VersionMismatch):
         msg = ("the stored file does not match the server's index and was not served; "
                "an administrator can inspect it with 'davserver encryption:fix-encrypted-version'")
+    elif type(e) is KeyNotFound and _file_id(e.detail):
+        # A file placed by another tool (or another instance) on a store: say which one.
+        msg = (f"no key for file ID {_file_id(e.detail)} in this server's key store; "
+               "the file cannot be decrypted here")
     elif e.HTTP_STATUS >= 500 and e.HTTP_STATUS != 507 and e.HTTP_STATUS != 503:
         msg = "the stored file could not be read safely; the server log has details"
     else:

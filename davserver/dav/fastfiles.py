@@ -91,10 +91,11 @@ class FastFiles:
         if not isinstance(outcome, Refusal):
             admit(environ, outcome)
             owner, rel = target[1]._split(target[2], environ)
-            if owner == outcome.user and rel and not self.instance.shares.touches(owner, rel):
-                try:
-                    answer = handler(environ, start_response, target[0],
-                                     storage_path(owner, rel), target[2])
+            spath = storage_path(owner, rel)
+            if (owner == outcome.user and rel and not self.instance.shares.touches(owner, rel)
+                    and self.instance.dav_vault.resolve(owner, rel) == spath):
+                try:  # (shares and external storage mounts: WsgiDAV's path)
+                    answer = handler(environ, start_response, target[0], spath, target[2])
                 except DAVError as e:
                     return self._error(environ, start_response, e)
                 if answer is not None:

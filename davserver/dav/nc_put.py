@@ -125,7 +125,7 @@ class PutHeaders:
 
     def __init__(self, app, instance, locate) -> None:
         self.app = app
-        self.vault = instance.vault
+        self.vault = instance.dav_vault  # headers of files in mounts too
         self.db = instance.db
         self.locate = locate
 

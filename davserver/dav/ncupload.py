@@ -33,6 +33,7 @@ from davserver.dav.propfind import rfc1123
 from davserver.errors import Conflict, DavServerError, known
 from davserver.instance import Instance
 from davserver.vault.files import storage_path
+from davserver.vault.mounts import is_mount_path
 
 log = logging.getLogger("davserver.uploads")
 
@@ -292,14 +293,16 @@ class ChunkedUploads:
         folder = upload_dir(user, upload_id)
         if self.vault.storage.stat(folder) is None:
             raise _Answer("404 Not Found", "no such upload")
-        dest = self._destination(environ, user)
-        parent = self.vault.storage.stat(dest.rpartition("/")[0])
+        home_dest = self._destination(environ, user)  # locks are by URL: this path
+        target = self.instance.dav_vault  # the destination may be in a storage mount
+        dest = target.resolve(user, home_dest.split("/", 1)[1])
+        parent = target.stat(dest.rpartition("/")[0])
         if parent is None or not parent.is_dir:
             raise _Answer("409 Conflict", "the destination's folder does not exist")
         if self.lock_manager is not None:
             tokens = re.findall(r"<(opaquelocktoken:[^>]+)>", environ.get("HTTP_IF") or "")
             self.lock_manager.check_write_permission(
-                url=quote(f"/remote.php/dav/files/{dest}"), depth="0", token_list=tokens,
+                url=quote(f"/remote.php/dav/files/{home_dest}"), depth="0", token_list=tokens,
                 principal=user)
         chunks = self._chunks(folder)
         size = sum(n.size for n in chunks)
@@ -307,7 +310,7 @@ class ChunkedUploads:
         if total is not None and (not total.isdigit() or int(total) != size):
             raise _Answer("400 Bad Request", f"the chunks hold {size} bytes, OC-Total-Length "
                           f"says {total}; nothing was stored (a chunk is missing or extra)")
-        current = self.vault.stat(dest)
+        current = target.stat(dest)
         if current is not None and current.is_dir:
             raise _Answer("409 Conflict", "the destination is a folder")
         _check_preconditions(environ, current)
@@ -315,7 +318,8 @@ class ChunkedUploads:
         generation = rec.generation if rec is not None and current is not None else 0
         mtime = environ.get("HTTP_X_OC_MTIME") or ""
         checksum = Checksum.parse(environ.get("HTTP_OC_CHECKSUM"))
-        up = self.vault.begin_write(dest, quota=self.users.quota(user), expected_size=size)
+        up = target.begin_write(dest, quota=None if is_mount_path(dest)
+                                else self.users.quota(user), expected_size=size)
         try:
             for n in chunks:
                 f = self.vault.open_read(n.path, as_of=n)
@@ -347,7 +351,7 @@ class ChunkedUploads:
         except DavServerError as e:  # the file is in place; the chunks go with cleaning
             log.warning("could not remove the chunks of %s: %s", folder, e)
         store_checksum(self.db, dest, checksum)
-        headers = version_headers(self.vault, self.db, dest, mtime.isdigit())
+        headers = version_headers(target, self.db, dest, mtime.isdigit())
         status = "204 No Content" if current is not None else "201 Created"
         start_response(status, [("Content-Length", "0")] + headers)
         return [b""]

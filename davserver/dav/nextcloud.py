@@ -15,7 +15,6 @@ from davserver.dav.nc_put import PutHeaders
 from davserver.dav.ncupload import PREFIX as UPLOADS_PREFIX
 from davserver.dav.ncupload import ChunkedUploads
 from davserver.instance import Instance
-from davserver.vault.files import storage_path
 from davserver.web.login_flow import PREFIXES as LOGIN_PREFIXES
 from davserver.web.login_flow import LoginFlow
 
@@ -91,6 +90,6 @@ class NextcloudLayer:
                 return None
             if not user or owner != user or not inside:
                 return None
-            return storage_path(owner, inside)
+            return self.instance.dav_vault.resolve(owner, inside)  # mounts too
 
         return spath

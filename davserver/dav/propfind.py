@@ -25,7 +25,7 @@ from wsgidav.mw.base_mw import BaseMiddleware
 
 from davserver.dav import nc_props, share_props
 from davserver.dav.resources import content_type
-from davserver.vault.files import Node
+from davserver.vault.files import Node, storage_path
 
 _SAFE = "/" + "!*'()," + "$-_|."
 _MAX_BODY = 1 << 20
@@ -61,7 +61,7 @@ class FastPropfind(BaseMiddleware):
         self.providers = config["davserver.providers"]
         self.locks = config["lock_storage"]
         self.db = config["davserver.instance"].db
-        self.vault = config["davserver.instance"].vault
+        self.vault = config["davserver.instance"].dav_vault
         self.users = config["davserver.instance"].users
         self.shares = config["davserver.instance"].shares
 
@@ -120,6 +120,8 @@ class FastPropfind(BaseMiddleware):
         spath = self.shares.listable(owner, home_rel)
         if spath is None:
             raise _Fallback  # shares mounted in this folder: WsgiDAV's resources list them
+        if spath == storage_path(owner, home_rel):
+            spath = self.vault.resolve(owner, home_rel)  # external storage mounts
         if self._locks_near(prefix):
             raise _Fallback
         names = self._request(environ)

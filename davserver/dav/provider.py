@@ -20,7 +20,7 @@ class HomeProvider(DAVProvider):
     def __init__(self, instance: Instance, *, user_in_path: bool) -> None:
         super().__init__()
         self.instance = instance
-        self.vault = instance.vault
+        self.vault = instance.dav_vault  # the home with external storage mounted
         self.users = instance.users
         self.db = instance.db
         self.user_in_path = user_in_path
@@ -48,13 +48,21 @@ class HomeProvider(DAVProvider):
         owner, rel = self._split(path, environ)
         if owner is None or owner != environ.get("wsgidav.auth.user_name"):
             raise DAVError(HTTP_FORBIDDEN, "outside your home folder")
-        return self.instance.shares.resolve(owner, rel).spath  # shares mounted in the home
+        return self._resolved(owner, rel)[0]
 
     @dav_errors
     def list_members(self, path: str, spath: str, environ: dict) -> list:
         """A folder's members as the caller sees them, shares mounted in it included."""
         owner, rel = self._split(path, environ)
         return self.instance.shares.listing(owner, rel, spath)
+
+    def _resolved(self, owner: str, rel: str):
+        """(storage path, share target): a share mounted in the home, else the home with
+        external storage mounted in it."""
+        target = self.instance.shares.resolve(owner, rel)
+        if target.mount is not None:
+            return target.spath, target
+        return self.vault.resolve(owner, rel), target
 
     @dav_errors
     def get_resource_inst(self, path: str, environ: dict):
@@ -67,8 +75,7 @@ class HomeProvider(DAVProvider):
             return UsersRoot(path, environ, user)
         if owner != user:
             return None
-        target = self.instance.shares.resolve(owner, rel)
-        spath = target.spath
+        spath, target = self._resolved(owner, rel)
         node = self.vault.stat(spath)
         if node is None:
             return None

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from davserver.meta import nextcloud_schema, objects_schema
+from davserver.meta import mounts_schema, nextcloud_schema, objects_schema
 from davserver.meta.interprocess import ChangeCounter
 from davserver.meta.shares_schema import SHARES_SCHEMA
 
@@ -94,7 +94,7 @@ CREATE TABLE IF NOT EXISTS web_sessions(
 #: Tables of later features, one module each (davserver/meta/*_schema.py), so features
 #: built side by side do not edit one string. Every statement is idempotent.
 SCHEMA_PARTS: list[str] = [objects_schema.SCHEMA, nextcloud_schema.SCHEMA,
-                            nextcloud_schema.APP_SCHEMA, SHARES_SCHEMA]
+                            nextcloud_schema.APP_SCHEMA, SHARES_SCHEMA, mounts_schema.SCHEMA]
 
 
 @dataclass(frozen=True)

@@ -174,6 +174,9 @@ class Vault:
         self._commit_locks = commit_locks  # one committer per path, across processes
         #: Called as (src, dst) after a move (sharing re-wraps keys that changed folders).
         self.after_move: Callable[[str, str], object] | None = None
+        #: Paths in the shared index that another vault (an external storage mount)
+        #: stores: recover() leaves their pending commits to that vault.
+        self.foreign: Callable[[str], bool] = lambda path: False
 
     # --- start-up ----------------------------------------------------------------------
 
@@ -181,6 +184,8 @@ class Vault:
         """Finish or roll back commits a crash interrupted; remove temp blobs."""
         finished = rolled_back = 0
         for file_id, path, plain in self.db.list_pending():
+            if self.foreign(path):
+                continue
             if plain:
                 done = self.storage.stat(path) is not None and self._stored_file_id(path) is None
             else:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from davserver.errors import DavServerError, NotFound, UserError
@@ -153,6 +154,9 @@ class ShareService:
         self.keywork = None
         #: owner name -> team folder name (None: not a team folder); set by the instance.
         self.team_name = lambda owner: None
+        #: Lists a folder of a user's own tree (the instance puts external storage mount
+        #: points in); None: the vault's listing.
+        self.lister: Callable[[str], list[Node]] | None = None
 
     # --- nodes -------------------------------------------------------------------------
 
@@ -439,7 +443,7 @@ class ShareService:
     def listing(self, user: str, folder_rel: str, spath: str) -> list[Node]:
         """A folder's members as ``user`` sees them: its own, plus mount points (a mount
         hides a real entry of the same name, as Nextcloud's mounts do)."""
-        nodes = self.vault.list_dir(spath)
+        nodes = (self.lister or self.vault.list_dir)(spath)
         extra = []
         for name, t in self.mounts_in(user, folder_rel) if spath == storage_path(
                 user, folder_rel) else ():
