@@ -112,8 +112,7 @@ class DbLockStorage(LockStorageDict):
         lock taken meanwhile on another file of the same user (another client of the same
         account) does not concern it, one on the target or on a folder above it does.
         """
-        parts = url.rstrip("/").split("/")
-        covering = {"/".join(parts[:i]) or "/" for i in range(1, len(parts) + 1)}
+        covering = covering_urls(url)
         self._lock.acquire_read()
         try:
             mirror = self._dict
@@ -122,3 +121,9 @@ class DbLockStorage(LockStorageDict):
                 for k in mirror)
         finally:
             self._lock.release()
+
+
+def covering_urls(url: str) -> set[str]:
+    """``url`` (quoted) and every folder above it, as lock keys name them."""
+    parts = url.rstrip("/").split("/")
+    return {"/".join(parts[:i]) or "/" for i in range(1, len(parts) + 1)}

@@ -33,8 +33,9 @@ def usable(value: str) -> bool:
     Besides the syntax: every ``first-last`` needs first <= last and every suffix ``-n``
     needs n > 0. WsgiDAV would read ``1-0`` as the suffix ``-0`` and answer an empty 206
     ``bytes 2-1/2``; RFC 9110 (14.1.1) calls such a range invalid, and a header with one
-    is ignored as a whole.
+    is ignored as a whole. Blanks around the value are optional white space (RFC 9110 5.6.3).
     """
+    value = value.strip(" \t")
     if _HEADER.fullmatch(value) is None:
         return False
     for first, last in _ONE.findall(value):

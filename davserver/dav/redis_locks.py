@@ -32,6 +32,7 @@ from collections.abc import Iterator, MutableMapping
 
 from wsgidav.lock_man.lock_storage import LockStorageDict
 
+from davserver.dav.locks import covering_urls
 from davserver.meta.shared_state import SharedStateUnavailable, unavailable_as_503
 
 URL_PREFIX = "URL2TOKEN:"
@@ -238,3 +239,18 @@ class RedisLockStorage(LockStorageDict):
         if not any(n.startswith(wanted) for n in names):
             return False
         return any(k.startswith(URL_PREFIX + url_prefix) for k in mapping)
+
+    def has_lock_covering(self, url: str) -> bool:
+        """Any lock on ``url`` (quoted) or on a folder above it (see DbLockStorage)."""
+        mapping = self._dict
+        if mapping is None:
+            return False
+        covering = covering_urls(url)
+        with unavailable_as_503():
+            names = self._client.smembers(mapping._index)
+        for raw in names:
+            name = raw.decode() if isinstance(raw, bytes) else raw
+            if name.startswith(URL_PREFIX) and \
+                    (name[len(URL_PREFIX):].rstrip("/") or "/") in covering and name in mapping:
+                return True
+        return False
