@@ -145,8 +145,8 @@ def test_local_mount_and_bad_create(srv, tmp_path):
     mid = out.split()[-1]
     try:
         sess = srv.session("alice")
-        assert sess.put(srv.url("alice", "Local/a.txt"), data=b"local mount").status_code \
-            in (201, 204)
+        r = sess.put(srv.url("alice", "Local/a.txt"), data=b"local mount")
+        assert r.status_code in (201, 204), (r.status_code, r.text[:500])
         assert sess.get(srv.url("alice", "Local/a.txt")).content == b"local mount"
         assert hdr.is_encrypted((tmp_path / "a.txt").read_bytes()[:64])
     finally:

@@ -430,7 +430,7 @@ class MountedVault:
         master = self._master
         v = Vault(self.service.storage(m), self.home.keys, self.home.db,
                   identities=lambda: [master()],
-                  recipients=lambda _u: [master().as_recipient()],
+                  recipients=lambda _user, _path: [master().as_recipient()],
                   encryption_enabled=lambda: m.encrypt, commit_locks=self._locks)
         v.foreign = lambda path: not (path + "/").startswith(m.root + "/")
         return v
