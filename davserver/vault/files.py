@@ -602,16 +602,7 @@ class Vault:
 
     def copy_file(self, src: str, dst: str, *, quota: int | None = None) -> FileRecord:
         """Copy by re-encrypting under a fresh key: one file ID always means one path."""
-        node = self.stat(src)
-        if node is None or node.is_dir:
-            raise NotFound(src)
-        f = self.open_read(src)
-        try:
-            up = self.begin_write(dst, quota=quota, expected_size=node.size)
-            pump(f, up)
-        finally:
-            f.close()
-        return up.commit()
+        return copy_between(self, src, self, dst, quota=quota)
 
     def set_mtime(self, path: str, mtime: float) -> None:
         """Record a client-supplied modification time (X-OC-Mtime, PROPPATCH)."""
@@ -672,3 +663,19 @@ def storage_path(user: str, rel: str) -> str:
     rel = rel.strip("/")
     return f"{user}/{rel}" if rel else user
 
+
+def copy_between(source: Vault, src: str, target: Vault, dst: str, *,
+                 quota: int | None = None) -> FileRecord:
+    """Copy a file through the two vaults' read and write paths (decrypted from the one,
+    written under the other's rules with a fresh key), so a copy is never a second name
+    for one file ID, within one vault or between two (external storage mounts)."""
+    node = source.stat(src)
+    if node is None or node.is_dir:
+        raise NotFound(src)
+    f = source.open_read(src)
+    try:
+        up = target.begin_write(dst, quota=quota, expected_size=node.size)
+        pump(f, up)
+    finally:
+        f.close()
+    return up.commit()

@@ -29,7 +29,7 @@ from davserver.errors import Conflict, DavServerError, NotFound, UserError
 from davserver.meta.db import MetaDB
 from davserver.meta.interprocess import PathLocks
 from davserver.storage.base import BlobReader, BlobWriter, Entry, Storage
-from davserver.vault.files import Node, Vault, pump
+from davserver.vault.files import Node, Vault, copy_between
 
 log = logging.getLogger("davserver.mounts")
 
@@ -511,18 +511,7 @@ class MountedVault:
 
     def copy_file(self, src: str, dst: str, *, quota=None):
         source, target = self.vault_for(src), self._writable(dst)
-        if source is self.home and target is self.home:
-            return self.home.copy_file(src, dst, quota=quota)
-        node = source.stat(src)
-        if node is None or node.is_dir:
-            raise NotFound(src)
-        f = source.open_read(src)
-        try:
-            up = target.begin_write(dst, quota=quota, expected_size=node.size)
-            pump(f, up)
-        finally:
-            f.close()
-        return up.commit()
+        return copy_between(source, src, target, dst, quota=quota)
 
     def move(self, src: str, dst: str) -> None:
         source, target = self._writable(src), self._writable(dst)
