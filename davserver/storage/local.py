@@ -169,7 +169,22 @@ class LocalStorage(Storage):
         return Entry(os.path.basename(p), is_dir, 0 if is_dir else st.st_size, st.st_mtime)
 
     def list_dir(self, key: str) -> list[Entry]:
-        return self.list_dir_known(key, ())
+        p = self._path(key)
+        out = []
+        try:
+            with os.scandir(p) as it:
+                for de in it:
+                    try:
+                        if de.is_symlink():
+                            continue
+                        st = de.stat()
+                        is_dir = de.is_dir()
+                    except FileNotFoundError:
+                        continue
+                    out.append(Entry(de.name, is_dir, 0 if is_dir else st.st_size, st.st_mtime))
+        except (FileNotFoundError, NotADirectoryError):
+            raise StorageNotFound(key) from None
+        return out
 
     def list_dir_known(self, key: str, known) -> list[Entry]:
         p = self._path(key)
