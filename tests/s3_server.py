@@ -11,11 +11,11 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
-import time
 import uuid
 
 import requests
 
+from tests import services
 from tests.live import _PROCS, _die_with_parent, free_port
 
 ACCESS_KEY = "testing-access"
@@ -43,28 +43,14 @@ class MotoServer:
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         _PROCS.add(self.proc)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"moto_server exited with {self.proc.returncode}")
-            try:
-                if requests.get(f"{self.endpoint}/moto-api/", timeout=1).status_code == 200:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)
-        raise AssertionError("moto_server did not start within 20 s")
+        services.wait_ready(
+            lambda: requests.get(f"{self.endpoint}/moto-api/", timeout=1).status_code == 200,
+            self.proc, "moto_server")
+        return self
 
     def stop(self) -> None:
         p, self.proc = self.proc, None
-        if p is not None and p.poll() is None:
-            p.terminate()
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
-        _PROCS.discard(p)
+        services.stop(p, 5)
 
     def client(self):
         """A boto3 client of the test's own (made once: creating one costs a second)."""

@@ -38,6 +38,24 @@ def wait_port(port: int, proc: subprocess.Popen | None, log: Path, what: str) ->
                          f"{log.read_text(errors='replace')[-3000:]}")
 
 
+def wait_ready(ready, proc: subprocess.Popen, what: str) -> None:
+    """Poll ``ready()`` (an HTTP probe; a request error counts as not ready) until it is
+    true, failing at once if ``proc`` exits."""
+    import requests
+
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"{what} exited with {proc.returncode}")
+        try:
+            if ready():
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{what} did not start within {START_TIMEOUT:.0f} s")
+
+
 def stop(proc: subprocess.Popen | None, timeout: float = 10.0) -> None:
     """SIGTERM, then SIGKILL if it has not exited within ``timeout``."""
     if proc is None:

@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import requests
 
+from tests import services
 from tests.live import _PROCS, _die_with_parent, free_port
 
 USER = "remote"
@@ -52,27 +52,12 @@ class RemoteDav:
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         _PROCS.add(self.proc)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"WsgiDAV exited with {self.proc.returncode}")
-            try:
-                r = requests.request("PROPFIND", self.url + "/", auth=(USER, PASSWORD),
-                                     headers={"Depth": "0"}, timeout=1)
-                if r.status_code == 207:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)
-        raise AssertionError("WsgiDAV did not start within 20 s")
+        services.wait_ready(
+            lambda: requests.request("PROPFIND", self.url + "/", auth=(USER, PASSWORD),
+                                     headers={"Depth": "0"}, timeout=1).status_code == 207,
+            self.proc, "WsgiDAV")
+        return self
 
     def stop(self) -> None:
         p, self.proc = self.proc, None
-        if p is not None and p.poll() is None:
-            p.terminate()
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
-        _PROCS.discard(p)
+        services.stop(p, 5)
