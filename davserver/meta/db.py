@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from davserver.meta import mounts_schema, nextcloud_schema, objects_schema
+from davserver.meta import layout_schema, mounts_schema, nextcloud_schema, objects_schema
 from davserver.meta.interprocess import ChangeCounter, SharedRWLock
 from davserver.meta.shares_schema import SHARES_SCHEMA
 
@@ -94,7 +94,8 @@ CREATE TABLE IF NOT EXISTS web_sessions(
 #: Tables of later features, one module each (davserver/meta/*_schema.py), so features
 #: built side by side do not edit one string. Every statement is idempotent.
 SCHEMA_PARTS: list[str] = [objects_schema.SCHEMA, nextcloud_schema.SCHEMA,
-                            nextcloud_schema.APP_SCHEMA, SHARES_SCHEMA, mounts_schema.SCHEMA]
+                            nextcloud_schema.APP_SCHEMA, SHARES_SCHEMA, mounts_schema.SCHEMA,
+                            layout_schema.SCHEMA]  # last: its triggers name the others
 
 
 @dataclass(frozen=True)
@@ -184,6 +185,7 @@ class MetaDB:
         self._writers = SharedRWLock(os.path.join(run, "db.write.lock"))
         self._user_rows = _KeptAnswers()  # name -> UserRecord | None
         self._clean_keys = _KeptAnswers()  # throttle key -> True: no failures on record
+        self._layout_answers: dict[str, _KeptAnswers] = {}  # see kept_for_layout
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self._conn().executescript(SCHEMA)
         for part in SCHEMA_PARTS:
@@ -258,6 +260,18 @@ class MetaDB:
             target.close()
 
     # --- settings ----------------------------------------------------------------------
+
+    def layout_version(self) -> int:
+        """Changes with every change to shares, groups or mounts (meta.layout_schema)."""
+        return self._conn().execute("SELECT v FROM layout_version WHERE id = 1").fetchone()[0]
+
+    def kept_for_layout(self, name: str) -> dict:
+        """A dict of answers named ``name`` that stays valid while the layout version
+        does (see meta.layout_schema); a new version starts it afresh."""
+        kept = self._layout_answers.get(name)
+        if kept is None:
+            kept = self._layout_answers[name] = _KeptAnswers()
+        return kept.for_version(self.layout_version())
 
     def get_setting(self, key: str, default: str | None = None) -> str | None:
         rows = self.query("SELECT value FROM settings WHERE key = ?", (key,))

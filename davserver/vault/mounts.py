@@ -22,7 +22,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from davserver.crypto.primitives import aead_open, aead_seal, hkdf_sha256
 from davserver.errors import Conflict, DavServerError, NotFound, UserError
@@ -143,9 +143,17 @@ class MountService:
                      json.loads(users), json.loads(groups))
 
     def list(self) -> list[Mount]:
-        return [self._row(r) for r in self.db.query(
-            "SELECT id, mount_point, backend, auth, config, options, users, groups "
-            "FROM mounts ORDER BY id")]
+        # Every request routes its path through the mounts: kept while the layout version
+        # stays (meta.layout_schema), so a request costs no query and no unsealing. The
+        # caller gets copies: definitions are edited in place before _save.
+        kept = self.db.kept_for_layout("mounts")
+        mounts = kept.get("all")
+        if mounts is None:
+            mounts = kept["all"] = [self._row(r) for r in self.db.query(
+                "SELECT id, mount_point, backend, auth, config, options, users, groups "
+                "FROM mounts ORDER BY id")]
+        return [replace(m, config=dict(m.config), options=dict(m.options), users=list(m.users),
+                        groups=list(m.groups)) for m in mounts]
 
     def get(self, mount_id: int) -> Mount:
         rows = self.db.query("SELECT id, mount_point, backend, auth, config, options, users, "
