@@ -27,7 +27,6 @@ from dataclasses import dataclass, field, replace
 from davserver.crypto.primitives import aead_open, aead_seal, hkdf_sha256
 from davserver.errors import Conflict, DavServerError, NotFound, UserError
 from davserver.meta.db import MetaDB
-from davserver.meta.interprocess import PathLocks
 from davserver.storage.base import BlobReader, BlobWriter, Entry, Storage
 from davserver.vault.files import Node, Vault, copy_between
 
@@ -401,7 +400,7 @@ class MountedVault:
         self.service = service
         self._master = master
         self._groups_of = groups_of
-        self._locks = PathLocks(os.path.join(run_dir, "commit.lock"))
+        self._locks = home.commit_locks  # one per path across home and mounts (and nodes)
         self.db = home.db
 
     # --- resolution --------------------------------------------------------------------
