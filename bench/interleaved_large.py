@@ -8,6 +8,11 @@ medians to the first server.
 
     bench/interleaved_large.py                           # plain-1m plain master-nofsync master
     ROUNDS=5 SIZE_MIB=512 CLIENTS=curl bench/interleaved_large.py plain-1m master-nofsync
+
+A davserver name may end in ``@TREE``: that server runs the davserver package found in
+TREE (a checkout or ``git archive`` of another commit), for an A/B of two versions:
+
+    bench/interleaved_large.py plain-1m master-nofsync@/tmp/base master-nofsync
 """
 
 from __future__ import annotations
@@ -27,13 +32,27 @@ import servers  # noqa: E402
 MiB = 1 << 20
 
 
+class TreeDavServer(servers.DavServer):
+    """davserver run from another source tree (PYTHONPATH), for A/B runs of two versions."""
+
+    def __init__(self, workdir: str, tree: str, **kw) -> None:
+        super().__init__(workdir, **kw)
+        self.tree = tree
+
+    def env(self) -> dict:
+        env = super().env()
+        env["PYTHONPATH"] = self.tree
+        return env
+
+
 def start(name: str, workdir: str):
-    if name.startswith("plain"):
-        s = servers.PlainWsgiDAV(workdir, block_size=MiB if name.endswith("1m") else 262144)
+    kind, _, tree = name.partition("@")
+    if kind.startswith("plain"):
+        s = servers.PlainWsgiDAV(workdir, block_size=MiB if kind.endswith("1m") else 262144)
     else:
-        s = servers.DavServer(os.path.join(workdir, name),
-                              mode="user" if "user" in name else "master",
-                              fsync="nofsync" not in name)
+        kw = dict(mode="user" if "user" in kind else "master", fsync="nofsync" not in kind)
+        folder = os.path.join(workdir, name.replace("/", "_"))
+        s = TreeDavServer(folder, tree, **kw) if tree else servers.DavServer(folder, **kw)
     s.prepare()
     s.start()
     return s

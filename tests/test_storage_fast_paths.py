@@ -50,7 +50,9 @@ def test_early_writeback_keeps_the_bytes(tmp_path, monkeypatch, fsync):
     monkeypatch.setattr(local, "EARLY_FLUSH_BYTES", 1 << 16)
     calls = []
     real = local.start_writeback
-    monkeypatch.setattr(local, "start_writeback", lambda fd: calls.append(fd) or real(fd))
+    monkeypatch.setattr(local, "start_writeback",
+                        lambda fd, start, length, wait=False: calls.append(
+                            (start, length, wait)) or real(fd, start, length, wait))
     st = local.LocalStorage(tmp_path / "root", tmp_path / "tmp", fsync=fsync)
     st.make_dir("u")
     data = os.urandom(1 << 20)
@@ -60,4 +62,7 @@ def test_early_writeback_keeps_the_bytes(tmp_path, monkeypatch, fsync):
     w.commit()
     with st.open_reader("u/f") as r:
         assert r.read_at(0, len(data)) == data
-    assert bool(calls) == (not fsync)  # with fsync, fdatasync does the early flushing
+    assert calls, "no early writeback"
+    # the ranges handed to the disk follow each other, and wait for the disk with fsync
+    assert [c[0] for c in calls] == [0] + [a + n for a, n, _w in calls[:-1]]
+    assert all(w == fsync for _a, _n, w in calls)
