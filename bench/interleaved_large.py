@@ -4,7 +4,8 @@
 The quick way to look at one thing bench/run also measures: every round uploads and
 downloads one file of SIZE_MIB with each client against each server in turn, page cache
 written back (sync) before each transfer, and prints the median, min-max and the ratio of
-medians to the first server.
+medians to the first server, and the server's CPU time per GiB (user + system of its
+process tree: what a loaded machine disturbs least, so the fairer A/B of two versions).
 
     bench/interleaved_large.py                           # plain-1m plain master-nofsync master
     ROUNDS=5 SIZE_MIB=512 CLIENTS=curl bench/interleaved_large.py plain-1m master-nofsync
@@ -58,29 +59,41 @@ def start(name: str, workdir: str):
     return s
 
 
-def transfer(client: str, s, size: int, src: str) -> tuple[float, float]:
+def transfer(client: str, s, size: int, src: str) -> tuple[float, float, float, float]:
+    """(PUT MB/s, GET MB/s, server CPU s/GiB of the PUT, of the GET)."""
+    cpu: list[float] = []
+
+    def timed(fn, *a):
+        c0 = measure.tree_cpu(s.pid)
+        v = fn(*a)
+        cpu.append((measure.tree_cpu(s.pid) - c0) * (1 << 30) / size)
+        return v
+
+    put, get = _transfer(client, s, size, src, timed)
+    return put, get, cpu[0], cpu[1]
+
+
+def _transfer(client: str, s, size: int, src: str, timed) -> tuple[float, float]:
     rel = f"big/{client}.bin"
-    if client == "http.client":
-        cl = measure.Client(s.port, s.base, s.auth_headers())
-        cl.mkcol("big")
-        os.sync()
-        put = measure.big_put(cl, rel, size, s.pid)[0]
-        os.sync()
-        get = measure.big_get(cl, rel, size, s.pid)[0]
-        cl.close()
-        return put, get
     cl = measure.Client(s.port, s.base, s.auth_headers())
     cl.mkcol("big")
-    cl.close()
+    cl.request("DELETE", rel, ok=(200, 204, 404))  # every PUT makes a new file
     os.sync()
-    if client == "curl":
-        put = clients.curl_put(s.port, s.base, s.user, s.password, rel, src, size)
+    if client == "http.client":
+        put = timed(lambda: measure.big_put(cl, rel, size, s.pid)[0])
         os.sync()
-        return put, clients.curl_get(s.port, s.base, s.user, s.password, rel, size)
+        get = timed(lambda: measure.big_get(cl, rel, size, s.pid)[0])
+        cl.close()
+        return put, get
+    cl.close()
+    if client == "curl":
+        put = timed(clients.curl_put, s.port, s.base, s.user, s.password, rel, src, size)
+        os.sync()
+        return put, timed(clients.curl_get, s.port, s.base, s.user, s.password, rel, size)
     rc = clients.Rclone(s.port, s.base, s.user, s.password)
-    put = rc.put(rel, src, size)
+    put = timed(rc.put, rel, src, size)
     os.sync()
-    return put, rc.get(rel, size)
+    return put, timed(rc.get, rel, size)
 
 
 def main(names: list[str]) -> None:
@@ -99,9 +112,11 @@ def main(names: list[str]) -> None:
                 order = list(running.items())
                 order = order[r % len(order):] + order[:r % len(order)]
                 for n, s in order:
-                    put, get = transfer(c, s, size, src)
+                    put, get, cput, cget = transfer(c, s, size, src)
                     res.setdefault((c, "PUT", n), []).append(put)
                     res.setdefault((c, "GET", n), []).append(get)
+                    res.setdefault((c, "PUT cpu", n), []).append(cput)
+                    res.setdefault((c, "GET cpu", n), []).append(cget)
             print(f"round {r + 1}/{rounds} done, load {os.getloadavg()[0]:.1f}",
                   file=sys.stderr, flush=True)
         for c in which:
@@ -110,8 +125,11 @@ def main(names: list[str]) -> None:
                 for n in names:
                     v = res[(c, d, n)]
                     m = statistics.median(v)
+                    cpu = statistics.median(res[(c, d + " cpu", n)])
+                    cbase = statistics.median(res[(c, d + " cpu", names[0])])
                     print(f"{c:11s} {d} {n:15s} {m:7.0f} MB/s [{min(v):.0f}-{max(v):.0f}] "
-                          f"{m / base:.2f}x")
+                          f"{m / base:.2f}x   server CPU {cpu:5.2f} s/GiB "
+                          f"({cpu / cbase:.2f}x)")
     finally:
         for s in running.values():
             s.stop()
