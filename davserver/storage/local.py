@@ -104,6 +104,7 @@ class _FileWriter(BlobWriter):
         self._written = 0
         self._handed = 0  # bytes before this offset were handed to the disk
         self._flushing: Future | None = None
+        self._early: bool | None = None  # hand bytes to the disk during the upload?
 
     def write(self, data: bytes) -> None:
         view = memoryview(data)
@@ -112,15 +113,23 @@ class _FileWriter(BlobWriter):
             view = view[n:]
         self._written += len(data)
         if self._written - self._handed >= EARLY_FLUSH_BYTES and (
-                self._flushing is None or self._flushing.done()):
+                self._flushing is None or self._flushing.done()) and self._flush_early():
             if self._flushing is not None:
                 self._flushing.result()  # a failed flush fails the upload now
             start, self._handed = self._handed, self._written
-            # Without fsync, still start the writeback early: replacing a file by rename
-            # makes ext4 write out the new one's pages in the renaming thread (its
-            # auto_da_alloc guard), which would otherwise stall the commit on all of it.
             self._flushing = _flush_pool().submit(
                 start_writeback, self._f.fileno(), start, self._written - start, self._fsync)
+
+    def _flush_early(self) -> bool:
+        """With fsync, always. Without, only when the upload replaces a file: renaming
+        over one makes ext4 write out the new file's pages in the renaming thread (its
+        auto_da_alloc guard), which would stall the commit on all of them. A new file's
+        pages are left to the kernel's own writeback, as any unflushed write is: handing
+        them over here costs this process the block allocation and I/O submission
+        (measured: 0.66 vs 0.78 s of server CPU per GiB of a curl upload)."""
+        if self._early is None:
+            self._early = self._fsync or os.path.exists(self._final)
+        return self._early
 
     def _wait_flush(self) -> None:
         f, self._flushing = self._flushing, None
