@@ -103,15 +103,72 @@ def machine_info(workdir: str) -> list[tuple[str, str]]:
     ]
 
 
+#: Second reference for the large-transfer figures: plain WsgiDAV at its faster block size.
+BASELINE_1M = "wsgidav-1m"
+LARGE = {"put_mbs", "get_mbs", "curl_put_mbs", "curl_get_mbs", "rclone_put_mbs",
+         "rclone_get_mbs", "par_mbs"}
+
+
+def spread(v) -> str:
+    """``[min–max]`` of the runs, empty for a single run."""
+    if not isinstance(v, list) or len(v) < 2:
+        return ""
+    lo, hi = min(v), max(v)
+    digits = 3 if max(abs(lo), abs(hi)) < 10 else 0
+    return f" [{lo:,.{digits}f}–{hi:,.{digits}f}]"
+
+
+def _ceiling(ceilings: dict, prefix: str) -> float | None:
+    for k, v in ceilings.items():
+        if k.startswith(prefix):
+            return v
+    return None
+
+
+def limits(server: str, key: str, ceilings: dict, cores: int) -> list[tuple[str, float]]:
+    """The machine ceilings that bound figure ``key`` on ``server``: loopback for every
+    transfer, AES-GCM for the servers that encrypt (times the cores for the parallel
+    GETs), disk write with fsync for uploads to a server that flushes, durable 4 KiB
+    files for small uploads to one that does."""
+    encrypts = server.startswith("davserver") or server == "rclone-crypt"
+    durable = server.startswith("davserver") and "nofsync" not in server
+    out: list[tuple[str, float | None]] = []
+    if key in LARGE:
+        out.append(("loopback", _ceiling(ceilings, "loopback")))
+        if encrypts:
+            aes = _ceiling(ceilings, "AES-256-GCM")
+            if aes is not None and key == "par_mbs":
+                aes *= cores
+            out.append(("AES-GCM" + (f" ×{cores}" if key == "par_mbs" else ""), aes))
+        if durable and "put" in key:
+            out.append(("disk+fsync", _ceiling(ceilings, "disk write")))
+    elif key == "small_put_1" and durable:
+        out.append(("durable files, 1 thread", _ceiling(ceilings, "durable 4 KiB files, 1")))
+    elif key == "small_put_4" and durable:
+        out.append(("durable files, 16 threads",
+                    _ceiling(ceilings, "durable 4 KiB files, 16")))
+    return [(n, v) for n, v in out if v]
+
+
 def write_markdown(path: str, *, title: str, figures: list[dict], servers: list[tuple[str, str]],
                    results: dict, info: list[tuple[str, str]], notes: list[str],
-                   params: list[tuple[str, str]]) -> list[str]:
+                   params: list[tuple[str, str]], ceilings: dict | None = None,
+                   loads: list[float] | None = None) -> list[str]:
     """Write the report; returns the list of missing figures (errors)."""
     base = results.get(BASELINE, {})
+    base1m = results.get(BASELINE_1M, {})
+    ceilings = ceilings or {}
     lines = [f"# {title}", ""]
-    lines += ["Cells: median of the runs (ratio to plain WsgiDAV measured in the same run; "
-              "for ↑ figures a ratio > 1 is better, for ↓ figures < 1 is better). "
-              "— = not measured for this server by design.", ""]
+    lines += ["Cells: median of the rounds [min–max], and the ratio of medians to plain WsgiDAV "
+              "(256 KiB block) measured in the same rounds; large-transfer figures also give "
+              "the ratio to plain WsgiDAV with a 1 MiB block (its faster setting). All servers "
+              "are up together and take turns in every step of every round, so a disturbance "
+              "lands on all of them alike. For ↑ figures a ratio > 1 is better, for ↓ figures "
+              "< 1 is better. — = not measured for this server by design.", ""]
+    if loads:
+        lines += [f"Load average (1 min) at the start of each round and at the end: "
+                  f"{', '.join(f'{x:.1f}' for x in loads)} (2 cores: above ~2, other work "
+                  "competed for the CPU).", ""]
     hdr = "| figure | better | " + " | ".join(lbl for _n, lbl in servers) + " |"
     lines += [hdr, "|" + "---|" * (len(servers) + 2)]
     missing: list[str] = []
@@ -121,10 +178,17 @@ def write_markdown(path: str, *, title: str, figures: list[dict], servers: list[
         for name, label in servers:
             v = results.get(name, {}).get(fig["key"], "not run")
             if isinstance(v, list) and v:
-                cell = fmt_num(median(v), fig["unit"])
+                cell = fmt_num(median(v), fig["unit"]) + spread(v)
+                rs = []
                 r = ratio(v, base.get(fig["key"])) if name != BASELINE else None
                 if r is not None:
-                    cell += f" ({r:.2f}×)"
+                    rs.append(f"{r:.2f}×")
+                r1 = (ratio(v, base1m.get(fig["key"]))
+                      if fig["key"] in LARGE and name not in (BASELINE, BASELINE_1M) else None)
+                if r1 is not None:
+                    rs.append(f"{r1:.2f}× vs 1 MiB")
+                if rs:
+                    cell += f" ({'; '.join(rs)})"
             elif v == SKIP:
                 cell = "—"
             elif is_na(v):
@@ -136,6 +200,34 @@ def write_markdown(path: str, *, title: str, figures: list[dict], servers: list[
             row.append(cell.replace("|", "/"))
         lines.append("| " + " | ".join(row) + " |")
     lines += [""]
+    if ceilings:
+        lines += ["## Machine ceilings", "",
+                  "Measured at the start of the run (bench/ceilings.py), on the same machine "
+                  "and disk:", "", "| ceiling | value |", "|---|---|"]
+        lines += [f"| {k} | {v:,.0f} |" for k, v in ceilings.items()] + [""]
+        rows = []
+        cores = os.cpu_count() or 1
+        for fig in figures:
+            cells, any_cell = [], False
+            for name, _label in servers:
+                v = results.get(name, {}).get(fig["key"])
+                lim = limits(name, fig["key"], ceilings, cores)
+                if isinstance(v, list) and v and lim:
+                    n, top = min(lim, key=lambda x: x[1])
+                    cells.append(f"{median(v) / top * 100:.0f} % of {n}")
+                    any_cell = True
+                else:
+                    cells.append("")
+            if any_cell:
+                rows.append("| " + " | ".join([fig["title"], *cells]) + " |")
+        if rows:
+            lines += ["### Figures as a fraction of their limit", "",
+                      "Median over the lowest ceiling that bounds the figure on that server "
+                      "(loopback for any transfer; AES-GCM on one core for a server that "
+                      "encrypts a stream; disk write with fsync for an upload to a server "
+                      "that flushes; durable 4 KiB files for small uploads that are flushed).",
+                      "", "| figure | " + " | ".join(lbl for _n, lbl in servers) + " |",
+                      "|" + "---|" * (len(servers) + 1)] + rows + [""]
     if missing:
         lines += ["## Missing figures (errors)", ""] + [f"- {m}" for m in missing] + [""]
     if nas:
@@ -147,7 +239,7 @@ def write_markdown(path: str, *, title: str, figures: list[dict], servers: list[
     lines += [f"| {k} | {v} |" for k, v in params] + [""]
     lines += ["## Machine", "", "| | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in info] + [""]
-    lines += ["## Raw run values", "", "| figure | server | runs |", "|---|---|---|"]
+    lines += ["## Raw run values", "", "| figure | server | rounds |", "|---|---|---|"]
     for fig in figures:
         for name, label in servers:
             v = results.get(name, {}).get(fig["key"])

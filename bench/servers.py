@@ -190,9 +190,14 @@ class Server:
 class PlainWsgiDAV(Server):
     def __init__(self, workdir: str, block_size: int = DAV_BLOCK_SIZE):
         self.block_size = block_size
-        self.name = "wsgidav" if block_size == DAV_BLOCK_SIZE else f"wsgidav-{block_size // 1024}k"
-        self.label = ("plain WsgiDAV" if block_size == DAV_BLOCK_SIZE
-                      else f"plain WsgiDAV, {block_size // 1024} KiB block")
+        if block_size == DAV_BLOCK_SIZE:
+            self.name, self.label = "wsgidav", "plain WsgiDAV"
+        elif block_size % (1 << 20) == 0:
+            self.name = f"wsgidav-{block_size >> 20}m"
+            self.label = f"plain WsgiDAV, {block_size >> 20} MiB block"
+        else:
+            self.name = f"wsgidav-{block_size // 1024}k"
+            self.label = f"plain WsgiDAV, {block_size // 1024} KiB block"
         super().__init__(workdir)
         self.root = os.path.join(self.dir, "root")
         os.makedirs(self.root, exist_ok=True)

@@ -18,7 +18,9 @@ def test_bench_quick_produces_figures(tmp_path):
     reports = sorted((tmp_path / "results").glob("*-quick.md"))
     assert reports, "no report written"
     text = reports[-1].read_text()
-    for figure in ("PUT", "GET", "PROPFIND", "Range", "overhead", "peak memory"):
+    for figure in ("PUT", "GET", "PROPFIND", "Range", "overhead", "peak memory",
+                   "PUT, curl -T", "GET, curl", "PUT, rclone copyto", "GET, rclone cat",
+                   "Machine ceilings", "fraction of their limit", "vs 1 MiB", "Load average"):
         assert figure in text, f"{figure} missing from the report"
     rows = [ln for ln in text.splitlines() if ln.startswith("|") and "davserver" not in ln]
     numbers = re.findall(r"\d+\.\d+", "\n".join(rows))

@@ -45,19 +45,31 @@ def test_folder_listing_unchanged_by_the_shortcut(inst, monkeypatch):
     assert {n.name: n.size for n in fast}["hand.txt"] == len(b"placed by hand")
 
 
-@pytest.mark.parametrize("fsync", [False, True])
-def test_early_writeback_keeps_the_bytes(tmp_path, monkeypatch, fsync):
+@pytest.mark.parametrize("fsync,replace", [(False, False), (False, True), (True, False)])
+def test_early_writeback_keeps_the_bytes(tmp_path, monkeypatch, fsync, replace):
     monkeypatch.setattr(local, "EARLY_FLUSH_BYTES", 1 << 16)
     calls = []
     real = local.start_writeback
-    monkeypatch.setattr(local, "start_writeback", lambda fd: calls.append(fd) or real(fd))
+    monkeypatch.setattr(local, "start_writeback",
+                        lambda fd, start, length, wait=False: calls.append(
+                            (start, length, wait)) or real(fd, start, length, wait))
     st = local.LocalStorage(tmp_path / "root", tmp_path / "tmp", fsync=fsync)
     st.make_dir("u")
     data = os.urandom(1 << 20)
+    if replace:
+        w = st.writer("u/f")
+        w.write(b"old version")
+        w.commit()
     w = st.writer("u/f")
     for i in range(0, len(data), 50_000):
         w.write(data[i:i + 50_000])
     w.commit()
     with st.open_reader("u/f") as r:
         assert r.read_at(0, len(data)) == data
-    assert bool(calls) == (not fsync)  # with fsync, fdatasync does the early flushing
+    if not (fsync or replace):
+        assert calls == []  # a new unflushed file is left to the kernel's writeback
+        return
+    assert calls, "no early writeback"
+    # the ranges handed to the disk follow each other, and wait for the disk with fsync
+    assert [c[0] for c in calls] == [0] + [a + n for a, n, _w in calls[:-1]]
+    assert all(w == fsync for _a, _n, w in calls)

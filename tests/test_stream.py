@@ -103,6 +103,24 @@ def test_write_piece_size_does_not_change_the_output(piece: int):
         w.write(b"x")
 
 
+@pytest.mark.parametrize("piece", [CS - 1, CS, 2 * CS, 4 * CS, 4 * CS + 3])
+def test_a_reused_receive_buffer_does_not_change_the_output(piece: int):
+    """The direct PUT path receives every block into one buffer it overwrites after each
+    write: chunks the writer keeps past a call must be its own copies."""
+    p = pattern(9 * CS + 5)
+    calls: list[bytes] = []
+    w = stream.StreamWriter(calls.append, KEY, FID, SHIFT)
+    buf = bytearray(piece)
+    view = memoryview(buf)
+    for i in range(0, len(p), piece):
+        n = len(p[i:i + piece])
+        buf[:n] = p[i:i + piece]
+        w.write(view[:n])
+        buf[:] = b"\xff" * piece  # the caller reuses its buffer
+    w.finish()
+    assert b"".join(calls) == enc(p)
+
+
 def test_empty_writes_are_harmless():
     calls: list[bytes] = []
     w = stream.StreamWriter(calls.append, KEY, FID, SHIFT)

@@ -95,7 +95,11 @@ class StreamWriter:
         sink(self.header.seal_with(hkey))
 
     def write(self, data: bytes) -> int:
-        """Encrypt ``data``; full chunks are taken from it without copying."""
+        """Encrypt ``data``; full chunks are sealed straight from it.
+
+        A caller may reuse a mutable buffer after the call, so of such a buffer only what
+        is kept past the call (the held chunk; a partial chunk is copied anyway) is
+        copied: with 1 MiB writes and 256 KiB chunks that is one chunk in four, not all."""
         if self._finished:
             raise ValueError("write after finish")
         n = len(data)
@@ -104,8 +108,6 @@ class StreamWriter:
         self.plain_bytes += n
         cs = self._chunk_size
         mv = memoryview(data)
-        if not isinstance(data, bytes):
-            mv = memoryview(bytes(mv))  # the caller may reuse a mutable buffer
         if self._buf:
             take = cs - len(self._buf)
             self._buf += mv[:take]
@@ -121,6 +123,8 @@ class StreamWriter:
         if self._held is not None and self._buf:
             self._emit(self._held, final=False)  # more data follows it: not the last
             self._held = None
+        if isinstance(self._held, memoryview) and not isinstance(data, bytes):
+            self._held = bytes(self._held)  # the caller may reuse its buffer
         return n
 
     def _hold(self, chunk) -> None:

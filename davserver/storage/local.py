@@ -48,8 +48,9 @@ class _FileReader(BlobReader):
             self._fd = -1
 
 
-#: While a large blob is written, flush it every this many bytes on a helper thread, so
-#: the disk works while the client is still sending and the final fsync is short.
+#: While a large blob is written, every this many new bytes are handed to the disk on a
+#: helper thread, so the disk works while the client is still sending and the final fsync
+#: is short.
 EARLY_FLUSH_BYTES = 32 << 20
 
 _flusher: ThreadPoolExecutor | None = None
@@ -74,14 +75,24 @@ def _libc_sync_file_range():
 
 
 _sync_file_range = _libc_sync_file_range()
-_SYNC_FILE_RANGE_WRITE = 2
+_WAIT_BEFORE, _WRITE, _WAIT_AFTER = 1, 2, 4
 
 
-def start_writeback(fd: int) -> None:
-    """Ask the kernel to start writing a file's dirty pages (no waiting, no durability
-    promise): Linux sync_file_range(SYNC_FILE_RANGE_WRITE); elsewhere nothing."""
+def start_writeback(fd: int, start: int, length: int, wait: bool = False) -> None:
+    """Hand bytes [start, start + length) of a file to the disk: Linux
+    sync_file_range. With ``wait``, return when they are written (no metadata, no cache
+    flush: the commit's fsync still makes the file durable, but finds little left to
+    write); without, only start the writeback. Elsewhere: fdatasync if ``wait``, else
+    nothing.
+
+    Per range rather than fdatasync of the whole file: each fdatasync also commits the
+    journal and flushes the device cache, some thirty times for a 1 GiB upload."""
     if _sync_file_range is not None:
-        _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
+        flags = (_WAIT_BEFORE | _WRITE | _WAIT_AFTER) if wait else _WRITE
+        if _sync_file_range(fd, start, length, flags) == 0:
+            return
+    if wait:
+        os.fdatasync(fd)
 
 
 class _FileWriter(BlobWriter):
@@ -90,23 +101,35 @@ class _FileWriter(BlobWriter):
         self._tmp = tmp
         self._fsync = fsync
         self._f = open(tmp, "xb", buffering=0)  # noqa: SIM115 - closed in commit/abort
-        self._unflushed = 0
+        self._written = 0
+        self._handed = 0  # bytes before this offset were handed to the disk
         self._flushing: Future | None = None
+        self._early: bool | None = None  # hand bytes to the disk during the upload?
 
     def write(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
             n = self._f.write(view)
             view = view[n:]
-        self._unflushed += len(data)
-        if self._unflushed >= EARLY_FLUSH_BYTES and (
-                self._flushing is None or self._flushing.done()):
-            self._unflushed = 0
-            # Without fsync, still start the writeback early: replacing a file by rename
-            # makes ext4 write out the new one's pages in the renaming thread (its
-            # auto_da_alloc guard), which would otherwise stall the commit on all of it.
+        self._written += len(data)
+        if self._written - self._handed >= EARLY_FLUSH_BYTES and (
+                self._flushing is None or self._flushing.done()) and self._flush_early():
+            if self._flushing is not None:
+                self._flushing.result()  # a failed flush fails the upload now
+            start, self._handed = self._handed, self._written
             self._flushing = _flush_pool().submit(
-                os.fdatasync if self._fsync else start_writeback, self._f.fileno())
+                start_writeback, self._f.fileno(), start, self._written - start, self._fsync)
+
+    def _flush_early(self) -> bool:
+        """With fsync, always. Without, only when the upload replaces a file: renaming
+        over one makes ext4 write out the new file's pages in the renaming thread (its
+        auto_da_alloc guard), which would stall the commit on all of them. A new file's
+        pages are left to the kernel's own writeback, as any unflushed write is: handing
+        them over here costs this process the block allocation and I/O submission
+        (measured: 0.66 vs 0.78 s of server CPU per GiB of a curl upload)."""
+        if self._early is None:
+            self._early = self._fsync or os.path.exists(self._final)
+        return self._early
 
     def _wait_flush(self) -> None:
         f, self._flushing = self._flushing, None
