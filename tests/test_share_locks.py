@@ -88,3 +88,25 @@ def test_lock_on_a_folder_above_blocks_the_other_user(srv, lock_form):
     finally:
         assert a.request("UNLOCK", folder, headers={"Lock-Token": token}).status_code == 204
 
+
+def test_same_relative_path_of_another_user_is_not_locked(srv):
+    """/remote.php/webdav/own.txt is alice's file for alice and bob's for bob: alice's lock
+    on hers neither refuses his writes, nor shows in his lockdiscovery, nor yields to his
+    UNLOCK with her token."""
+    a, b = srv.session("alice"), srv.session("bob")
+    mine = url(srv, "webdav", "alice", "own.txt")
+    token = lock(a, mine, "alice")
+    try:
+        for form in ("files", "webdav"):
+            r = b.put(url(srv, form, "bob", "own.txt"), data=b"bob again")
+            assert r.status_code == 204, (form, r.status_code, r.text)
+        r = b.request("PROPFIND", mine, headers={"Depth": "0"},
+                      data='<?xml version="1.0"?><d:propfind xmlns:d="DAV:"><d:prop>'
+                           '<d:lockdiscovery/></d:prop></d:propfind>')
+        assert r.status_code == 207 and token.strip("<>") not in r.text
+        assert "alice" not in r.text
+        assert b.request("UNLOCK", mine, headers={"Lock-Token": token}).status_code >= 400
+        assert a.put(mine, data=b"no token").status_code == 423  # still hers
+    finally:
+        assert a.request("UNLOCK", mine, headers={"Lock-Token": token}).status_code == 204
+    assert a.put(mine, data=b"unlocked").status_code == 204

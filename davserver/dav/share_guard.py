@@ -15,6 +15,7 @@ from urllib.parse import quote, unquote, urlparse
 from wsgidav import util
 from wsgidav.mw.base_mw import BaseMiddleware
 
+from davserver.dav import lock_scope
 from davserver.dav.errors import plain_text
 from davserver.errors import DavServerError, known
 from davserver.vault.shares import CREATE, DELETE, UPDATE, ShareForbidden, ShareService, Target
@@ -48,6 +49,7 @@ class SharePermissions(BaseMiddleware):
         method = environ.get("REQUEST_METHOD", "")
         provider = environ.get("wsgidav.provider")
         user = environ.get("wsgidav.auth.user_name")
+        lock_scope.set_user(user)  # /remote.php/webdav/ locks of others are not theirs
         if method in _READING or provider not in self.providers or not user:
             return self.next_app(environ, start_response)
         try:
@@ -90,9 +92,10 @@ class SharePermissions(BaseMiddleware):
             if who == user:
                 continue
             for url in (f"{FILES_ROOT}{who}/{path}", f"{WEBDAV_ROOT}{path}"):
-                for lock in manager.get_indirect_url_lock_list(quote(url.rstrip("/"))):
-                    if lock.get("principal") == who:
-                        return True
+                with lock_scope.unscoped():
+                    locks = manager.get_indirect_url_lock_list(quote(url.rstrip("/")))
+                if any(lock.get("principal") == who for lock in locks):
+                    return True
         return False
 
     def _exists(self, target: Target) -> bool:
