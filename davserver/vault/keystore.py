@@ -239,8 +239,10 @@ class KeyStore:
         write_new(self._path(file_id), self._document(file_id, wraps), fsync=self.fsync)
         self._remember(file_id, data_key, frozenset(r.recipient for r in recipients))
 
-    def unwrap(self, file_id: bytes, identities: list[Identity]) -> bytes:
+    def unwrap(self, file_id: bytes, identities: list[Identity],
+               wraps: list[Wrap] | None = None) -> bytes:
         """Return the data key of ``file_id`` using the first identity that has a wrap.
+        ``wraps``: the key file's wraps when the caller has just loaded them.
 
         A cached key is handed out only to a caller holding an identity that has a wrap
         of it, so the cache never widens who can read a file."""
@@ -249,7 +251,8 @@ class KeyStore:
             if cached is not None and any(i.recipient in cached[1] for i in identities):
                 self._cache.move_to_end(file_id)
                 return cached[0]
-        wraps = self.load(file_id)
+        if wraps is None:
+            wraps = self.load(file_id)
         by_recipient = {w.recipient: w for w in wraps}
         for ident in identities:
             w = by_recipient.get(ident.recipient)

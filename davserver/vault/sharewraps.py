@@ -274,7 +274,7 @@ class ShareWraps:
         key = tuple(i.recipient for i in identities)
         hit = kept.get(key)
         if hit is not None:
-            return hit
+            return list(hit)  # callers extend what they get
         out: list[Identity] = []
         for sid in self._share_ids_of(identities):
             try:
@@ -283,7 +283,7 @@ class ShareWraps:
                 log.warning("share key %s could not be opened: %s", sid, e)
         if len(kept) < 10000:
             kept[key] = out
-        return out
+        return list(out)
 
     def _share_ids_of(self, identities: tuple[Identity, ...]) -> list[int]:
         """Shares whose key these identities may hold a wrap of."""

@@ -331,7 +331,7 @@ def rewrap_files(store: KeyStore, file_ids: Iterable[bytes], *, opener: list[Ide
             skipped += 1
         else:
             try:
-                data_key = store.unwrap(fid, opener) if need else None
+                data_key = store.unwrap(fid, opener, wraps) if need else None
             except (KeyNotFound, IntegrityError):
                 failed += 1
                 if progress:
