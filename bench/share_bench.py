@@ -2,7 +2,7 @@
 """Sharing costs in user-key mode, in process (no HTTP for the key work; PROPFIND through
 the WSGI app as a client would reach it).
 
-    python3 bench/share_bench.py [--files 10000] [--workdir DIR]
+    python3 bench/share_bench.py [--files 10000] [--workdir DIR] [--fsync]
 
 Figures (targets from issue 15):
   1. add a member to a group whose share holds N files: wraps made (must be 1) and time
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import base64
 import io
+import os
 import shutil
 import sys
 import tempfile
@@ -49,10 +50,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--files", type=int, default=10000)
     ap.add_argument("--workdir")
+    ap.add_argument("--fsync", action="store_true",
+                    help="flush key files as a server does by default (off: as the tests)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="share-bench-", dir=args.workdir))
     try:
-        inst = make_instance(work, user_mode=True)
+        inst = make_instance(work, user_mode=True, fsync=args.fsync)
         pw = {u: f"{u}-password" for u in ("alice", "bob", "carol", "dave")}
         for u, p in pw.items():
             inst.users.add(u, p)
@@ -88,7 +91,9 @@ def main() -> int:
                     for _ in range(3))
         recipient = min(_propfind(app, "bob", pw["bob"], "/remote.php/dav/files/bob/big")
                         for _ in range(3))
-        print(f"# share_bench ({n} files, user-key mode, in process)\n")
+        load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+        print(f"# share_bench ({n} files, user-key mode, in process, fsync "
+              f"{'on' if args.fsync else 'off'}, load average {load})\n")
         print("| figure | value | target |\n|---|---|---|")
         print(f"| member joins group share: wraps made | {join_wraps} | 1 |")
         print(f"| member joins group share: time | {join_time * 1000:.1f} ms | < 50 ms |")

@@ -9,6 +9,8 @@ second name, because nothing refers to it until it is complete.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import uuid
 
@@ -83,3 +85,70 @@ def write_new(path: str, data: bytes, *, fsync: bool = True, mode: int = 0o600) 
     _create(path, data, fsync, mode)
     if fsync:
         fsync_dir(os.path.dirname(path))
+
+
+def _libc_syncfs():
+    """``syncfs(2)`` (Linux), or None where the C library has none."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        fn = libc.syncfs
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_SYNCFS = _libc_syncfs()
+
+
+def append_many(items: list[tuple[str, bytes]], *, fsync: bool = True) -> list[str]:
+    """Append ``data`` to each existing file ``path``; returns the paths that did not exist.
+
+    Appending changes no name, so no folder needs an fsync, and a crash mid-write can only
+    leave a short tail after the old content, which stays intact (readers of such files
+    must ignore a torn tail). With ``fsync`` the whole batch is made durable at once: one
+    ``syncfs`` of the file system where the C library has it (it also flushes other dirty
+    data there, which the upload paths fsync soon anyway), else one fsync per file."""
+    missing: list[str] = []
+    kept: list[int] = []  # descriptors still to fsync one by one (no syncfs)
+    last: str | None = None
+    try:
+        for path, data in items:
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            except FileNotFoundError:
+                missing.append(path)
+                continue
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            except BaseException:
+                os.close(fd)
+                raise
+            last = path
+            if fsync and _SYNCFS is None:
+                kept.append(fd)
+            else:
+                os.close(fd)
+        if fsync and last is not None:
+            if _SYNCFS is None:
+                for fd in kept:
+                    os.fsync(fd)
+            else:
+                _syncfs(os.path.dirname(last))
+    finally:
+        for fd in kept:
+            os.close(fd)
+    return missing
+
+
+def _syncfs(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if _SYNCFS(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), path)
+    finally:
+        os.close(fd)

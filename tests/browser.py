@@ -5,7 +5,7 @@ no component updates)."""
 
 from __future__ import annotations
 
-import json
+import base64
 import os
 import re
 import shutil
@@ -14,6 +14,7 @@ from pathlib import Path
 import requests
 
 from davserver.crypto import header as hdr
+from davserver.vault.keystore import parse_key_file
 
 #: Argon2id made cheap (as tests/instances.WEAK_KDF_TOML) for every config the tests write.
 WEAK_KDF = {"kdf_time_cost": 1, "kdf_memory_kib": 1024, "kdf_parallelism": 1}
@@ -97,7 +98,10 @@ def key_file_of(data_dir: str, user: str, rel: str) -> Path:
 
 
 def wraps_of(data_dir: str, user: str, rel: str) -> list[dict]:
-    return json.loads(key_file_of(data_dir, user, rel).read_text())["wraps"]
+    """The wraps as JSON objects, appended ones included (docs/FORMAT.md)."""
+    path = key_file_of(data_dir, user, rel)
+    return [{"to": w.recipient, "suite": w.suite, "sealed": base64.b64encode(w.sealed).decode()}
+            for w in parse_key_file(path.read_bytes(), bytes.fromhex(path.stem))]
 
 
 # --- headless Chromium ------------------------------------------------------------------

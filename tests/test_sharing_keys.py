@@ -11,7 +11,7 @@ import pytest
 
 from davserver.crypto import keywrap
 from davserver.errors import KeyNotFound
-from davserver.vault.keystore import KeyStore
+from davserver.vault.keystore import KeyStore, parse_key_file
 from davserver.vault.sharekeys import ShareKeys
 from davserver.vault.userkeys import UserKeys
 from tests.live import LiveServer
@@ -64,8 +64,8 @@ def file_wraps(srv: LiveServer, owner_rel: str) -> set[str]:
         from davserver.crypto import header
 
         fid = header.parse(f.read(header.HEADER_BYTES)).file_id
-    doc = json.loads((key_root(srv) / "files" / fid.hex()[:2] / f"{fid.hex()}.json").read_text())
-    return {w["to"] for w in doc["wraps"]}
+    raw = (key_root(srv) / "files" / fid.hex()[:2] / f"{fid.hex()}.json").read_bytes()
+    return {w.recipient for w in parse_key_file(raw, fid)}  # appended wraps included
 
 
 def test_pending_member_gets_wrap_when_owner_is_online(srv):

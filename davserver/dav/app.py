@@ -26,11 +26,12 @@ from wsgidav.request_resolver import RequestResolver
 from wsgidav.wsgidav_app import WsgiDAVApp
 
 from davserver import __version__
-from davserver.dav import balance, sockets
+from davserver.dav import balance, lock_scope, sockets
 from davserver.dav.basicauth import BasicAuth
 from davserver.dav.clientinput import ClientInput
 from davserver.dav.errors import KnownErrors, plain_text
 from davserver.dav.fastfiles import FastFiles
+from davserver.dav.lock_scope import PerUserLockView
 from davserver.dav.locks import DbLockStorage
 from davserver.dav.nextcloud import NextcloudLayer
 from davserver.dav.ocs_shares import PREFIXES as OCS_SHARE_PREFIXES
@@ -76,6 +77,7 @@ class Guard:
 
     def _serve(self, environ, start_response):
         context.set_current(())
+        lock_scope.set_user(None)  # set again once the user is known (dav.share_guard)
         path = environ.get("PATH_INFO", "")
         if path == "/status.php":
             body = json.dumps({
@@ -218,6 +220,7 @@ def build_app(instance: Instance, *, fast_files: bool = True):
     # WsgiDAV's lock manager checks for conflicts and then grants under its own in-process
     # lock; with several worker processes that must be the shared one.
     dav.lock_manager._lock = locks.shared_lock
+    dav.lock_manager.storage = PerUserLockView(dav.lock_manager.storage)  # dav.lock_scope
     inner = dav if not fast_files else FastFiles(dav, instance, (files, webdav), locks,
                                                  cfg.block_size)
     return Guard(NextcloudLayer(inner, instance, dav, (files, webdav)), instance)

@@ -39,6 +39,7 @@ from davserver.dav.errors import raise_as_dav_error, short_body
 from davserver.dav.overlap import response_body
 from davserver.dav.propfind import rfc1123
 from davserver.dav.resources import content_type
+from davserver.dav.share_guard import DAV_ROOT
 from davserver.errors import DavServerError
 from davserver.instance import Instance
 from davserver.vault.files import storage_path
@@ -140,7 +141,9 @@ class FastFiles:
         return ErrorPrinter(self.dav, raise_it, self.dav.config)(environ, finish)
 
     def _locked(self, share: str) -> bool:
-        return self.locks.has_lock_under(quote(share))
+        # Any lock in either URL form: another user's lock on a shared file, taken
+        # through their URL of it, must reach the share guard (dav.share_guard).
+        return self.locks.has_lock_under(DAV_ROOT)
 
     # --- GET / HEAD --------------------------------------------------------------------
 

@@ -10,11 +10,12 @@ the share out of their tree; neither touches the owner's files.
 
 from __future__ import annotations
 
-from urllib.parse import unquote, urlparse
+from urllib.parse import quote, unquote, urlparse
 
 from wsgidav import util
 from wsgidav.mw.base_mw import BaseMiddleware
 
+from davserver.dav import lock_scope
 from davserver.dav.errors import plain_text
 from davserver.errors import DavServerError, known
 from davserver.vault.shares import CREATE, DELETE, UPDATE, ShareForbidden, ShareService, Target
@@ -26,6 +27,11 @@ class ShareLocked(DavServerError):
     HTTP_STATUS = 423
     EXIT_CODE = 8
 
+
+#: Where WebDAV lock URLs live: the two URL forms of the users' trees (dav.app).
+DAV_ROOT = "/remote.php/"
+FILES_ROOT = "/remote.php/dav/files/"
+WEBDAV_ROOT = "/remote.php/webdav/"
 
 #: Methods that only read: any share grants them.
 _READING = {"GET", "HEAD", "OPTIONS", "PROPFIND", "UNLOCK", "REPORT", "SEARCH"}
@@ -43,6 +49,7 @@ class SharePermissions(BaseMiddleware):
         method = environ.get("REQUEST_METHOD", "")
         provider = environ.get("wsgidav.provider")
         user = environ.get("wsgidav.auth.user_name")
+        lock_scope.set_user(user)  # /remote.php/webdav/ locks of others are not theirs
         if method in _READING or provider not in self.providers or not user:
             return self.next_app(environ, start_response)
         try:
@@ -53,7 +60,7 @@ class SharePermissions(BaseMiddleware):
             if not mounts:
                 # Their own node: a member's lock on their mount URL of it still counts.
                 if method not in ("LOCK", "MKCOL") and self.locks.has_lock_under(
-                        "/remote.php/dav/files/") and self._locked_by_other(
+                        DAV_ROOT) and self._locked_by_other(
                         Target(f"{user}/{rel}".rstrip("/"), 31), user):
                     raise ShareLocked("this file is locked by a user it is shared with")
                 return self.next_app(environ, start_response)
@@ -70,18 +77,24 @@ class SharePermissions(BaseMiddleware):
         return self.next_app(environ, start_response)
 
     def _locked_by_other(self, target: Target, user: str) -> bool:
-        """Locks are kept per URL: one the owner (or another member) took on their own
-        URL of the node must stop this user's write through their mount too."""
+        """Locks are kept per URL: one the owner (or another member) took on any URL of
+        the node, or of a folder above it, must stop this user's write through theirs.
+
+        Each user reaches the node through two URL forms, /remote.php/dav/files/USER/PATH
+        and /remote.php/webdav/PATH, where PATH is the owner's path or the member's mount
+        path. A lock counts when it was taken by the user whose URL it is: the same
+        /remote.php/webdav/PATH names another file for everyone else."""
         manager = self.wsgidav_app.lock_manager
-        seen = {user}
-        urls = [] if target.spath.split("/", 1)[0] == user else [
-            f"/remote.php/dav/files/{target.spath}"]
-        for m in self.shares.mounts_of_node(target.spath):
-            if m[0] not in seen:
-                urls.append(f"/remote.php/dav/files/{m[0]}/{m[1]}")
-        for url in urls:
-            for lock in manager.get_indirect_url_lock_list(url):
-                if lock.get("principal") != user:
+        owner, _, rel = target.spath.partition("/")
+        reach = [] if owner.startswith(".") else [(owner, rel)]  # team folders: no owner
+        reach += self.shares.mounts_of_node(target.spath)
+        for who, path in reach:
+            if who == user:
+                continue
+            for url in (f"{FILES_ROOT}{who}/{path}", f"{WEBDAV_ROOT}{path}"):
+                with lock_scope.unscoped():
+                    locks = manager.get_indirect_url_lock_list(quote(url.rstrip("/")))
+                if any(lock.get("principal") == who for lock in locks):
                     return True
         return False
 

@@ -9,6 +9,10 @@ Layout under the key storage root::
 A key file lists one wrap per recipient ("master:<key_id>", later users and the recovery
 key). Keys are addressed by the file ID that the encrypted file's header carries, never by
 path, so a rename or move (through the server or behind its back) cannot orphan a key.
+Wraps added to many files at once (sharing a folder) are appended to the key files, one
+line each, instead of rewriting them: no temporary file, rename or folder fsync per file,
+one flush per batch, and a crash can only leave a torn line, which readers skip, after a
+document that is still whole. The next rewrite (``save``) folds the lines into the document.
 JSON rather than a binary format so an operator can inspect and back it up with ordinary
 tools; every secret in it is wrapped.
 """
@@ -24,7 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from davserver.crypto import keywrap
-from davserver.durable import TMP_PREFIX, write_atomic, write_new
+from davserver.durable import TMP_PREFIX, append_many, write_atomic, write_new
 from davserver.errors import DavServerError, FormatError, IntegrityError, KeyNotFound
 
 KEY_FILE_FORMAT = "davserver-key/1"
@@ -166,25 +170,29 @@ class KeyStore:
         self._forget(file_id)  # the recipients may have changed
         write_atomic(self._path(file_id), self._document(file_id, wraps), fsync=self.fsync)
 
+    @staticmethod
+    def _wrap_line(w: Wrap) -> bytes:
+        return json.dumps({"to": w.recipient, "suite": w.suite,
+                           "sealed": _b64(w.sealed)}).encode()
+
+    def append(self, batch: list[tuple[bytes, list[Wrap]]]) -> list[bytes]:
+        """Add wraps to the key files of existing file IDs, durably as one batch; returns
+        the IDs whose key file is gone (the file was deleted meanwhile)."""
+        items = []
+        for fid, wraps in batch:
+            self._forget(fid)
+            items.append((self._path(fid),
+                          b"".join(b"\n" + self._wrap_line(w) for w in wraps) + b"\n"))
+        gone = set(append_many(items, fsync=self.fsync))
+        return [fid for fid, _w in batch if self._path(fid) in gone]
+
     def load(self, file_id: bytes) -> list[Wrap]:
         try:
             with open(self._path(file_id), "rb") as f:
-                doc = json.load(f)
+                raw = f.read()
         except FileNotFoundError:
             raise KeyNotFound(file_id.hex()) from None
-        except ValueError:
-            raise FormatError(f"key file of {file_id.hex()} is not valid JSON") from None
-        if not isinstance(doc, dict) or doc.get("format") != KEY_FILE_FORMAT \
-                or doc.get("file_id") != file_id.hex():
-            raise FormatError(f"key file of {file_id.hex()} does not belong to it")
-        try:
-            wraps = [Wrap(w["to"], w["suite"], _unb64(w["sealed"])) for w in doc["wraps"]]
-            if not all(isinstance(w.recipient, str) and isinstance(w.suite, str)
-                       for w in wraps):
-                raise TypeError("recipient and suite must be strings")
-            return wraps
-        except (KeyError, TypeError, ValueError, AttributeError):
-            raise FormatError(f"key file of {file_id.hex()} is damaged") from None
+        return parse_key_file(raw, file_id)
 
     def exists(self, file_id: bytes) -> bool:
         return os.path.exists(self._path(file_id))
@@ -231,8 +239,10 @@ class KeyStore:
         write_new(self._path(file_id), self._document(file_id, wraps), fsync=self.fsync)
         self._remember(file_id, data_key, frozenset(r.recipient for r in recipients))
 
-    def unwrap(self, file_id: bytes, identities: list[Identity]) -> bytes:
+    def unwrap(self, file_id: bytes, identities: list[Identity],
+               wraps: list[Wrap] | None = None) -> bytes:
         """Return the data key of ``file_id`` using the first identity that has a wrap.
+        ``wraps``: the key file's wraps when the caller has just loaded them.
 
         A cached key is handed out only to a caller holding an identity that has a wrap
         of it, so the cache never widens who can read a file."""
@@ -241,7 +251,8 @@ class KeyStore:
             if cached is not None and any(i.recipient in cached[1] for i in identities):
                 self._cache.move_to_end(file_id)
                 return cached[0]
-        wraps = self.load(file_id)
+        if wraps is None:
+            wraps = self.load(file_id)
         by_recipient = {w.recipient: w for w in wraps}
         for ident in identities:
             w = by_recipient.get(ident.recipient)
@@ -263,3 +274,45 @@ class KeyStore:
     def _forget(self, file_id: bytes) -> None:
         with self._lock:
             self._cache.pop(file_id, None)
+
+
+_DECODER = json.JSONDecoder()
+
+
+def _wrap_of(w: object) -> Wrap:
+    if not isinstance(w, dict):
+        raise TypeError("a wrap must be an object")
+    wrap = Wrap(w["to"], w["suite"], _unb64(w["sealed"]))
+    if not isinstance(wrap.recipient, str) or not isinstance(wrap.suite, str):
+        raise TypeError("recipient and suite must be strings")
+    return wrap
+
+
+def parse_key_file(raw: bytes, file_id: bytes) -> list[Wrap]:
+    """The wraps in a per-file key file: its document, then the appended wrap lines.
+
+    A line that is not JSON is the torn end of an append that a crash cut short: skipped
+    (its wrap is still pending and made again). A line that is JSON but not a wrap is
+    damage, as is a damaged document."""
+    try:
+        text = raw.decode()
+        start = len(text) - len(text.lstrip())
+        doc, end = _DECODER.raw_decode(text, start)
+    except ValueError:
+        raise FormatError(f"key file of {file_id.hex()} is not valid JSON") from None
+    if not isinstance(doc, dict) or doc.get("format") != KEY_FILE_FORMAT \
+            or doc.get("file_id") != file_id.hex():
+        raise FormatError(f"key file of {file_id.hex()} does not belong to it")
+    try:
+        wraps = [_wrap_of(w) for w in doc["wraps"]]
+        for line in text[end:].split("\n"):
+            if not line.strip():
+                continue
+            try:
+                w = json.loads(line)
+            except ValueError:
+                continue
+            wraps.append(_wrap_of(w))
+        return wraps
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise FormatError(f"key file of {file_id.hex()} is damaged") from None

@@ -35,6 +35,7 @@ from davserver.crypto import keywrap
 from davserver.durable import write_atomic
 from davserver.errors import FormatError, IntegrityError, KeyNotFound
 from davserver.meta.db import MetaDB
+from davserver.meta.interprocess import ChangeCounter
 from davserver.vault.keystore import Identity, KeyStore, Recipient, _b64, _unb64
 
 log = logging.getLogger("davserver.keys")
@@ -96,6 +97,21 @@ class ShareKeys:
         self._lock = threading.Lock()
         self._parsed: dict[str, tuple[tuple, ShareKeyDoc]] = {}
         self.wraps_made = 0  # counted so tests and the benchmark can prove "one wrap"
+        # Bumped after every change of a share key file by any process of this node, so
+        # what was opened from them can be kept in memory until the next change.
+        self._changes: ChangeCounter | None = None
+        if db is not None:  # None: reading a key store alone (offline tools)
+            run = os.path.join(os.path.dirname(os.path.abspath(db.path)), "run")
+            self._changes = ChangeCounter(os.path.join(run, "sharekeys.version"))
+
+    @property
+    def changes(self) -> int:
+        """Changes whenever a process of this node changed a share key file (one load)."""
+        return self._changes.value() if self._changes is not None else 0
+
+    def _changed(self) -> None:
+        if self._changes is not None:
+            self._changes.bump()
 
     # --- files -------------------------------------------------------------------------
 
@@ -138,6 +154,7 @@ class ShareKeys:
         os.makedirs(self._dir(doc.share_id), mode=0o700, exist_ok=True)
         write_atomic(self._path(doc.share_id, doc.version), doc.to_json(),
                      fsync=self.store.fsync)
+        self._changed()
 
     def share_ids(self) -> list[int]:
         try:
@@ -246,15 +263,21 @@ class ShareKeys:
             os.rmdir(self._dir(share_id))
         except OSError:
             pass
+        self._changed()
 
     # --- pending work ------------------------------------------------------------------
 
-    def add_pending(self, share_id: int, kind: str, who: str = "") -> None:
+    def add_pending(self, share_id: int, kind: str, who: str = "", *, tx=None) -> None:
         """``kind``: "member" (wrap the share key for ``who``) or "files" (wrap the data
-        keys of the shared files for the share key)."""
+        keys of the shared files for the share key). ``tx``: a transaction in progress
+        (the one that inserts the share), else one of its own."""
+        sql = ("INSERT OR IGNORE INTO share_key_pending(share_id, kind, who) "
+               "VALUES(?, ?, ?)")
+        if tx is not None:
+            tx.execute(sql, (share_id, kind, who))
+            return
         with self.db.tx() as c:
-            c.execute("INSERT OR IGNORE INTO share_key_pending(share_id, kind, who) "
-                      "VALUES(?, ?, ?)", (share_id, kind, who))
+            c.execute(sql, (share_id, kind, who))
 
     def pending(self, share_id: int | None = None) -> list[tuple[int, str, str]]:
         if share_id is None:

@@ -244,6 +244,8 @@ class ShareService:
                 (node_id, owner, initiator, share_type, share_with, permissions, expires,
                  time.time()))
             share_id = cur.lastrowid
+            if self.keywork is not None:
+                self.keywork.share_planned(c, share_id)
         share = self.get(share_id)
         try:
             if share_type == USER:
@@ -265,6 +267,8 @@ class ShareService:
                 "permissions, expires, created) VALUES(?, ?, '', ?, ?, ?, NULL, ?)",
                 (node_id, spath.split("/", 1)[0], share_type, share_with, permissions | READ,
                  time.time())).lastrowid
+            if self.keywork is not None:
+                self.keywork.share_planned(c, share_id)
         share = self.get(share_id)
         if self.keywork is not None:
             try:

@@ -8,7 +8,7 @@ vault (a move into or out of a shared folder), by the login (pending wraps) and 
 from __future__ import annotations
 
 import logging
-import os
+import time
 from collections.abc import Callable, Iterable
 
 from davserver.errors import DavServerError, IntegrityError, KeyNotFound
@@ -40,7 +40,7 @@ class ShareWraps:
         self.keys = ShareKeys(store, db)
         self.user_mode = user_mode
         self.suite = suite
-        self._opened: dict[tuple, tuple[tuple, list[Identity]]] = {}
+        self._opened: tuple[object, dict[tuple, list[Identity]]] = ((), {})
 
     # --- who holds a share key ---------------------------------------------------------
 
@@ -64,16 +64,29 @@ class ShareWraps:
 
     # --- events ------------------------------------------------------------------------
 
+    def share_planned(self, tx, share_id: int) -> None:
+        """Called in the transaction that inserts the share row: the key work is pending
+        from the moment the share exists, so a process killed before it is done leaves
+        work that the next holder online finishes, never a share nobody can read."""
+        if self.user_mode():
+            self.keys.add_pending(share_id, "files", tx=tx)
+
     def share_created(self, share) -> None:
         if not self.user_mode():
+            return
+        self._ensure_key(share)
+        if not (share.spath and any(r.file_id for r in self.db.iter_files(share.spath))):
+            self.keys.done(share.id, "files")  # nothing to wrap
+        self.complete_pending(context.current())
+
+    def _ensure_key(self, share) -> None:
+        """Version 1 of the share key (public keys only, nobody needs to be online)."""
+        if self.keys.versions(share.id):
             return
         holders, missing = self._holders(share)
         self.keys.new_version(share.id, self.suite, holders)
         for user in missing:
             self.keys.add_pending(share.id, "member", user)
-        if share.spath and any(r.file_id for r in self.db.iter_files(share.spath)):
-            self.keys.add_pending(share.id, "files")
-        self.complete_pending(context.current())
 
     def member_added(self, share, user: str) -> None:
         if not self.user_mode() or not self.keys.versions(share.id):
@@ -179,6 +192,7 @@ class ShareWraps:
         except DavServerError:
             self.keys.forget_pending(share_id)
             return 0
+        self._ensure_key(share)  # made in a process that died before (share_planned)
         opened = self.keys.open(share_id, identities)
         made = 0
         for _sid, kind, who in rows:
@@ -241,37 +255,49 @@ class ShareWraps:
 
     # --- reading and writing -----------------------------------------------------------
 
+    #: Seconds a share key change made by another node may take to be seen here (this
+    #: node's processes announce theirs through ShareKeys.changes at once).
+    KEYS_TTL = 1.0
+
     def identities_for(self, identities: tuple[Identity, ...]) -> list[Identity]:
-        """The share key versions the identities reach (cached while no share key file
-        changes)."""
+        """The share key versions the identities reach: those of the shares their users
+        are in (owner or recipient), every share for the recovery key. Kept in memory
+        until a share key file changes, so a request costs one counter read; a change
+        opens only the key files of the caller's shares, not of every share."""
         if not identities or not self.user_mode():
             return []
-        share_ids = self.keys.share_ids()
-        if not share_ids:
-            return []
-        stamp = tuple((sid, tuple(self.keys.versions(sid))) for sid in share_ids)
+        kept_at, kept = self._opened
+        version = (self.keys.changes, int(time.monotonic() / self.KEYS_TTL))
+        if kept_at != version:
+            kept = {}
+            self._opened = (version, kept)
         key = tuple(i.recipient for i in identities)
-        hit = self._opened.get(key)
-        mtimes = tuple(self._mtime(sid) for sid in share_ids)
-        if hit is not None and hit[0] == (stamp, mtimes):
-            return hit[1]
+        hit = kept.get(key)
+        if hit is not None:
+            return list(hit)  # callers extend what they get
         out: list[Identity] = []
-        for sid in share_ids:
+        for sid in self._share_ids_of(identities):
             try:
                 out += self.keys.open(sid, identities)
             except (DavServerError, IntegrityError) as e:
                 log.warning("share key %s could not be opened: %s", sid, e)
-        if len(self._opened) > 1000:
-            self._opened.clear()
-        self._opened[key] = ((stamp, mtimes), out)
-        return out
+        if len(kept) < 10000:
+            kept[key] = out
+        return list(out)
 
-    def _mtime(self, share_id: int) -> int:
-        try:
-            return max(os.stat(self.keys._path(share_id, v)).st_mtime_ns
-                       for v in self.keys.versions(share_id))
-        except (ValueError, FileNotFoundError):
-            return 0
+    def _share_ids_of(self, identities: tuple[Identity, ...]) -> list[int]:
+        """Shares whose key these identities may hold a wrap of."""
+        users = set()
+        for ident in identities:
+            kind, _, rest = ident.recipient.partition(":")
+            if kind == "recovery":
+                return self.keys.share_ids()  # wrapped for the recovery key: every share
+            if kind == "user":
+                users.add(rest.rsplit(":", 1)[0])
+        ids: set[int] = set()
+        for user in users:
+            ids.update(s.id for s in self.shares.list(user=user))
+        return sorted(ids)
 
     def recipients_for(self, path: str) -> list[Recipient]:
         """Newest share key of every share at or above ``path``: a file written there is
