@@ -39,7 +39,7 @@ from davserver.dav.errors import raise_as_dav_error, short_body
 from davserver.dav.overlap import response_body
 from davserver.dav.propfind import rfc1123
 from davserver.dav.resources import content_type
-from davserver.dav.share_guard import DAV_ROOT
+from davserver.dav.share_guard import DAV_ROOT, WEBDAV_ROOT
 from davserver.errors import DavServerError
 from davserver.instance import Instance
 from davserver.vault.files import storage_path
@@ -140,10 +140,17 @@ class FastFiles:
 
         return ErrorPrinter(self.dav, raise_it, self.dav.config)(environ, finish)
 
-    def _locked(self, share: str) -> bool:
-        # Any lock in either URL form: another user's lock on a shared file, taken
-        # through their URL of it, must reach the share guard (dav.share_guard).
-        return self.locks.has_lock_under(DAV_ROOT)
+    def _locked(self, share: str, spath: str) -> bool:
+        """Could a lock concern this write? Then WsgiDAV's path and the share guard
+        (dav.share_guard) decide. Locks of other users on files of their own must not
+        send every upload of the instance to the slow path."""
+        if self.locks.has_lock_under(quote(share)):
+            return True
+        if not self.locks.has_lock_under(DAV_ROOT):
+            return False  # no lock anywhere: the common case
+        # A lock elsewhere names this file only through another URL of it: the legacy
+        # form, or a recipient's URL when the file lies inside something shared.
+        return self.locks.has_lock_under(WEBDAV_ROOT) or self.instance.shares.shared_out(spath)
 
     # --- GET / HEAD --------------------------------------------------------------------
 
@@ -200,7 +207,7 @@ class FastFiles:
     # --- PUT ---------------------------------------------------------------------------
 
     def _put(self, environ, start_response, share: str, spath: str, path: str):
-        if self._locked(share):
+        if self._locked(share, spath):
             return None
         length, mtime = environ["CONTENT_LENGTH"], environ.get("HTTP_X_OC_MTIME")
         parent = spath.rpartition("/")[0]

@@ -283,6 +283,22 @@ class ShareService:
             c.execute("DELETE FROM share_mounts WHERE share_id = ?", (share.id,))
             c.execute("DELETE FROM shares WHERE id = ?", (share.id,))
 
+    def shared_out(self, spath: str) -> bool:
+        """Is ``spath`` a shared node or inside one? (Kept per layout version: the direct
+        PUT path asks on every upload while any lock exists.)"""
+        kept = self.db.kept_for_layout("shared_roots")
+        roots = kept.get("all")
+        if roots is None:
+            roots = kept["all"] = frozenset(r[0] for r in self.db.query(
+                "SELECT DISTINCT n.path FROM shares s JOIN nodes n ON n.node_id = s.node_id "
+                "WHERE n.path IS NOT NULL"))
+        p = spath
+        while p:
+            if p in roots:
+                return True
+            p = p.rpartition("/")[0]
+        return False
+
     def shares_above(self, paths: list[str]) -> list[Share]:
         """Shares of any of these storage paths (a path and its folders)."""
         if not paths:
