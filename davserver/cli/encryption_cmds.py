@@ -270,8 +270,17 @@ def cmd_scan(args) -> int:
     """Authenticate every stored file end to end (fsck) and report problems."""
     inst = instance_from(args)
     users = _users(inst, args.user) if args.user else None
-    files = check.scan(inst.vault, users)
-    return _report(args, files, "scan finished")
+    recovery = ()
+    if args.recovery_password_from_env:
+        recovery = (inst.userkeys.unlock_recovery(password_from_env("DAVSERVER_RECOVERY_PASS")),)
+    with context.acting_as(*recovery):
+        report = check.scan(inst.vault, users)
+    if users is None:
+        report.orphan_keys = check.orphan_keys(inst.vault)
+    locked = sum(1 for f in report.files if f.detail == check.LOCKED_DETAIL)
+    note = (f" ({locked} encrypted files checked without decrypting: user-key mode; give "
+            "--recovery-password-from-env to authenticate them end to end)" if locked else "")
+    return _report(args, report, "scan finished" + note)
 
 
 def cmd_fix_encrypted_version(args) -> int:
@@ -376,7 +385,9 @@ def register(sub, common) -> None:
     p.add_argument("--password-from-env", action="store_true", help="$DAVSERVER_PASS")
     p = cmd("encryption:recover-user", cmd_recover_user, "recover the user", output=True)
     p.add_argument("user", metavar="USER")
-    cmd("encryption:scan", cmd_scan, "scan", output=True, user=True)
+    p = cmd("encryption:scan", cmd_scan, "scan", output=True, user=True)
+    p.add_argument("--recovery-password-from-env", action="store_true",
+                   help="user-key mode: decrypt with the recovery key ($DAVSERVER_RECOVERY_PASS)")
     p = cmd("encryption:fix-encrypted-version", cmd_fix_encrypted_version,
             "fix encrypted versions", output=True, yes=True, user=True, dry_run=True)
     p.add_argument("--path", "-p", help="one file, relative to USER's home")

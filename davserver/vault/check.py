@@ -15,6 +15,7 @@ from davserver.crypto import header as hdr
 from davserver.crypto import stream
 from davserver.errors import DavServerError, FormatError, IntegrityError, KeyNotFound
 from davserver.meta.db import FileRecord
+from davserver.vault.userkeys import KeyLocked
 
 Progress = Callable[[int, int], None]
 
@@ -88,6 +89,10 @@ def classify(vault, path: str, holders: dict[bytes, list[str]]) -> FileState:
     except KeyNotFound:
         fid = hdr.parse(raw).file_id.hex()
         return FileState(path, "no-key", "no key in the key store", fid)
+    except KeyLocked:
+        # User-key mode with nobody's key unlocked (an admin command without the
+        # recovery password): check what needs no key; the contents stay unread.
+        return _classify_locked(vault, path, raw, holders)
     except (IntegrityError, FormatError) as e:
         return FileState(path, "corrupt", str(e) or "failed authentication")
     others = [p for p in holders.get(file_id, []) if p != path]
@@ -98,6 +103,27 @@ def classify(vault, path: str, holders: dict[bytes, list[str]]) -> FileState:
         return FileState(path, "mismatch", "differs from the index (rolled back or swapped?)",
                          file_id.hex())
     return FileState(path, "ok", file_id=file_id.hex())
+
+
+def _classify_locked(vault, path: str, raw: bytes, holders: dict) -> FileState:
+    try:
+        file_id = hdr.parse(raw).file_id
+    except FormatError as e:
+        return FileState(path, "corrupt", str(e) or "bad header")
+    if not vault.keys.exists(file_id):
+        return FileState(path, "no-key", "no key in the key store", file_id.hex())
+    others = [p for p in holders.get(file_id, []) if p != path]
+    if others:
+        return FileState(path, "duplicate", f"same file ID as {others[0]}", file_id.hex())
+    rec = vault.db.get_file(path)
+    if rec is not None and rec.file_id != file_id:
+        return FileState(path, "mismatch", "differs from the index (rolled back or swapped?)",
+                         file_id.hex())
+    return FileState(path, "ok", LOCKED_DETAIL, file_id.hex())
+
+
+#: Why a file counted "ok" was not decrypted (user-key mode without a key unlocked).
+LOCKED_DETAIL = "header, key and index checked; contents not authenticated (keys locked)"
 
 
 def _holders(vault, files: list[tuple[str, object]]) -> dict[bytes, list[str]]:
