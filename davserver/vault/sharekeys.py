@@ -253,8 +253,8 @@ class ShareKeys:
         """``kind``: "member" (wrap the share key for ``who``) or "files" (wrap the data
         keys of the shared files for the share key)."""
         with self.db.tx() as c:
-            c.execute("INSERT OR IGNORE INTO share_key_pending(share_id, kind, who) "
-                      "VALUES(?, ?, ?)", (share_id, kind, who))
+            c.execute("INSERT INTO share_key_pending(share_id, kind, who) "
+                      "VALUES(?, ?, ?) ON CONFLICT DO NOTHING", (share_id, kind, who))
 
     def pending(self, share_id: int | None = None) -> list[tuple[int, str, str]]:
         if share_id is None:

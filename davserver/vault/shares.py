@@ -163,7 +163,7 @@ class ShareService:
     def node_id(self, spath: str) -> int:
         """The stable ID of a node, made on first use (a shared root)."""
         with self.db.tx() as c:
-            c.execute("INSERT OR IGNORE INTO nodes(path) VALUES(?)", (spath,))
+            c.execute("INSERT INTO nodes(path) VALUES(?) ON CONFLICT DO NOTHING", (spath,))
             return c.execute("SELECT node_id FROM nodes WHERE path = ?", (spath,)).fetchone()[0]
 
     # --- shares ------------------------------------------------------------------------
@@ -402,8 +402,8 @@ class ShareService:
             if row is None:
                 path = self._free_name(user, s.spath.rsplit("/", 1)[-1], taken)
                 with self.db.tx() as c:
-                    c.execute("INSERT OR IGNORE INTO share_mounts(share_id, user, path) "
-                              "VALUES(?, ?, ?)", (s.id, user, path))
+                    c.execute("INSERT INTO share_mounts(share_id, user, path) "
+                              "VALUES(?, ?, ?) ON CONFLICT DO NOTHING", (s.id, user, path))
                 taken.add(path)
                 out.append(Mount(s, path))
             elif not row.endswith("\x001"):
