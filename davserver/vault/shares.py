@@ -374,11 +374,10 @@ class ShareService:
         received = self._received(user)
         if not received:
             return []
-        rows = dict(self.db.query(
-            "SELECT share_id, path || char(0) || hidden FROM share_mounts WHERE user = ?",
-            (user,)))
+        rows = {r[0]: (r[1], r[2]) for r in self.db.query(
+            "SELECT share_id, path, hidden FROM share_mounts WHERE user = ?", (user,))}
         out: list[Mount] = []
-        taken = {v.split("\0")[0] for v in rows.values()}
+        taken = {v[0] for v in rows.values()}
         by_node: dict[int, int] = {}
         for s in received:
             by_node[s.node_id] = by_node.get(s.node_id, 0) | s.permissions
@@ -406,8 +405,8 @@ class ShareService:
                               "VALUES(?, ?, ?) ON CONFLICT DO NOTHING", (s.id, user, path))
                 taken.add(path)
                 out.append(Mount(s, path))
-            elif not row.endswith("\x001"):
-                out.append(Mount(s, row.split("\0")[0]))
+            elif not row[1]:
+                out.append(Mount(s, row[0]))
         return out
 
     def _free_name(self, user: str, name: str, taken: set[str]) -> str:
