@@ -167,6 +167,7 @@ def load(path: str | None = None, data_dir: str | None = None) -> Config:
     storage = doc.get("storage", {})
     enc = doc.get("encryption", {})
     auth = doc.get("auth", {})
+    database = doc["database"] if "database" in doc else {}
     cfg = Config(
         path=path,
         data_dir=data_dir or os.environ.get("DAVSERVER_DATA_DIR") or storage.get("data_dir")
@@ -199,8 +200,8 @@ def load(path: str | None = None, data_dir: str | None = None) -> Config:
         ldap=dict(doc.get("ldap", {})),
         log_level=doc.get("logging", {}).get("level", "info"),
         database_url=_url(doc, "database", "DAVSERVER_DATABASE_URL"),
-        database_pool_size=int(doc.get("database", {}).get("pool_size", 10)),
-        database_prepare_threshold=_prepare_threshold(doc.get("database", {})),
+        database_pool_size=int(database.get("pool_size", 10)),
+        database_prepare_threshold=_prepare_threshold(database),
         redis_url=_url(doc, "redis", "DAVSERVER_REDIS_URL"),
         extra={k: v for k, v in doc.items()
                if k not in ("server", "storage", "encryption", "auth", "logging", "ldap",
