@@ -171,6 +171,7 @@ class DatabaseUnavailable(DavServerError):
 
     HTTP_STATUS = 503
     EXIT_CODE = 9  # like storage or shared state unavailable
+    RETRY_AFTER = 10
 
 
 def _database_unreachable(e: BaseException) -> bool:

@@ -40,6 +40,7 @@ from davserver.dav.requestcheck import refusal
 from davserver.dav.resources import OPENED_KEY
 from davserver.dav.share_guard import SharePermissions
 from davserver.dav.xmlbody import XmlBodies
+from davserver.errors import DatabaseUnavailable
 from davserver.instance import Instance
 from davserver.meta.shared_state import RETRY_AFTER, SharedStateUnavailable
 from davserver.vault import context
@@ -95,7 +96,7 @@ class Guard:
             start_response = _retry_after_on_503(start_response)
         try:
             return _Closing(self.app(environ, start_response), environ)
-        except SharedStateUnavailable as e:
+        except (SharedStateUnavailable, DatabaseUnavailable) as e:
             _close_prepared(environ)
             log.error("%s %s: %s", environ.get("REQUEST_METHOD"), path, e)
             return plain_text(start_response, "503 Service Unavailable", str(e),

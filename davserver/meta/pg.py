@@ -35,6 +35,17 @@ DEFAULT_POOL_SIZE = 10
 DEFAULT_PREPARE_THRESHOLD = 2
 
 
+def _down(e: BaseException) -> DatabaseUnavailable:
+    return DatabaseUnavailable(type(e).__name__)
+
+
+def _lost():
+    """The exceptions that mean the server is gone or unreachable: HTTP 503 + Retry-After,
+    CLI exit 9, never a traceback."""
+    psycopg, psycopg_pool = _psycopg()
+    return (psycopg.OperationalError, psycopg_pool.PoolTimeout)
+
+
 def _psycopg():
     try:
         import psycopg
@@ -132,13 +143,19 @@ class PgConnection:
 
     def execute(self, sql: str, args: Iterable = ()) -> PgCursor:
         text, returns_key = pg_dialect.statement(sql)
-        return PgCursor(self.raw.execute(text, tuple(args)), returns_key)
+        try:
+            return PgCursor(self.raw.execute(text, tuple(args)), returns_key)
+        except _lost() as e:
+            raise _down(e) from e
 
     def executemany(self, sql: str, rows: Iterable) -> PgCursor:
         text, _ = pg_dialect.statement(sql)
-        with self.raw.cursor() as cur:
-            cur.executemany(text, [tuple(r) for r in rows])
-            return PgCursor(cur, False)
+        try:
+            with self.raw.cursor() as cur:
+                cur.executemany(text, [tuple(r) for r in rows])
+                return PgCursor(cur, False)
+        except _lost() as e:
+            raise _down(e) from e
 
     @property
     def in_transaction(self) -> bool:
@@ -155,12 +172,18 @@ class _AutoCommit:
         self._pool = pool
 
     def execute(self, sql: str, args: Iterable = ()) -> PgCursor:
-        with self._pool.connection() as c:
-            return PgConnection(c).execute(sql, args)
+        try:
+            with self._pool.connection() as c:
+                return PgConnection(c).execute(sql, args)
+        except _lost() as e:
+            raise _down(e) from e
 
     def executemany(self, sql: str, rows: Iterable) -> PgCursor:
-        with self._pool.connection() as c, c.transaction():
-            return PgConnection(c).executemany(sql, rows)
+        try:
+            with self._pool.connection() as c, c.transaction():
+                return PgConnection(c).executemany(sql, rows)
+        except _lost() as e:
+            raise _down(e) from e
 
 
 class PgMetaDB(MetaDB):
@@ -206,12 +229,17 @@ class PgMetaDB(MetaDB):
             if getattr(self.db._local, "tx", None) is not None:
                 raise RuntimeError("nested MetaDB.tx()")  # SQLite refuses it too
             self._cm = self.db._pool.connection()
-            raw = self._cm.__enter__()
+            try:
+                raw = self._cm.__enter__()
+            except _lost() as e:
+                raise _down(e) from e
             try:
                 raw.execute("BEGIN")
                 raw.execute("SELECT pg_advisory_xact_lock(%s)", (WRITER_LOCK,))
             except BaseException as e:
                 self._cm.__exit__(type(e), e, e.__traceback__)
+                if isinstance(e, _lost()):
+                    raise _down(e) from e
                 raise
             self.conn = PgConnection(raw)
             self.db._local.tx = self.conn
@@ -227,6 +255,8 @@ class PgMetaDB(MetaDB):
                     raw.execute("ROLLBACK")
             except BaseException as e:
                 self._cm.__exit__(type(e), e, e.__traceback__)  # the pool checks the conn
+                if isinstance(e, _lost()):
+                    raise _down(e) from e
                 raise
             self._cm.__exit__(exc_type, exc, tb)
 
