@@ -66,6 +66,15 @@ class Guard:
         return self.instance.maintenance()
 
     def __call__(self, environ, start_response):
+        try:
+            return self._route(environ, start_response)
+        except DatabaseUnavailable as e:  # e.g. in the maintenance check, before any layer
+            _close_prepared(environ)
+            log.error("%s %s: %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), e)
+            return plain_text(start_response, "503 Service Unavailable", str(e),
+                              [("Retry-After", str(e.RETRY_AFTER))])
+
+    def _route(self, environ, start_response):
         context.set_current(())
         path = environ.get("PATH_INFO", "")
         if path == "/status.php":
