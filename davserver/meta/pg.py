@@ -39,6 +39,15 @@ def _down(e: BaseException) -> DatabaseUnavailable:
     return DatabaseUnavailable(type(e).__name__)
 
 
+def _recheck(pool) -> None:
+    """One pooled connection was found dead (PostgreSQL restarted): test the idle others
+    now and replace the dead ones, so each does not cost a client one more 503."""
+    try:
+        pool.check()
+    except Exception:  # noqa: BLE001 - still down: the next request answers 503 again
+        pass
+
+
 def _lost():
     """The exceptions that mean the server is gone or unreachable: HTTP 503 + Retry-After,
     CLI exit 9, never a traceback."""
@@ -175,14 +184,22 @@ class _AutoCommit:
         try:
             with self._pool.connection() as c:
                 return PgConnection(c).execute(sql, args)
+        except DatabaseUnavailable:
+            _recheck(self._pool)
+            raise
         except _lost() as e:
+            _recheck(self._pool)
             raise _down(e) from e
 
     def executemany(self, sql: str, rows: Iterable) -> PgCursor:
         try:
             with self._pool.connection() as c, c.transaction():
                 return PgConnection(c).executemany(sql, rows)
+        except DatabaseUnavailable:
+            _recheck(self._pool)
+            raise
         except _lost() as e:
+            _recheck(self._pool)
             raise _down(e) from e
 
 
@@ -239,6 +256,7 @@ class PgMetaDB(MetaDB):
             except BaseException as e:
                 self._cm.__exit__(type(e), e, e.__traceback__)
                 if isinstance(e, _lost()):
+                    _recheck(self.db._pool)
                     raise _down(e) from e
                 raise
             self.conn = PgConnection(raw)
@@ -256,9 +274,12 @@ class PgMetaDB(MetaDB):
             except BaseException as e:
                 self._cm.__exit__(type(e), e, e.__traceback__)  # the pool checks the conn
                 if isinstance(e, _lost()):
+                    _recheck(self.db._pool)
                     raise _down(e) from e
                 raise
             self._cm.__exit__(exc_type, exc, tb)
+            if exc_type is DatabaseUnavailable:
+                _recheck(self.db._pool)
 
     def tx(self) -> PgMetaDB._PgTx:
         return PgMetaDB._PgTx(self)
