@@ -306,16 +306,27 @@ class PgMetaDB(MetaDB):
         return schema_version.read_version(c)
 
     def open_schema(self, *, check: bool = True) -> None:
-        statements = [s for part in (SCHEMA, *SCHEMA_PARTS) for s in pg_dialect.schema(part)]
+        """As MetaDB's. The DDL runs only when a table is missing (a new database, or a
+        feature's table added since): re-creating the usage triggers takes a lock that
+        would stall every node's requests for each command an admin runs."""
+        parts = (SCHEMA, *SCHEMA_PARTS)
+        statements = [s for part in parts for s in pg_dialect.schema(part)]
+        wanted = [t for part in parts for t in pg_dialect.tables(part)]
         with self.tx() as c:  # the writer lock: nodes starting together take turns
             found = self.schema_version()
             if found is not None and found != schema_version.CURRENT:
                 if check:
                     raise schema_version.out_of_date(found)
                 return
-            for sql in statements + pg_dialect.PG_FUNCTIONS:
-                c.raw.execute(sql)
+            have = c.raw.execute(
+                "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema() "
+                "AND tablename = ANY(%s)", (wanted,)).fetchone()[0]
+            if have < len(set(wanted)):
+                for sql in statements:
+                    c.raw.execute(sql)
             if found is None:
+                for sql in pg_dialect.PG_FUNCTIONS:
+                    c.raw.execute(sql)
                 c.execute(schema_version.stamp_sql(),
                           (schema_version.VERSION_KEY, str(schema_version.CURRENT)))
 

@@ -70,6 +70,11 @@ def schema(script: str) -> list[str]:
     return [s.strip() for s in out.split(";") if s.strip()]
 
 
+def tables(script: str) -> list[str]:
+    """The tables a schema script creates."""
+    return [t.lower() for t, _ in _TABLE.findall(script)]
+
+
 #: What SQLite has built in or does with triggers, for PostgreSQL: ``instr`` (used by
 #: folder-size queries) and the per-owner usage totals kept with the file index.
 PG_FUNCTIONS = [
