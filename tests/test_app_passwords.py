@@ -11,8 +11,6 @@ import requests
 
 from tests.live import LiveServer
 
-pytestmark = pytest.mark.pg  # metadata on SQLite and on PostgreSQL
-
 
 @pytest.fixture(scope="module", params=["master-key", "user-key"])
 def srv(request, tmp_path_factory):
