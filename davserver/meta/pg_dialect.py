@@ -4,7 +4,7 @@ The modules keep one SQL text: ``?`` placeholders, ``INSERT ... ON CONFLICT``, `
 ``length``, ``||``. What still differs is translated here, once per distinct string
 (cached), so the SQLite path carries no layer at all:
 
-- ``?`` becomes ``%s`` (and a literal ``%`` is doubled), outside quoted literals;
+- ``?`` becomes ``%s`` outside quoted literals, and every ``%`` is doubled;
 - the column name ``user``, a reserved word in PostgreSQL, is quoted;
 - an INSERT into a table whose key is generated gets ``RETURNING <key>``, which is how the
   adapter answers ``cursor.lastrowid``;
@@ -37,13 +37,14 @@ def _outside_literals(sql: str, fix) -> str:
 
 
 def _dml_words(text: str) -> str:
-    return _USER.sub('"user"', text.replace("%", "%%").replace("?", "%s"))
+    return _USER.sub('"user"', text.replace("?", "%s"))
 
 
 @functools.lru_cache(maxsize=4096)
 def statement(sql: str) -> tuple[str, bool]:
     """(PostgreSQL text, whether it ends in RETURNING of a generated key)."""
-    out = _outside_literals(sql, _dml_words)
+    # psycopg reads every % as a placeholder's start, inside SQL literals too.
+    out = _outside_literals(sql.replace("%", "%%"), _dml_words)
     m = _INSERT.match(out)
     if m and m.group(1).lower() in GENERATED_KEYS and "returning" not in out.lower():
         return f"{out.rstrip().rstrip(';')} RETURNING {GENERATED_KEYS[m.group(1).lower()]}", True
