@@ -86,7 +86,9 @@ class Config:
     kdf_parallelism: int = 4
     ldap: dict = field(default_factory=dict)
     log_level: str = "info"
-    database_url: str = ""  # "" or a SQLite path: <data_dir>/davserver.db; postgresql://: later
+    database_url: str = ""  # "" or a SQLite path: <data_dir>/davserver.db; or postgresql://
+    database_pool_size: int = 10  # PostgreSQL connections per server process (at most)
+    database_prepare_threshold: int | None = 2  # uses before a server-side prepare; None: never
     redis_url: str = ""  # "": node-local locks and throttling; redis://...: shared by nodes
     trusted_proxies: tuple = ()  # networks whose X-Forwarded-For is believed (auth.forwarded)
     extra: dict = field(default_factory=dict)
@@ -144,6 +146,13 @@ def _url(doc: dict, section: str, env: str) -> str:
     return os.environ.get(env) or str(doc.get(section, {}).get("url", ""))
 
 
+def _prepare_threshold(section: dict) -> int | None:
+    """``prepare_threshold = 0`` turns server-side prepared statements off (needed behind
+    a transaction-pooling PgBouncer)."""
+    n = int(section.get("prepare_threshold", 2))
+    return n if n > 0 else None
+
+
 def load(path: str | None = None, data_dir: str | None = None) -> Config:
     """Read the config file if it exists; command-line values win over the file."""
     path = path or default_config_path()
@@ -158,6 +167,7 @@ def load(path: str | None = None, data_dir: str | None = None) -> Config:
     storage = doc.get("storage", {})
     enc = doc.get("encryption", {})
     auth = doc.get("auth", {})
+    database = doc["database"] if "database" in doc else {}
     cfg = Config(
         path=path,
         data_dir=data_dir or os.environ.get("DAVSERVER_DATA_DIR") or storage.get("data_dir")
@@ -190,6 +200,8 @@ def load(path: str | None = None, data_dir: str | None = None) -> Config:
         ldap=dict(doc.get("ldap", {})),
         log_level=doc.get("logging", {}).get("level", "info"),
         database_url=_url(doc, "database", "DAVSERVER_DATABASE_URL"),
+        database_pool_size=int(database.get("pool_size", 10)),
+        database_prepare_threshold=_prepare_threshold(database),
         redis_url=_url(doc, "redis", "DAVSERVER_REDIS_URL"),
         extra={k: v for k, v in doc.items()
                if k not in ("server", "storage", "encryption", "auth", "logging", "ldap",
@@ -317,8 +329,12 @@ upload_max_age_hours = 24   # chunked uploads (Nextcloud clients) nobody added t
 # Several nodes behind a load balancer (docs/DEPLOY.md). Environment variables
 # DAVSERVER_DATABASE_URL / DAVSERVER_REDIS_URL win over these keys.
 # [database]
-# url = ""                  # "" = <data_dir>/davserver.db; or a SQLite file path
-#                           # (postgresql://... is not available in this version)
+# url = ""                  # "" = <data_dir>/davserver.db; or a SQLite file path; or
+#                           # "postgresql://davserver:PASSWORD@db.example.org/davserver"
+#                           # (pip install 'davserver[pg]'; docs/DEPLOY.md)
+# pool_size = 10            # PostgreSQL: connections per server process, at most
+# prepare_threshold = 2     # PostgreSQL: uses of a statement before it is prepared on
+#                           # the server; 0 = never (behind a transaction-mode PgBouncer)
 # [redis]
 # url = "redis://127.0.0.1:6379/0"   # WebDAV locks, login throttling and job locks
 #                           # shared by all nodes; leave out on a single node

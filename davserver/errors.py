@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import sqlite3
+import sys
 
 
 class DavServerError(Exception):
@@ -160,4 +161,23 @@ def known(e: BaseException) -> DavServerError | None:
         return NameTooLong()
     if isinstance(e, sqlite3.Error) and getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
         return StorageFull()
+    if _database_unreachable(e):
+        return DatabaseUnavailable(type(e).__name__)
     return None
+
+
+class DatabaseUnavailable(DavServerError):
+    """metadata database is not reachable; try again shortly"""
+
+    HTTP_STATUS = 503
+    EXIT_CODE = 9  # like storage or shared state unavailable
+    RETRY_AFTER = 10
+
+
+def _database_unreachable(e: BaseException) -> bool:
+    """A lost, refused or exhausted PostgreSQL connection (psycopg is loaded only when
+    database.url names PostgreSQL)."""
+    psycopg = sys.modules.get("psycopg")
+    pool = sys.modules.get("psycopg_pool")
+    return bool((psycopg is not None and isinstance(e, psycopg.OperationalError))
+                or (pool is not None and isinstance(e, pool.PoolTimeout)))

@@ -22,8 +22,9 @@ from davserver.auth.users import UserService, new_password
 from davserver.config import Config
 from davserver.crypto.kdf import KdfParams
 from davserver.errors import DavServerError, KeyNotFound, UserError
-from davserver.meta import job_lock, settings
+from davserver.meta import job_lock, schema_version, settings
 from davserver.meta.cluster_locks import commit_locks
+from davserver.meta.connect import metadb_exists, open_metadb
 from davserver.meta.db import MetaDB
 from davserver.vault import context
 from davserver.vault.files import Vault, ensure_home, remove_home
@@ -52,10 +53,10 @@ class Instance:
     def __init__(self, cfg: Config) -> None:
         self.config = cfg
         config_mod.check_owner(cfg.data_dir)
-        if not os.path.exists(cfg.db_path):
+        if not metadb_exists(cfg.database_url, cfg.data_dir):
             raise UserError(f"no davserver instance in {cfg.data_dir} (run 'davserver init' "
                             "or 'davserver serve' once)")
-        self.db = MetaDB(cfg.db_path, durable_markers=cfg.fsync)
+        self.db = open_db(cfg, durable_markers=cfg.fsync)
         self._settings: dict[str, str] = {}
         self._settings_at = -1e9
         self._settings_version = -1
@@ -306,7 +307,7 @@ def init_instance(cfg: Config, *, admin: str = "admin",
     when the admin account is created.
     """
     config_mod.check_owner(cfg.data_dir)
-    new_instance = not os.path.exists(cfg.db_path)
+    new_instance = not metadb_exists(cfg.database_url, cfg.data_dir)
     foreign = config_mod.foreign_config(cfg)
     if foreign and new_instance:
         raise UserError(f"{foreign}; give this instance its own config with --config (or "
@@ -318,15 +319,15 @@ def init_instance(cfg: Config, *, admin: str = "admin",
         created = True
     reused_secret = new_instance and os.path.exists(cfg.secret_file)
     if not os.path.exists(cfg.secret_file):
-        if os.path.exists(cfg.db_path):
+        if not new_instance:
             raise DavServerError(f"the instance in {cfg.data_dir} exists but its secret "
                                  f"{cfg.secret_file} is missing: restore it from a backup")
         write_secret(cfg.secret_file)
         created = True
     for d in (cfg.data_dir, cfg.files_dir, cfg.tmp_dir):
         os.makedirs(d, mode=0o700, exist_ok=True)
-    new_db = not os.path.exists(cfg.db_path)
-    db = MetaDB(cfg.db_path)
+    new_db = new_instance
+    db = open_db(cfg)
     if new_db:
         db.set_setting(S_ENABLED, "1")
         db.set_setting(S_MODE, "master")
@@ -348,6 +349,26 @@ def init_instance(cfg: Config, *, admin: str = "admin",
                           cfg.secret_file, reused_secret)
     finally:
         inst.close()
+
+
+def open_db(cfg: Config, *, durable_markers: bool = True,
+            check_version: bool = True) -> MetaDB:
+    """The metadata store ``database.url`` names (SQLite file or PostgreSQL)."""
+    return open_metadb(cfg.database_url, cfg.data_dir, durable_markers=durable_markers,
+                       check_version=check_version, pool_size=cfg.database_pool_size,
+                       prepare_threshold=cfg.database_prepare_threshold)
+
+
+def upgrade_database(cfg: Config) -> list[str]:
+    """``davserver upgrade``: run the schema migrations this code has and the database
+    has not had; one line per step."""
+    if not metadb_exists(cfg.database_url, cfg.data_dir):
+        raise UserError(f"no davserver instance in {cfg.data_dir} (run 'davserver init')")
+    db = open_db(cfg, check_version=False)
+    try:
+        return schema_version.upgrade(db)
+    finally:
+        db.close()
 
 
 def open_instance(config_path: str | None = None, data_dir: str | None = None) -> Instance:

@@ -10,6 +10,10 @@ from davserver.instance import Instance, init_instance
 #: Written into test configs: Argon2id made cheap so tests stay fast (as borg's tests do).
 WEAK_KDF_TOML = "[encryption]\nkdf_time_cost = 1\nkdf_memory_kib = 1024\nkdf_parallelism = 1\n"
 
+#: database.url of the instances made here ("": SQLite); set per test by the metadata_url
+#: fixture for tests marked pg (tests/conftest.py).
+DATABASE_URL = ""
+
 
 def make_instance(tmp_path: Path, *, admin_password: str = "adminpass1",
                   user_mode: bool = False, suite: str = "x25519",
@@ -17,7 +21,8 @@ def make_instance(tmp_path: Path, *, admin_password: str = "adminpass1",
     conf = tmp_path / "etc" / "davserver.toml"
     conf.parent.mkdir(parents=True, exist_ok=True)
     if not conf.exists():
-        conf.write_text(WEAK_KDF_TOML + f'hpke_suite = "{suite}"\n')
+        conf.write_text(WEAK_KDF_TOML + f'hpke_suite = "{suite}"\n'
+                        + (f'[database]\nurl = "{DATABASE_URL}"\n' if DATABASE_URL else ""))
     cfg = config_mod.load(str(conf), str(tmp_path / "data"))
     cfg.fsync = fsync  # off in most tests: crash safety is exercised by killing processes
     init_instance(cfg, admin_password=admin_password)

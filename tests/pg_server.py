@@ -8,6 +8,7 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -83,8 +84,12 @@ class PgServer:
         services.wait_port(self.port, self.proc, self.log, "postgres")
         return self
 
-    def stop(self) -> None:
-        # SIGTERM is PostgreSQL's "smart" shutdown; services.stop escalates if it hangs.
+    def stop(self, *, fast: bool = False) -> None:
+        """SIGTERM is PostgreSQL's "smart" shutdown, which waits for clients to leave
+        (services.stop escalates if it hangs); ``fast`` (SIGINT) disconnects them at once,
+        as a restart by an admin does."""
+        if fast and self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
         services.stop(self.proc, timeout=15)
         self.proc = None
 

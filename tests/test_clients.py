@@ -15,6 +15,8 @@ import requests
 
 from tests.live import require_tool
 
+pytestmark = pytest.mark.pg  # metadata on SQLite and on PostgreSQL
+
 MiB = 1024 * 1024
 CHUNK = 256 * 1024
 DAV = "{DAV:}"

@@ -11,6 +11,8 @@ from davserver.errors import NotFound, UserError
 from davserver.vault import shares as sh
 from tests.instances import make_instance
 
+pytestmark = pytest.mark.pg  # metadata on SQLite and on PostgreSQL
+
 
 @pytest.fixture
 def inst(tmp_path):

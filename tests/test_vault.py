@@ -6,6 +6,8 @@ import pytest
 
 from davserver.errors import QuotaExceeded
 
+pytestmark = pytest.mark.pg  # on SQLite and on PostgreSQL metadata
+
 
 def test_folder_etags_change_when_anything_below_changes(inst):
     v = inst.vault

@@ -74,7 +74,8 @@ class GroupService:
         self._require_local(name)
         self.users.require(user)
         with self.db.tx() as c:
-            cur = c.execute("INSERT OR IGNORE INTO local_group_members(grp, user) VALUES(?, ?)",
+            cur = c.execute("INSERT INTO local_group_members(grp, user) VALUES(?, ?) "
+                            "ON CONFLICT DO NOTHING",
                             (name, user))
             added = cur.rowcount > 0
         if added and self.on_change is not None:

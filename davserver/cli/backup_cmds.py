@@ -41,6 +41,9 @@ def cmd_restore(args) -> int:
     cfg = config_mod.load(args.config, args.data_dir)
     key_root = cfg.key_storage_root or cfg.default_key_root
     config_mod.check_owner(cfg.data_dir)
+    if cfg.database_url.split("://", 1)[0].lower() in ("postgresql", "postgres"):
+        raise UserError("the metadata is in PostgreSQL: restore it with pg_restore, and the "
+                        "secret and key store from this archive (docs/DEPLOY.md)")
     os.makedirs(cfg.data_dir, mode=0o700, exist_ok=True)
     result = backup.restore(args.file, passphrase=_passphrase(args),
                             secret_file=cfg.secret_file, key_root=key_root, db_path=cfg.db_path,

@@ -21,12 +21,13 @@ from davserver.cli import (
     mount_cmds,
     serve,
     share_cmds,
+    upgrade_cmd,
     user,
 )
 from davserver.errors import known
 
 MODULES = (serve, user, encryption_cmds, backup_cmds, import_cmds, app_password_cmds,
-           mount_cmds, share_cmds)
+           mount_cmds, share_cmds, upgrade_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -42,6 +42,7 @@ from davserver.dav.requestcheck import refusal
 from davserver.dav.resources import OPENED_KEY
 from davserver.dav.share_guard import SharePermissions
 from davserver.dav.xmlbody import XmlBodies
+from davserver.errors import DatabaseUnavailable
 from davserver.instance import Instance
 from davserver.meta.shared_state import RETRY_AFTER, SharedStateUnavailable
 from davserver.vault import context
@@ -76,6 +77,15 @@ class Guard:
         return answer
 
     def _serve(self, environ, start_response):
+        try:
+            return self._route(environ, start_response)
+        except DatabaseUnavailable as e:  # e.g. in the maintenance check, before any layer
+            _close_prepared(environ)
+            log.error("%s %s: %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), e)
+            return plain_text(start_response, "503 Service Unavailable", str(e),
+                              [("Retry-After", str(e.RETRY_AFTER))])
+
+    def _route(self, environ, start_response):
         context.set_current(())
         lock_scope.set_user(None)  # set again once the user is known (dav.share_guard)
         path = environ.get("PATH_INFO", "")
@@ -107,7 +117,7 @@ class Guard:
             start_response = _retry_after_on_503(start_response)
         try:
             return _Closing(self.app(environ, start_response), environ)
-        except SharedStateUnavailable as e:
+        except (SharedStateUnavailable, DatabaseUnavailable) as e:
             _close_prepared(environ)
             log.error("%s %s: %s", environ.get("REQUEST_METHOD"), path, e)
             return plain_text(start_response, "503 Service Unavailable", str(e),

@@ -45,7 +45,7 @@ def instance_id(db: MetaDB) -> str:
     if value is None:
         candidate = "oc" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(10))
         with db.tx() as c:
-            c.execute("INSERT OR IGNORE INTO settings(key, value) VALUES(?, ?)",
+            c.execute("INSERT INTO settings(key, value) VALUES(?, ?) ON CONFLICT DO NOTHING",
                       (_INSTANCE_KEY, candidate))
         value = db.get_setting(_INSTANCE_KEY)
     _known_instance_ids[db] = value
@@ -78,7 +78,8 @@ def ids_for(db: MetaDB, paths: list[str], parent: str | None = None) -> dict[str
     missing = [p for p in paths if p not in ids]
     if missing:
         with db.tx() as c:
-            c.executemany("INSERT OR IGNORE INTO nc_fileids(path, parent) VALUES(?, ?)",
+            c.executemany("INSERT INTO nc_fileids(path, parent) VALUES(?, ?) "
+                          "ON CONFLICT DO NOTHING",
                           [(p, p.rpartition("/")[0]) for p in missing])
             for i in range(0, len(missing), 500):
                 batch = missing[i:i + 500]

@@ -19,7 +19,13 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from davserver.meta import layout_schema, mounts_schema, nextcloud_schema, objects_schema
+from davserver.meta import (
+    layout_schema,
+    mounts_schema,
+    nextcloud_schema,
+    objects_schema,
+    schema_version,
+)
 from davserver.meta.interprocess import ChangeCounter, SharedRWLock
 from davserver.meta.shares_schema import SHARES_SCHEMA
 
@@ -163,9 +169,12 @@ class _KeptAnswers:
 
 
 class MetaDB:
-    def __init__(self, path: str, *, durable_markers: bool = True) -> None:
+    def __init__(self, path: str, *, durable_markers: bool = True,
+                 check_version: bool = True) -> None:
         """``durable_markers``: a commit's pending row is on disk before the commit goes
-        on (the instance's ``fsync`` setting); see :meth:`add_pending`."""
+        on (the instance's ``fsync`` setting); see :meth:`add_pending`. ``check_version``:
+        refuse a database at another schema version (only ``davserver upgrade`` opens
+        one without)."""
         self.path = path
         self.durable_markers = durable_markers
         self._local = threading.local()
@@ -187,9 +196,45 @@ class MetaDB:
         self._clean_keys = _KeptAnswers()  # throttle key -> True: no failures on record
         self._layout_answers: dict[str, _KeptAnswers] = {}  # see kept_for_layout
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        self._conn().executescript(SCHEMA)
-        for part in SCHEMA_PARTS:
-            self._conn().executescript(part)
+        self.open_schema(check=check_version)
+
+    # --- schema (versions and migrations: davserver.meta.schema_version) --------------
+
+    def schema_version(self) -> int | None:
+        """The stored schema version; None for an empty database."""
+        c = self._conn()
+        if not c.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                         "AND name = 'settings'").fetchone():
+            return None
+        return schema_version.read_version(c)
+
+    def open_schema(self, *, check: bool = True) -> None:
+        """Create a new database at the current version, or add the tables of features
+        added since (CREATE ... IF NOT EXISTS) to one at the current version."""
+        found = self.schema_version()
+        c = self._conn()
+        if found is None:
+            # Tables and version stamp in one transaction: a process opening the file
+            # meanwhile sees either nothing or a complete database at the current version.
+            try:
+                c.executescript(
+                    "BEGIN IMMEDIATE;\n" + "\n".join([SCHEMA, *SCHEMA_PARTS])
+                    + f"\nINSERT INTO settings(key, value) VALUES("
+                    f"'{schema_version.VERSION_KEY}', '{schema_version.CURRENT}') "
+                    "ON CONFLICT(key) DO NOTHING;\nCOMMIT;")
+            finally:
+                if c.in_transaction:
+                    c.execute("ROLLBACK")
+        elif found == schema_version.CURRENT:
+            c.executescript(SCHEMA)
+            for part in SCHEMA_PARTS:
+                c.executescript(part)
+        elif check:
+            raise schema_version.out_of_date(found)
+
+    def run_ddl(self, conn: sqlite3.Connection, sql: str) -> None:
+        """One migration statement (SQLite dialect) inside ``conn``'s transaction."""
+        conn.execute(sql)
 
     # --- connections -------------------------------------------------------------------
 
@@ -263,7 +308,7 @@ class MetaDB:
 
     def layout_version(self) -> int:
         """Changes with every change to shares, groups or mounts (meta.layout_schema)."""
-        return self._conn().execute("SELECT v FROM layout_version WHERE id = 1").fetchone()[0]
+        return self.query("SELECT v FROM layout_version WHERE id = 1")[0][0]
 
     def kept_for_layout(self, name: str) -> dict:
         """A dict of answers named ``name`` that stays valid while the layout version
@@ -490,7 +535,7 @@ class MetaDB:
     # --- keys to delete (recorded with the index change that makes them unused) --------
 
     def doom_keys(self, file_ids: list[bytes], *, conn: sqlite3.Connection) -> None:
-        conn.executemany("INSERT OR IGNORE INTO doomed_keys(file_id) VALUES(?)",
+        conn.executemany("INSERT INTO doomed_keys(file_id) VALUES(?) ON CONFLICT DO NOTHING",
                          [(f,) for f in file_ids])
 
     def doomed_keys(self) -> list[bytes]:

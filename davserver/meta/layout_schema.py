@@ -11,13 +11,13 @@ to remember to invalidate anything.
 
 from __future__ import annotations
 
-_TABLES = ("shares", "share_mounts", "nodes", "local_groups", "local_group_members",
+TABLES = ("shares", "share_mounts", "nodes", "local_groups", "local_group_members",
            "team_folders", "mounts")
 
 
 def _triggers() -> str:
     out = []
-    for table in _TABLES:
+    for table in TABLES:
         for event in ("INSERT", "UPDATE", "DELETE"):
             out.append(
                 f"CREATE TRIGGER IF NOT EXISTS layout_{table}_{event.lower()} AFTER {event} "

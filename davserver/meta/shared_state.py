@@ -39,11 +39,12 @@ def sqlite_path(database_url: str, data_dir: str) -> str:
 def check_database_url(database_url: str) -> None:
     """Refuse URLs this version cannot serve, instead of silently using SQLite."""
     scheme = database_url.split(":", 1)[0].lower() if "://" in database_url else ""
-    if scheme in ("postgresql", "postgres") or scheme.startswith("postgresql+"):
-        raise UserError("PostgreSQL metadata is not available in this version "
-                        "(database.url / DAVSERVER_DATABASE_URL); leave it empty to use SQLite")
-    if scheme and scheme != "sqlite":
-        raise UserError(f"unsupported database.url scheme {scheme!r}: use a SQLite file path")
+    if scheme.startswith("postgresql+"):
+        raise UserError(f"unsupported database.url scheme {scheme!r}: write postgresql://"
+                        " (davserver talks to PostgreSQL with psycopg itself)")
+    if scheme and scheme not in ("sqlite", "postgresql", "postgres"):
+        raise UserError(f"unsupported database.url scheme {scheme!r}: use a SQLite file path "
+                        "or a postgresql:// URL")
 
 
 _clients: dict[tuple[int, str], object] = {}

@@ -50,4 +50,5 @@ CREATE TABLE IF NOT EXISTS local_group_members(
     user TEXT NOT NULL,
     PRIMARY KEY(grp, user)
 );
+CREATE INDEX IF NOT EXISTS local_group_members_user ON local_group_members(user);
 """

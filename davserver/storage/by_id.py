@@ -93,8 +93,9 @@ class _IdWriter(BlobWriter):
                 c.execute("DELETE FROM object_blobs_pending WHERE blob = ?", (self._blob,))
                 old = row[1] if row is not None else None
                 if old:
-                    c.execute("INSERT OR REPLACE INTO object_blobs_pending(blob, doomed, "
-                              "created) VALUES(?, 1, ?)", (old, time.time()))
+                    c.execute("INSERT INTO object_blobs_pending(blob, doomed, created) "
+                              "VALUES(?, 1, ?) ON CONFLICT(blob) DO UPDATE SET doomed = 1, "
+                              "created = excluded.created", (old, time.time()))
         except BaseException:
             s._drop_blob(self._blob)
             raise
@@ -197,8 +198,9 @@ class IdNamedStorage(Storage):
             if row[0]:
                 raise Conflict(f"{key} is a folder")
             c.execute("DELETE FROM object_names WHERE path = ?", (path,))
-            c.execute("INSERT OR REPLACE INTO object_blobs_pending(blob, doomed, created) "
-                      "VALUES(?, 1, ?)", (row[1], time.time()))
+            c.execute("INSERT INTO object_blobs_pending(blob, doomed, created) "
+                      "VALUES(?, 1, ?) ON CONFLICT(blob) DO UPDATE SET doomed = 1, "
+                      "created = excluded.created", (row[1], time.time()))
         self._drop_blob(row[1])
 
     def make_dir(self, key: str) -> None:

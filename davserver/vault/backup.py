@@ -154,7 +154,7 @@ def restore(path: str, *, passphrase: str | None, secret_file: str, key_root: st
         if os.path.exists(db_path + suffix):
             os.unlink(db_path + suffix)
     write_atomic(db_path, members["davserver.db"])
-    db = MetaDB(db_path)
+    db = MetaDB(db_path, check_version=False)  # an older backup: `davserver upgrade` next
     try:
         db.set_setting(settings.KEY_ROOT, key_root)  # where this instance keeps the keys
     finally:

@@ -271,8 +271,8 @@ class ShareKeys:
         """``kind``: "member" (wrap the share key for ``who``) or "files" (wrap the data
         keys of the shared files for the share key). ``tx``: a transaction in progress
         (the one that inserts the share), else one of its own."""
-        sql = ("INSERT OR IGNORE INTO share_key_pending(share_id, kind, who) "
-               "VALUES(?, ?, ?)")
+        sql = ("INSERT INTO share_key_pending(share_id, kind, who) "
+               "VALUES(?, ?, ?) ON CONFLICT DO NOTHING")
         if tx is not None:
             tx.execute(sql, (share_id, kind, who))
             return

@@ -163,7 +163,7 @@ class ShareService:
     def node_id(self, spath: str) -> int:
         """The stable ID of a node, made on first use (a shared root)."""
         with self.db.tx() as c:
-            c.execute("INSERT OR IGNORE INTO nodes(path) VALUES(?)", (spath,))
+            c.execute("INSERT INTO nodes(path) VALUES(?) ON CONFLICT DO NOTHING", (spath,))
             return c.execute("SELECT node_id FROM nodes WHERE path = ?", (spath,)).fetchone()[0]
 
     # --- shares ------------------------------------------------------------------------
@@ -401,11 +401,10 @@ class ShareService:
         received = self._received(user)
         if not received:
             return []
-        rows = dict(self.db.query(
-            "SELECT share_id, path || char(0) || hidden FROM share_mounts WHERE user = ?",
-            (user,)))
+        rows = {r[0]: (r[1], r[2]) for r in self.db.query(
+            "SELECT share_id, path, hidden FROM share_mounts WHERE user = ?", (user,))}
         out: list[Mount] = []
-        taken = {v.split("\0")[0] for v in rows.values()}
+        taken = {v[0] for v in rows.values()}
         by_node: dict[int, int] = {}
         for s in received:
             by_node[s.node_id] = by_node.get(s.node_id, 0) | s.permissions
@@ -429,12 +428,12 @@ class ShareService:
             if row is None:
                 path = self._free_name(user, s.spath.rsplit("/", 1)[-1], taken)
                 with self.db.tx() as c:
-                    c.execute("INSERT OR IGNORE INTO share_mounts(share_id, user, path) "
-                              "VALUES(?, ?, ?)", (s.id, user, path))
+                    c.execute("INSERT INTO share_mounts(share_id, user, path) "
+                              "VALUES(?, ?, ?) ON CONFLICT DO NOTHING", (s.id, user, path))
                 taken.add(path)
                 out.append(Mount(s, path))
-            elif not row.endswith("\x001"):
-                out.append(Mount(s, row.split("\0")[0]))
+            elif not row[1]:
+                out.append(Mount(s, row[0]))
         return out
 
     def _free_name(self, user: str, name: str, taken: set[str]) -> str:
