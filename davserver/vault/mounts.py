@@ -29,6 +29,7 @@ from davserver.errors import Conflict, DavServerError, NotFound, UserError
 from davserver.meta.db import MetaDB
 from davserver.meta.interprocess import PathLocks
 from davserver.storage.base import BlobReader, BlobWriter, Entry, Storage
+from davserver.vault import mount_listing
 from davserver.vault.files import Node, Vault, copy_between
 
 log = logging.getLogger("davserver.mounts")
@@ -84,6 +85,18 @@ class Mount:
     @property
     def readonly(self) -> bool:
         return truthy(self.options.get("readonly", OPTIONS["readonly"]))
+
+    @property
+    def checks_changes(self) -> bool:
+        """``filesystem_check_changes``: always (or Nextcloud's 1) asks the store on every
+        listing; never (0) lists from the server's record (see mount_listing)."""
+        value = str(self.options.get("filesystem_check_changes",
+                                     OPTIONS["filesystem_check_changes"])).strip().lower()
+        return value not in ("never", "0")
+
+    @property
+    def sharing(self) -> bool:
+        return truthy(self.options.get("enable_sharing", OPTIONS["enable_sharing"]))
 
     def applies_to(self, user: str, groups: list[str]) -> bool:
         """No users and no groups: everyone, as in Nextcloud."""
@@ -189,6 +202,7 @@ class MountService:
             c.execute("DELETE FROM mounts WHERE id = ?", (m.id,))
             c.execute("DELETE FROM files WHERE path = ? OR path LIKE ?",
                       (m.root, m.root + "/%"))
+        mount_listing.forget(self.db, m.root)
         with self._lock:
             self._stores.pop(m.id, None)
         return m
@@ -205,6 +219,7 @@ class MountService:
         self._check_config_key(m.backend, key)
         m.config[key] = value
         self._save(m)
+        mount_listing.forget(self.db, m.root)  # perhaps another store now
         return m
 
     def set_option(self, mount_id: int, key: str, value: str) -> Mount:
@@ -220,6 +235,9 @@ class MountService:
             raise UserError("option filesystem_check_changes takes never or always")
         m.options[key] = value
         self._save(m)
+        if key == "filesystem_check_changes":
+            # What was written while changes were checked was not recorded.
+            mount_listing.forget(self.db, m.root)
         return m
 
     def set_applicable(self, mount_id: int, *, add_users=(), remove_users=(), add_groups=(),
@@ -271,12 +289,15 @@ class MountService:
     def storage(self, m: Mount) -> Storage:
         """The mount's store as the vault sees it: keys below ``~mountN``. Made once per
         definition (a client pool per store), again after a config change."""
-        stamp = json.dumps([m.backend, m.config], sort_keys=True)
+        # The check mode is part of the stamp: another process (the CLI) may change it.
+        stamp = json.dumps([m.backend, m.config, m.checks_changes], sort_keys=True)
         with self._lock:
             held = self._stores.get(m.id)
             if held is not None and held[0] == stamp:
                 return held[1]
-        st = PrefixedStorage(self.build_storage(m), m.root)
+        st: Storage = PrefixedStorage(self.build_storage(m), m.root)
+        if not m.checks_changes:
+            st = mount_listing.IndexedListing(st, self.db, m.root)
         with self._lock:
             self._stores[m.id] = (stamp, st)
         return st
@@ -545,7 +566,10 @@ class MountedVault:
         by file ID), corrupt, mismatch and duplicate files are reported."""
         from davserver.vault import check
 
-        return check.scan(self._mount_vault(m), path=m.root)
+        vault = self._mount_vault(m)
+        if isinstance(vault.storage, mount_listing.IndexedListing):
+            vault.storage.rescan()  # what other tools changed appears now
+        return check.scan(vault, path=m.root)
 
 
 def is_mount_path(path: str) -> bool:

@@ -1,0 +1,104 @@
+"""Mount options and their edges: filesystem_check_changes, enable_sharing, files without
+a key. Against a real moto S3 server process and a real WsgiDAV process, through a
+running davserver."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from davserver.crypto import header as hdr
+from tests.live import LiveServer
+from tests.test_mounts import Store, create_mount, propfind_names
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory):
+    s = LiveServer(tmp_path_factory.mktemp("mount-options")).create().start()
+    yield s
+    s.stop()
+
+
+def _put(sess, url: str, data: bytes) -> None:
+    r = sess.put(url, data=data)
+    assert r.status_code in (201, 204), (r.status_code, r.text)
+
+
+@pytest.mark.parametrize("mode", ["never", "always"])
+@pytest.mark.parametrize("kind", ["s3", "dav"])
+def test_filesystem_check_changes(srv, kind, mode, request):
+    """never: listings come from the server's record, so what other tools add or remove
+    shows only after files_external:scan; always: at once."""
+    store = Store(kind, request)
+    store.put_raw("before.txt", b"there before the mount")
+    mid = create_mount(srv, store, "/Check", "--user", "alice")
+    srv.run_cli("files_external:option", str(mid), "filesystem_check_changes", mode)
+    alice = srv.session("alice")
+    folder = srv.url("alice", "Check/")
+    try:
+        # A folder never seen is read from the store once, whatever the mode.
+        assert "before.txt" in propfind_names(alice, folder)
+        _put(alice, srv.url("alice", "Check/mine.txt"), b"through the server")
+        assert alice.request("MKCOL", srv.url("alice", "Check/sub")).status_code == 201
+        _put(alice, srv.url("alice", "Check/sub/in.txt"), b"in sub")
+        r = alice.request("MOVE", srv.url("alice", "Check/sub"),
+                          headers={"Destination": srv.url("alice", "Check/sub2")})
+        assert r.status_code in (201, 204), r.text
+        assert propfind_names(alice, folder) - {"Check"} == {"before.txt", "mine.txt", "sub2"}
+        assert propfind_names(alice, srv.url("alice", "Check/sub2/")) - {"sub2"} == {"in.txt"}
+        assert alice.get(srv.url("alice", "Check/sub2/in.txt")).content == b"in sub"
+
+        store.put_raw("by-hand.txt", b"added by another tool")
+        store.delete_raw("before.txt")
+        names = propfind_names(alice, folder)
+        by_hand = alice.get(srv.url("alice", "Check/by-hand.txt"))
+        if mode == "always":
+            assert "by-hand.txt" in names and "before.txt" not in names
+            assert by_hand.content == b"added by another tool"
+        else:
+            assert "by-hand.txt" not in names and "before.txt" in names
+            assert by_hand.status_code == 404
+            assert alice.get(srv.url("alice", "Check/before.txt")).status_code == 404
+            res = srv.run_cli("files_external:scan", str(mid), "--output", "json")
+            assert json.loads(res.stdout)["counts"]["plaintext"] == 1  # by-hand.txt
+            names = propfind_names(alice, folder)
+            assert "by-hand.txt" in names and "before.txt" not in names
+            assert alice.get(srv.url("alice", "Check/by-hand.txt")).content \
+                == b"added by another tool"
+        assert alice.delete(srv.url("alice", "Check/mine.txt")).status_code == 204
+        assert "mine.txt" not in propfind_names(alice, folder)
+    finally:
+        srv.run_cli("files_external:delete", str(mid))
+
+
+@pytest.mark.parametrize("kind", ["s3", "dav"])
+def test_keyless_file_answers_as_in_a_home(srv, kind, request):
+    """An encrypted file whose key this server does not hold: the same status and message
+    in a mount as in a home folder, naming the file ID, never a traceback."""
+    store = Store(kind, request)
+    mid = create_mount(srv, store, "/Keyless", "--user", "alice")
+    alice = srv.session("alice")
+    try:
+        _put(alice, srv.url("alice", "Keyless/enc.bin"), b"secret")
+        blob = store.raw("enc.bin")
+        file_id = hdr.parse(blob[:hdr.HEADER_BYTES]).file_id.hex()
+        assert alice.delete(srv.url("alice", "Keyless/enc.bin")).status_code == 204
+        store.put_raw("foreign.bin", blob)
+        Path(srv.data_dir, "files", "alice", f"foreign-{kind}.bin").write_bytes(blob)
+
+        in_mount = alice.get(srv.url("alice", "Keyless/foreign.bin"))
+        in_home = alice.get(srv.url("alice", f"foreign-{kind}.bin"))
+        reason = re.compile(r"<p>(.*?)</p>", re.S)
+        assert in_mount.status_code == in_home.status_code == 500
+        assert reason.findall(in_mount.text) == reason.findall(in_home.text)
+        assert file_id in reason.findall(in_mount.text)[0] and "no key" in in_mount.text
+        assert "Traceback" not in in_mount.text
+        # The folders holding it still list (the file with its ID as ETag).
+        assert "foreign.bin" in propfind_names(alice, srv.url("alice", "Keyless/"))
+        assert f"foreign-{kind}.bin" in propfind_names(alice, srv.url("alice"))
+    finally:
+        Path(srv.data_dir, "files", "alice", f"foreign-{kind}.bin").unlink(missing_ok=True)
+        srv.run_cli("files_external:delete", str(mid))
