@@ -117,6 +117,10 @@ class Instance:
                                       run_dir=cfg.run_dir, groups_of=self._groups_of)
         self.vault.foreign = is_mount_path
         self.shares.lister = self.dav_vault.list_dir  # mount points in the user's folders
+        self.shares.own_path = self.dav_vault.resolve
+        self.shares.own_rel = self.dav_vault.rel_of
+        self.shares.node_stat = self.dav_vault.stat
+        self.shares.may_share = self.mounts.check_sharing
 
     def _groups_of(self, user: str) -> list[str]:
         u = self.db.get_user(user)

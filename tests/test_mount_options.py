@@ -102,3 +102,48 @@ def test_keyless_file_answers_as_in_a_home(srv, kind, request):
     finally:
         Path(srv.data_dir, "files", "alice", f"foreign-{kind}.bin").unlink(missing_ok=True)
         srv.run_cli("files_external:delete", str(mid))
+
+
+@pytest.mark.parametrize("kind", ["s3", "dav"])
+def test_enable_sharing(srv, kind, request):
+    """enable_sharing false (the default): sharing anything inside the mount is refused
+    by the CLI and by OCS (403, Nextcloud's words) and nothing is created; true: the
+    share is made and the recipient reads and lists the mount's file through it."""
+    from tests.test_sharing import names, ocs
+
+    store = Store(kind, request)
+    mid = create_mount(srv, store, "/ShareMe", "--user", "alice")
+    alice, bob = srv.session("alice"), srv.session("bob")
+    try:
+        assert alice.request("MKCOL", srv.url("alice", "ShareMe/docs")).status_code == 201
+        _put(alice, srv.url("alice", "ShareMe/docs/d.txt"), b"on the mount")
+        before = srv.run_cli("share:list", "--output", "json").stdout
+
+        bad = srv.run_cli("share:add", "alice", "ShareMe/docs", "--user", "bob", check=False)
+        assert bad.returncode != 0 and "Traceback" not in bad.stderr
+        lines = bad.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("davserver: failed to "), lines
+        assert lines[0].endswith(": You are not allowed to share docs"), lines
+        r = ocs(srv, "alice", "POST", "/shares", data={
+            "path": "/ShareMe/docs/d.txt", "shareType": 0, "shareWith": "bob"})
+        assert r.status_code == 403, r.text
+        assert r.json()["ocs"]["meta"]["message"] == "You are not allowed to share d.txt"
+        assert srv.run_cli("share:list", "--output", "json").stdout == before
+        assert bob.get(srv.url("bob", "docs/d.txt")).status_code == 404
+
+        srv.run_cli("files_external:option", str(mid), "enable_sharing", "true")
+        r = ocs(srv, "alice", "POST", "/shares", data={
+            "path": "/ShareMe/docs", "shareType": 0, "shareWith": "bob", "permissions": 1})
+        assert r.status_code == 200, r.text
+        made = r.json()["ocs"]["data"]
+        assert made["path"] == "/ShareMe/docs" and made["item_type"] == "folder"
+        assert "docs" in names(bob, srv.url("bob"))
+        assert names(bob, srv.url("bob", "docs/")) == {"d.txt"}
+        assert bob.get(srv.url("bob", "docs/d.txt")).content == b"on the mount"
+        assert bob.put(srv.url("bob", "docs/d.txt"), data=b"x").status_code == 403
+        listed = ocs(srv, "alice", "GET", "/shares", params={"path": "/ShareMe/docs"})
+        assert [s["id"] for s in listed.json()["ocs"]["data"]] == [made["id"]]
+        assert ocs(srv, "alice", "DELETE", f"/shares/{made['id']}").status_code == 200
+        assert bob.get(srv.url("bob", "docs/d.txt")).status_code == 404
+    finally:
+        srv.run_cli("files_external:delete", str(mid))

@@ -31,6 +31,7 @@ from davserver.meta.interprocess import PathLocks
 from davserver.storage.base import BlobReader, BlobWriter, Entry, Storage
 from davserver.vault import mount_listing
 from davserver.vault.files import Node, Vault, copy_between
+from davserver.vault.shares import ShareForbidden
 
 log = logging.getLogger("davserver.mounts")
 
@@ -49,6 +50,10 @@ OPTIONS = {"encrypt": "true", "readonly": "false", "filesystem_check_changes": "
            "enable_sharing": "false"}
 _BOOL_OPTIONS = ("encrypt", "readonly", "enable_sharing")
 _AAD = b"davserver mount config v1"
+
+
+class SharingDisabled(ShareForbidden):
+    """{detail}"""
 
 
 class ReadOnlyMount(DavServerError):
@@ -248,6 +253,19 @@ class MountService:
         self._save(m)
         return m
 
+    def check_sharing(self, spath: str, rel: str) -> None:
+        """Refuse to share anything on a mount whose ``enable_sharing`` is off, with
+        Nextcloud's words (a re-share of such a path included)."""
+        if not is_mount_path(spath):
+            return
+        try:
+            m = self.get(int(spath.split("/", 1)[0][len(PREFIX):]))
+        except ValueError:
+            raise NotFound(spath) from None
+        if not m.sharing:
+            name = rel.strip("/").rsplit("/", 1)[-1]
+            raise SharingDisabled(f"You are not allowed to share {name}")
+
     # --- stores ------------------------------------------------------------------------
 
     def describe_endpoint(self, m: Mount) -> str:
@@ -431,6 +449,15 @@ class MountedVault:
             if rel == point or rel.startswith(point + "/"):
                 return m.root + rel[len(point):]
         return f"{user}/{rel}" if rel else user
+
+    def rel_of(self, user: str, spath: str | None) -> str:
+        """Where a storage path appears in ``user``'s tree (the inverse of resolve)."""
+        if not spath:
+            return ""
+        m = self._mount_of(spath) if is_mount_path(spath) else None
+        if m is not None:
+            return m.mount_point.strip("/") + spath[len(m.root):]
+        return spath.split("/", 1)[1] if "/" in spath else ""
 
     def _mount_of(self, spath: str) -> Mount | None:
         if not spath.startswith(PREFIX):
