@@ -147,3 +147,64 @@ def test_enable_sharing(srv, kind, request):
         assert bob.get(srv.url("bob", "docs/d.txt")).status_code == 404
     finally:
         srv.run_cli("files_external:delete", str(mid))
+
+
+@pytest.mark.parametrize("kind", ["s3", "dav"])
+def test_encrypt_all_decrypt_all_and_scan_cover_mounts(srv, kind, request):
+    """encrypt-all converts plaintext files other tools put on a mount whose encrypt
+    option is on (one listed from the record too) and leaves a plaintext mount alone;
+    a re-run converts nothing more; encryption:scan reports a keyless mount file by file
+    ID; decrypt-all decrypts mount files as well."""
+    enc, plain = Store(kind, request), Store(kind, request)
+    m_enc = create_mount(srv, enc, "/ConvEnc", "--user", "alice")
+    srv.run_cli("files_external:option", str(m_enc), "filesystem_check_changes", "never")
+    m_plain = create_mount(srv, plain, "/ConvPlain", "--user", "alice")
+    srv.run_cli("files_external:option", str(m_plain), "encrypt", "false")
+    alice = srv.session("alice")
+    try:
+        assert "ConvEnc" in propfind_names(alice, srv.url("alice"))
+        assert propfind_names(alice, srv.url("alice", "ConvEnc/")) == {"ConvEnc"}
+        enc.put_raw("by-hand.txt", b"plaintext placed by another tool")
+        if kind == "dav":
+            (enc.dir / "deep").mkdir()
+        enc.put_raw("deep/er.txt", b"deeper plaintext")
+        plain.put_raw("keep.txt", b"stays plaintext")
+
+        out = json.loads(srv.run_cli("encryption:encrypt-all", "--yes", "--output",
+                                     "json").stdout)
+        assert out["failed"] == [] and out["converted"] >= 2
+        raw = enc.raw("by-hand.txt")
+        assert hdr.is_encrypted(raw[:64]) and b"placed by another tool" not in raw
+        assert hdr.is_encrypted(enc.raw("deep/er.txt")[:64])
+        assert plain.raw("keep.txt") == b"stays plaintext"
+        assert alice.get(srv.url("alice", "ConvEnc/by-hand.txt")).content \
+            == b"plaintext placed by another tool"
+        again = json.loads(srv.run_cli("encryption:encrypt-all", "--yes", "--output",
+                                       "json").stdout)
+        assert again["converted"] == 0 and again["failed"] == []
+
+        # A file encrypted elsewhere (its key is not here): scan names it.
+        _put(alice, srv.url("alice", "ConvEnc/gone.bin"), b"key goes")
+        blob = enc.raw("gone.bin")
+        file_id = hdr.parse(blob[:hdr.HEADER_BYTES]).file_id.hex()
+        assert alice.delete(srv.url("alice", "ConvEnc/gone.bin")).status_code == 204
+        enc.put_raw("foreign.bin", blob)
+        res = srv.run_cli("encryption:scan", "--output", "json", check=False)
+        assert res.returncode == 3, res.stderr
+        problems = json.loads(res.stdout)["problems"]
+        assert [(p["path"], p["state"], p["file_id"]) for p in problems] == [
+            (f"~mount{m_enc}/foreign.bin", "no-key", file_id)]
+        enc.delete_raw("foreign.bin")
+
+        out = json.loads(srv.run_cli("encryption:decrypt-all", "--yes", "--output",
+                                     "json").stdout)
+        assert out["failed"] == [], out
+        assert enc.raw("by-hand.txt") == b"plaintext placed by another tool"
+        assert enc.raw("deep/er.txt") == b"deeper plaintext"
+        assert plain.raw("keep.txt") == b"stays plaintext"
+        assert alice.get(srv.url("alice", "ConvEnc/by-hand.txt")).content \
+            == b"plaintext placed by another tool"
+    finally:
+        srv.run_cli("encryption:enable")
+        srv.run_cli("files_external:delete", str(m_enc))
+        srv.run_cli("files_external:delete", str(m_plain))

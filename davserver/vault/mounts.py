@@ -587,16 +587,21 @@ class MountedVault:
         self.db.move_props(src, dst)  # dead properties follow, as within one vault
         source.delete(src)
 
+    def vault_for_job(self, m: Mount) -> Vault:
+        """The mount's vault for an admin job that walks the whole store (scan,
+        encrypt-all): a listing kept from the server's record is re-read first."""
+        vault = self._mount_vault(m)
+        if isinstance(vault.storage, mount_listing.IndexedListing):
+            vault.storage.rescan()  # what other tools changed appears now
+        return vault
+
     def scan(self, m: Mount):
         """Authenticate every file on a mount's store as it is now (files other tools
         added included), as ``encryption:scan`` does for homes: plaintext, no-key (named
         by file ID), corrupt, mismatch and duplicate files are reported."""
         from davserver.vault import check
 
-        vault = self._mount_vault(m)
-        if isinstance(vault.storage, mount_listing.IndexedListing):
-            vault.storage.rescan()  # what other tools changed appears now
-        return check.scan(vault, path=m.root)
+        return check.scan(self.vault_for_job(m), path=m.root)
 
 
 def is_mount_path(path: str) -> bool:
