@@ -121,6 +121,9 @@ class Instance:
         self.shares.own_rel = self.dav_vault.rel_of
         self.shares.node_stat = self.dav_vault.stat
         self.shares.may_share = self.mounts.check_sharing
+        self.dav_vault.user_recipients = lambda user, path: (
+            self.recipients(user, path) if self.mode() == "user" else None)
+        self.dav_vault.user_identities = self.identities
 
     def _groups_of(self, user: str) -> list[str]:
         u = self.db.get_user(user)

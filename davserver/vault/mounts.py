@@ -7,9 +7,10 @@ rolled-back files, adopting files placed by hand) holds inside mounts as in home
 files are indexed under the storage path ``~mountN/...``: ``~`` cannot start a user name,
 so a mount's index rows never meet a home's.
 
-Keys stay in the server's key store and are wrapped for the master key: a mount is shared
-by several users, and the store itself only ever receives ciphertext (or, with the
-``encrypt`` option off, the users' bytes as they are).
+Keys stay in the server's key store, wrapped for the master key, or for the user's key in
+user-key mode when the mount is personal (see ``MountedVault._mount_vault``); the store
+itself only ever receives ciphertext (or, with the ``encrypt`` option off, the users'
+bytes as they are).
 
 Definitions use Nextcloud's backend, authentication and config names so that existing
 mount definitions and runbooks carry over.
@@ -434,6 +435,12 @@ class MountedVault:
         self._groups_of = groups_of
         self._locks = PathLocks(os.path.join(run_dir, "commit.lock"))
         self.db = home.db
+        #: Set by the instance for user-key mode: the recipients of a file written for
+        #: ``user`` at a storage path (their key, the recovery key if they opted in, the
+        #: share keys above it), or None in master-key mode; and the identities of the
+        #: caller. See _mount_vault for which mounts use them.
+        self.user_recipients: Callable[[str, str], list | None] = lambda user, path: None
+        self.user_identities: Callable[[], list] | None = None
 
     # --- resolution --------------------------------------------------------------------
 
@@ -475,10 +482,29 @@ class MountedVault:
         return self._mount_vault(m)
 
     def _mount_vault(self, m: Mount) -> Vault:
+        """A personal mount (one applicable user, no group) is keyed like its user's home:
+        in user-key mode its files are wrapped for that user's key (and the recovery key
+        if they opted in), so the server cannot read them without their password. A
+        mount several users see is keyed for the master key, which the server keeps in
+        both modes: who may read it is then the server's per-request decision, as in
+        master-key mode (docs/SECURITY.md)."""
         master = self._master
+        owner = m.users[0] if len(m.users) == 1 and not m.groups else None
+
+        def recipients(_user: str, path: str):
+            if owner is not None:
+                mine = self.user_recipients(owner, path)
+                if mine is not None:
+                    return mine
+            return [master().as_recipient()]
+
+        def identities():
+            if owner is not None and self.user_identities is not None:
+                return self.user_identities()
+            return [master()]
+
         v = Vault(self.service.storage(m), self.home.keys, self.home.db,
-                  identities=lambda: [master()],
-                  recipients=lambda _user, _path: [master().as_recipient()],
+                  identities=identities, recipients=recipients,
                   encryption_enabled=lambda: m.encrypt, commit_locks=self._locks)
         v.foreign = lambda path: not (path + "/").startswith(m.root + "/")
         return v
