@@ -277,8 +277,10 @@ class MountService:
             return _dav_url(c)
         return c.get("datadir", "")
 
-    def build_storage(self, m: Mount) -> Storage:
-        """The mount's store, from its Nextcloud-named config."""
+    @staticmethod
+    def build_storage(m: Mount) -> Storage:
+        """The mount's store, from its Nextcloud-named config (no DB needed: offline
+        recovery builds it from a backup)."""
         c = m.config
         try:
             if m.backend == "amazons3":
