@@ -64,8 +64,8 @@ def cmd_recover(args) -> int:
     if not (args.secret_file or args.backup or password or recovery):
         raise UserError("give --secret-file FILE, --backup FILE, --password-from-env (with "
                         "--user) or --recovery-password-from-env")
-    if args.mounts is not None:
-        return _recover_mounts(args, password, recovery)
+    if args.mounts is not None or args.primary:
+        return _recover_remote(args, password, recovery)
     if not args.data:
         raise UserError("give --data DIR (or --mounts to read external storage)")
     files = offline.plan(args.data, args.user)
@@ -83,26 +83,37 @@ def cmd_recover(args) -> int:
     return 3 if report.failed else 0
 
 
-def _recover_mounts(args, password, recovery) -> int:
-    """recover --mounts: the backup's external storage mounts, read from their stores."""
-    from davserver.vault import offline_mounts
+def _recover_remote(args, password, recovery) -> int:
+    """recover --mounts / --primary: read from the remote stores the backup describes."""
+    from davserver.vault import offline_remote
 
     if not args.backup:
-        raise UserError("--mounts needs --backup FILE (it holds the mount definitions and "
-                        "the secret that unseals their credentials)")
+        raise UserError("--mounts and --primary need --backup FILE (it holds the store "
+                        "definitions and the secret that unseals mount credentials)")
+    if args.primary and args.mounts is not None:
+        raise UserError("give one of --mounts or --primary (run recover once for each)")
+    if args.primary:
+        report = offline_remote.recover_primary(
+            args.out, backup_file=args.backup, passphrase=_passphrase(args), keys=args.keys,
+            user=args.user, password=password, recovery_password=recovery)
+        return _recover_summary(args, report, "the primary storage")
     ids = []
     for part in (args.mounts or "").split(","):
         if part.strip():
             if not part.strip().isdigit():
                 raise UserError(f"--mounts takes mount IDs such as 1,3, not {part!r}")
             ids.append(int(part))
-    report = offline_mounts.recover_mounts(
+    report = offline_remote.recover_mounts(
         args.out, backup_file=args.backup, passphrase=_passphrase(args), keys=args.keys,
         mount_ids=ids or None, user=args.user, password=password,
         recovery_password=recovery)
+    return _recover_summary(args, report, "external storage")
+
+
+def _recover_summary(args, report, source: str) -> int:
     emit(args, report.as_dict(),
          f"recovered {report.decrypted} encrypted and {report.copied_plaintext} plaintext files "
-         f"({report.bytes} bytes) from external storage into {args.out}; "
+         f"({report.bytes} bytes) from {source} into {args.out}; "
          f"{len(report.failed)} could not be decrypted"
          + "".join(f"\n  - {p}: {e}" for p, e in report.failed))
     return 3 if report.failed else 0
@@ -125,6 +136,9 @@ def register(sub, common) -> None:
     p.add_argument("--mounts", nargs="?", const="", metavar="IDS",
                    help="instead of --data: the external storage mounts in --backup (all, or "
                    "the comma-separated mount IDs), read from their S3/WebDAV stores")
+    p.add_argument("--primary", action="store_true",
+                   help="instead of --data: the remote primary storage (S3, WebDAV) that the "
+                   "config in --backup names, with the backup's database as the name index")
     p.add_argument("--keys", metavar="DIR", help="key storage root (default: from --backup)")
     p.add_argument("--secret-file", metavar="FILE", help="instance secret")
     p.add_argument("--backup", metavar="FILE", help="archive from backup:create")

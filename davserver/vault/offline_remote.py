@@ -1,5 +1,6 @@
-"""Offline recovery of external storage mounts: decrypt what is on an S3 bucket or a
-remote WebDAV server with no server running.
+"""Offline recovery from remote stores: decrypt what external storage mounts keep on an
+S3 bucket or a remote WebDAV server, and a primary store on S3 (or WebDAV), with no
+server running.
 
 The mount definitions come from the backup's database (``backup:create`` includes them),
 their credentials unsealed with the instance secret the backup also holds, so a backup
@@ -7,6 +8,11 @@ archive and the key store are all it takes, as for local homes. The stores are r
 the same backends the server uses (boto3, requests). Each file is authenticated end to end
 and written as ``name.partial`` first, renamed once its last chunk verified; output goes
 to ``OUT/<mount point>/<path on the store>``.
+
+A primary store is described by the config file the backup also holds (``[storage]``;
+the ``DAVSERVER_S3_*`` environment variables still win, as for the server). Objects
+named by file ID (``urn:oid:``) only have names in the database's index, which the
+backup's database provides; output goes to ``OUT/<user>/<path>``.
 """
 
 from __future__ import annotations
@@ -105,23 +111,71 @@ def recover_mounts(out: str, *, backup_file: str, passphrase: str | None = None,
             except DavServerError as e:
                 report.failed.append((f"{where}/", f"store not readable: {e}"))
                 continue
-            for key, size in files:
-                rel = f"{where}/{key}"
-                try:
-                    with storage.open_reader(key) as reader:
-                        n, encrypted = decrypt_blob(store, identities, reader,
-                                                    os.path.join(out, *rel.split("/")))
-                    report.bytes += n
-                    if encrypted:
-                        report.decrypted += 1
-                    else:
-                        report.copied_plaintext += 1
-                except KeyNotFound:
-                    report.failed.append((rel, "no key for this file in the key store"))
-                except (IntegrityError, FormatError):
-                    report.failed.append((rel, "failed authentication (damaged or tampered)"))
-                except (DavServerError, OSError) as e:
-                    report.failed.append((rel, str(e)))
-                if progress:
-                    progress(1, size)
+            _recover_files(storage, files, where, store, identities, out, report, progress)
+    return report
+
+
+def _recover_files(storage: Storage, files: list[tuple[str, int]], where: str, store,
+                   identities, out: str, report: RecoverReport,
+                   progress: Progress | None) -> None:
+    for key, size in files:
+        rel = f"{where}/{key}" if where else key
+        try:
+            with storage.open_reader(key) as reader:
+                n, encrypted = decrypt_blob(store, identities, reader,
+                                            os.path.join(out, *rel.split("/")))
+            report.bytes += n
+            if encrypted:
+                report.decrypted += 1
+            else:
+                report.copied_plaintext += 1
+        except KeyNotFound:
+            report.failed.append((rel, "no key for this file in the key store"))
+        except (IntegrityError, FormatError):
+            report.failed.append((rel, "failed authentication (damaged or tampered)"))
+        except (DavServerError, OSError) as e:
+            report.failed.append((rel, str(e)))
+        if progress:
+            progress(1, size)
+
+
+def recover_primary(out: str, *, backup_file: str, passphrase: str | None = None,
+                    keys: str | None = None, user: str | None = None,
+                    password: str | None = None, recovery_password: str | None = None,
+                    progress: Progress | None = None) -> RecoverReport:
+    """Decrypt every file of the primary store the backup's config names (only
+    ``user``'s with --user) into ``out``."""
+    from davserver import config as config_mod
+    from davserver.vault.storage_factory import make_storage
+
+    report = RecoverReport()
+    with tempfile.TemporaryDirectory() as tmp:
+        store, identities, members, _secret = open_keys(
+            tmp, keys=keys, backup_file=backup_file, passphrase=passphrase, user=user,
+            password=password, recovery_password=recovery_password)
+        if "config.toml" not in members:
+            raise UserError("the backup holds no config file, so no primary storage settings")
+        conf = os.path.join(tmp, "config.toml")
+        with open(conf, "wb") as f:
+            f.write(members["config.toml"])
+        cfg = config_mod.load(conf, os.path.join(tmp, "data"))
+        if cfg.storage_backend == "local":
+            raise UserError("the primary storage in the backup's config is local: use "
+                            "recover --data DIR")
+        dbpath = os.path.join(tmp, "davserver.db")
+        with open(dbpath, "wb") as f:
+            f.write(members["davserver.db"])
+        db = MetaDB(dbpath)
+        try:
+            storage = make_storage(cfg, db)
+            top = [user] if user else [e.name for e in storage.list_dir("") if e.is_dir]
+            files = []
+            for name in top:
+                if storage.stat(name) is None:
+                    continue
+                files += [(k, e.size) for k, e in storage.walk(name) if not e.is_dir]
+            _recover_files(storage, sorted(files), "", store, identities, out, report,
+                           progress)
+        finally:
+            db.close()
     return report

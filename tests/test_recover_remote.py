@@ -1,5 +1,6 @@
-"""Offline ``recover --mounts``: a backup archive and the stores are all it takes to
-decrypt what external storage mounts hold (real moto S3 and WsgiDAV processes)."""
+"""Offline ``recover --mounts`` and ``--primary``: a backup archive and the stores are all
+it takes to decrypt what external storage mounts and a remote primary store hold (real
+moto S3 and WsgiDAV processes)."""
 
 from __future__ import annotations
 
@@ -70,3 +71,50 @@ def test_recover_mounts_from_backup(srv, request, tmp_path):
     finally:
         srv.run_cli("files_external:delete", str(m_s3))
         srv.run_cli("files_external:delete", str(m_dav))
+
+
+@pytest.mark.parametrize("kind", ["s3-by-id", "s3"])
+def test_recover_primary_s3_from_backup(kind, request, tmp_path):
+    """A home on S3 (objects named by file ID, or by path): the backup's config names the
+    bucket, its database names the objects; recover --primary decrypts them all."""
+    import subprocess
+    import sys
+
+    from davserver.vault import backup
+    from tests.test_storage_primary import make_remote_inst
+
+    inst, _remote = make_remote_inst(kind, request, tmp_path)
+    try:
+        inst.users.add("bob", "bobpass123")
+        files = {"alice/a.txt": b"alice on s3", "alice/deep/b.bin": os.urandom(300_000),
+                 "bob/c.txt": b"bob on s3"}
+        inst.vault.make_dir("alice/deep")
+        for path, data in files.items():
+            inst.vault.write_bytes(path, data)
+        inst.vault.move("alice/deep", "alice/moved")  # by ID: only the index knows
+        files["alice/moved/b.bin"] = files.pop("alice/deep/b.bin")
+        backup.create(str(tmp_path / "b.tar"), secret_file=inst.config.secret_file,
+                      config_file=inst.config.path, key_root=inst.key_root, db=inst.db)
+    finally:
+        inst.close()
+
+    def recover(*extra: str):
+        return subprocess.run(
+            [sys.executable, "-m", "davserver", "recover", "--backup", str(tmp_path / "b.tar"),
+             "--primary", "--output", "json", *extra], capture_output=True, text=True,
+            timeout=120)
+
+    out = tmp_path / "out"
+    res = recover("--out", str(out))
+    assert res.returncode == 0, res.stderr
+    rep = json.loads(res.stdout)
+    assert rep["decrypted"] == 3 and rep["failed"] == [], rep
+    for path, data in files.items():
+        assert (out / path).read_bytes() == data, path
+    only = tmp_path / "only"
+    res = recover("--user", "bob", "--out", str(only))
+    assert res.returncode == 0, res.stderr
+    assert sorted(str(p.relative_to(only)) for p in only.rglob("*") if p.is_file()) \
+        == ["bob/c.txt"]
+    both = recover("--mounts", "--out", str(only))
+    assert both.returncode != 0 and "give one of --mounts or --primary" in both.stderr
