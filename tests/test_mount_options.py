@@ -208,3 +208,25 @@ def test_encrypt_all_decrypt_all_and_scan_cover_mounts(srv, kind, request):
         srv.run_cli("encryption:enable")
         srv.run_cli("files_external:delete", str(m_enc))
         srv.run_cli("files_external:delete", str(m_plain))
+
+
+def test_crash_between_commit_and_record_is_listed_after_recovery(inst, tmp_path):
+    """filesystem_check_changes never: a commit the crash cut off after the blob landed
+    (so before the record heard of it) is finished by the mount's recovery and listed."""
+    store = tmp_path / "store"
+    store.mkdir()
+    m = inst.mounts.create("/N", "local", "null::null", {"datadir": str(store)})
+    inst.mounts.set_option(m.id, "filesystem_check_changes", "never")
+    mv = inst.dav_vault
+    assert mv.list_dir(m.root) == []  # the root is now listed from the record
+    spath = f"{m.root}/f.txt"
+    up = mv.begin_write(spath)
+    up.write(b"committed before the crash")
+    up._stream.finish()
+    inst.db.add_pending(up.file_id, spath, plain=False, durable=False)
+    inst.keys.wrap_new(up.file_id, up._data_key, up._recipients)
+    up._blob.inner.commit()  # the store has it; the record does not
+    assert [n.name for n in mv.list_dir(m.root)] == []
+    mv.recover_mounts()
+    assert [n.name for n in mv.list_dir(m.root)] == ["f.txt"]
+    assert mv.read_all(spath) == b"committed before the crash"

@@ -517,7 +517,10 @@ class MountedVault:
         its pending commits wait for the next start."""
         for m in self.service.list():
             try:
-                self._mount_vault(m).recover()
+                done = self._mount_vault(m).recover()
+                if not m.checks_changes and (done["finished"] or done["rolled_back"]):
+                    # The crash may have come between a blob's commit and its record.
+                    mount_listing.forget(self.db, m.root)
             except DavServerError as e:
                 log.warning("external storage %d (%s) not recovered now: %s", m.id,
                             m.mount_point, e)
