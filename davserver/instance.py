@@ -28,7 +28,7 @@ from davserver.meta.interprocess import PathLocks
 from davserver.vault import context
 from davserver.vault.files import Vault, ensure_home, remove_home
 from davserver.vault.keystore import Identity, KeyStore, Recipient
-from davserver.vault.mounts import MountedVault, MountService, is_mount_path
+from davserver.vault.mounts import MountedVault, MountService, forget_shares, is_mount_path
 from davserver.vault.secret import read_secret, write_secret
 from davserver.vault.shares import ShareService
 from davserver.vault.sharewraps import ShareWraps
@@ -121,6 +121,7 @@ class Instance:
         self.shares.own_rel = self.dav_vault.rel_of
         self.shares.node_stat = self.dav_vault.stat
         self.shares.may_share = self.mounts.check_sharing
+        self.mounts.on_delete = lambda root: forget_shares(self.shares, root)
         self.dav_vault.user_recipients = lambda user, path: (
             self.recipients(user, path) if self.mode() == "user" else None)
         self.dav_vault.user_identities = self.identities

@@ -145,8 +145,19 @@ def test_enable_sharing(srv, kind, request):
         assert [s["id"] for s in listed.json()["ocs"]["data"]] == [made["id"]]
         assert ocs(srv, "alice", "DELETE", f"/shares/{made['id']}").status_code == 200
         assert bob.get(srv.url("bob", "docs/d.txt")).status_code == 404
+
+        # Deleting the mount removes the shares made on it: no dangling mount points.
+        r = ocs(srv, "alice", "POST", "/shares", data={
+            "path": "/ShareMe/docs", "shareType": 0, "shareWith": "bob", "permissions": 1})
+        assert r.status_code == 200, r.text
+        sid = r.json()["ocs"]["data"]["id"]
     finally:
         srv.run_cli("files_external:delete", str(mid))
+    left = json.loads(srv.run_cli("share:list", "--output", "json").stdout)
+    assert all(str(s["id"]) != str(sid) for s in left)
+    r = ocs(srv, "bob", "GET", "/shares", params={"shared_with_me": "true"})
+    assert r.status_code == 200 and r.json()["ocs"]["data"] == [], r.text
+    assert "docs" not in names(bob, srv.url("bob"))
 
 
 @pytest.mark.parametrize("kind", ["s3", "dav"])

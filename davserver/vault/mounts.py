@@ -138,6 +138,8 @@ class MountService:
         self._sealing_key: bytes | None = None
         self._stores: dict[int, tuple[str, Storage]] = {}
         self._lock = threading.Lock()
+        #: Called with a deleted mount's root (the instance removes shares made on it).
+        self.on_delete: Callable[[str], object] = lambda root: None
 
     # --- sealing -----------------------------------------------------------------------
 
@@ -209,6 +211,7 @@ class MountService:
             c.execute("DELETE FROM files WHERE path = ? OR path LIKE ?",
                       (m.root, m.root + "/%"))
         mount_listing.forget(self.db, m.root)
+        self.on_delete(m.root)
         with self._lock:
             self._stores.pop(m.id, None)
         return m
@@ -463,7 +466,10 @@ class MountedVault:
         """Where a storage path appears in ``user``'s tree (the inverse of resolve)."""
         if not spath:
             return ""
-        m = self._mount_of(spath) if is_mount_path(spath) else None
+        try:
+            m = self._mount_of(spath) if is_mount_path(spath) else None
+        except NotFound:
+            m = None  # the mount was deleted: the path on its store is all there is
         if m is not None:
             return m.mount_point.strip("/") + spath[len(m.root):]
         return spath.split("/", 1)[1] if "/" in spath else ""
@@ -534,7 +540,11 @@ class MountedVault:
     # --- the Vault interface the resources use -----------------------------------------
 
     def stat(self, path: str) -> Node | None:
-        return self.vault_for(path).stat(path)
+        try:
+            vault = self.vault_for(path)
+        except NotFound:
+            return None  # a mount deleted since (a share of a path on it, say)
+        return vault.stat(path)
 
     def list_dir(self, path: str) -> list[Node]:
         nodes = self.vault_for(path).list_dir(path)
@@ -633,6 +643,16 @@ class MountedVault:
         from davserver.vault import check
 
         return check.scan(self.vault_for_job(m), path=m.root)
+
+
+def forget_shares(shares, root: str) -> int:
+    """Remove the shares of paths on a mount that is being deleted (as Nextcloud drops
+    shares whose files are gone), so recipients keep no dangling mount points."""
+    gone = [s for s in shares.list()
+            if s.spath and (s.spath == root or s.spath.startswith(root + "/"))]
+    for s in gone:
+        shares.remove(s.id)
+    return len(gone)
 
 
 def is_mount_path(path: str) -> bool:
