@@ -33,13 +33,13 @@ if pin:
     malloc_tuning.pin_mmap_threshold()
 start = rss()
 def churn():
-    for i in range(40):
+    for i in range(15):
         keep = [bytearray(8 << 20) for _ in range(3)]
         for b in keep:
             b[::4096] = b"x" * len(b[::4096])
         small = [bytes(1000) for _ in range(200)]  # interleaved small allocations
         del keep
-threads = [threading.Thread(target=churn) for _ in range(6)]
+threads = [threading.Thread(target=churn) for _ in range(4)]
 [t.start() for t in threads]
 [t.join() for t in threads]
 print(rss() - start)
