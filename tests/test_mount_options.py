@@ -241,3 +241,40 @@ def test_crash_between_commit_and_record_is_listed_after_recovery(inst, tmp_path
     mv.recover_mounts()
     assert [n.name for n in mv.list_dir(m.root)] == ["f.txt"]
     assert mv.read_all(spath) == b"committed before the crash"
+
+
+@pytest.mark.parametrize("point", ["before", "after"])
+def test_encrypt_all_on_a_mount_killed_and_resumed(request, tmp_path, point):
+    """encrypt-all SIGKILLed around the store's commit of a mount file: the re-run
+    finishes the job and every file on the mount ends up encrypted once, readable as it
+    was (resumable as for homes: each file's form is its own checkpoint)."""
+    from tests.test_admin_crash import run_until_hook
+
+    s = LiveServer(tmp_path / "killed").create()
+    store = Store("s3", request)
+    mid = create_mount(s, store, "/Kill", "--user", "alice")
+    files = {f"f{i}.txt": f"plaintext number {i} ".encode() * 500 for i in range(12)}
+    for name, data in files.items():
+        store.put_raw(name, data)
+    run_until_hook(s, "davserver.storage.s3._S3Writer.commit", point,
+                   "encryption:encrypt-all", "--yes")
+    forms = [hdr.is_encrypted(store.raw(n)[:64]) for n in files]
+    # Files are converted in parallel: others may have landed before the kill did.
+    if point == "before":
+        assert forms.count(True) == 0, forms
+    else:
+        assert 1 <= forms.count(True) < len(files), forms
+    out = json.loads(s.run_cli("encryption:encrypt-all", "--yes", "--output", "json").stdout)
+    assert out["failed"] == [] and out["converted"] == len(files) - forms.count(True), out
+    assert all(hdr.is_encrypted(store.raw(n)[:64]) for n in files)
+    again = json.loads(s.run_cli("encryption:encrypt-all", "--yes", "--output", "json").stdout)
+    assert again["converted"] == 0
+    s.start()
+    try:
+        alice = s.session("alice")
+        for name, data in files.items():
+            assert alice.get(s.url("alice", f"Kill/{name}")).content == data
+        scan = s.run_cli("files_external:scan", str(mid), "--output", "json")
+        assert json.loads(scan.stdout)["counts"]["ok"] == len(files)
+    finally:
+        s.stop()
