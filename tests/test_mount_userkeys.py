@@ -87,3 +87,26 @@ def test_mount_for_several_users_stays_on_the_master_key(inst, moto):
     bob = inst.login.login("bob", "bobpass123")
     with context.acting_as(*bob.identities):
         assert mv.read_all(mv.resolve("bob", "Team/shared.txt")) == b"for alice and bob"
+
+
+def test_share_inside_a_personal_mount_in_user_key_mode(inst, moto):
+    """enable_sharing on a personal mount: the share key wraps the mount files' keys as
+    it does for home files, so the recipient reads them with their own password."""
+    m = inst.mounts.create("/Mine", "amazons3", "amazons3::accesskey", s3_config(moto),
+                           user="alice")
+    inst.mounts.set_option(m.id, "enable_sharing", "true")
+    mv = inst.dav_vault
+    alice = inst.login.login("alice", "alicepass1")
+    inst.login.login("bob", "bobpass123")  # bob has a key pair
+    with context.acting_as(*alice.identities):
+        mv.make_dir(mv.resolve("alice", "Mine/docs"))
+        mv.write_bytes(mv.resolve("alice", "Mine/docs/d.txt"), b"for bob too")
+        share = inst.shares.create("alice", "Mine/docs", 0, "bob")
+    assert share.spath == f"{m.root}/docs" and share.owner == "alice"
+    bob = inst.login.login("bob", "bobpass123")
+    target = inst.shares.resolve("bob", "docs/d.txt")
+    assert target.spath == f"{m.root}/docs/d.txt"
+    assert "master" not in recipients_of(inst, target.spath)
+    assert len(recipients_of(inst, target.spath)) == 2, recipients_of(inst, target.spath)
+    with context.acting_as(*bob.identities):
+        assert mv.read_all(target.spath) == b"for bob too"
