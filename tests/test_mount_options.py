@@ -278,3 +278,38 @@ def test_encrypt_all_on_a_mount_killed_and_resumed(request, tmp_path, point):
         assert json.loads(scan.stdout)["counts"]["ok"] == len(files)
     finally:
         s.stop()
+
+
+@pytest.mark.parametrize("mode", ["never", "always"])
+def test_never_lists_without_asking_the_store(srv, mode, tmp_path):
+    """The proof that a listing costs no request to the store with never: the store (a
+    WsgiDAV process of this test's own) is stopped, and the folder still lists from the
+    record; with always the same PROPFIND answers 503."""
+    from tests.webdav_server import PASSWORD, USER, RemoteDav
+
+    remote = RemoteDav(tmp_path / "remote").start()
+    try:
+        base, _, root = remote.url.rpartition("/")
+        out = srv.run_cli("files_external:create", "/Down-" + mode, "dav", "password::password",
+                          "-c", f"host={base}", "-c", f"root={root}", "-c", "secure=false",
+                          "-c", f"user={USER}", "-c", f"password={PASSWORD}",
+                          "--user", "alice").stdout
+        mid = out.split()[-1]
+        srv.run_cli("files_external:option", mid, "filesystem_check_changes", mode)
+        alice = srv.session("alice")
+        folder = srv.url("alice", f"Down-{mode}/")
+        _put(alice, srv.url("alice", f"Down-{mode}/kept.txt"), b"indexed")
+        assert alice.request("MKCOL", srv.url("alice", f"Down-{mode}/dir")).status_code == 201
+        expected = {f"Down-{mode}", "kept.txt", "dir"}
+        assert propfind_names(alice, folder) == expected
+    finally:
+        remote.stop()
+    try:
+        r = alice.request("PROPFIND", folder, headers={"Depth": "1"})
+        if mode == "never":
+            assert r.status_code == 207, (r.status_code, r.text)
+            assert propfind_names(alice, folder) == expected
+        else:
+            assert r.status_code == 503 and r.headers.get("Retry-After"), r.status_code
+    finally:
+        srv.run_cli("files_external:delete", mid)
