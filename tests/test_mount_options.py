@@ -1,6 +1,6 @@
 """Mount options and their edges: filesystem_check_changes, enable_sharing, files without
-a key. Against a real moto S3 server process and a real WsgiDAV process, through a
-running davserver."""
+a key, encrypt-all / decrypt-all / encryption:scan over mounts (killed and resumed too).
+Against real moto S3 and WsgiDAV processes, through a running davserver."""
 
 from __future__ import annotations
 
