@@ -29,7 +29,7 @@ from davserver.meta.db import MetaDB
 from davserver.vault import context
 from davserver.vault.files import Vault, ensure_home, remove_home
 from davserver.vault.keystore import Identity, KeyStore, Recipient
-from davserver.vault.mounts import MountedVault, MountService, is_mount_path
+from davserver.vault.mounts import MountedVault, MountService, forget_shares, is_mount_path
 from davserver.vault.secret import read_secret, write_secret
 from davserver.vault.shares import ShareService
 from davserver.vault.sharewraps import ShareWraps
@@ -119,6 +119,14 @@ class Instance:
                                       run_dir=cfg.run_dir, groups_of=self._groups_of)
         self.vault.foreign = is_mount_path
         self.shares.lister = self.dav_vault.list_dir  # mount points in the user's folders
+        self.shares.own_path = self.dav_vault.resolve
+        self.shares.own_rel = self.dav_vault.rel_of
+        self.shares.node_stat = self.dav_vault.stat
+        self.shares.may_share = self.mounts.check_sharing
+        self.mounts.on_delete = lambda root: forget_shares(self.shares, root)
+        self.dav_vault.user_recipients = lambda user, path: (
+            self.recipients(user, path) if self.mode() == "user" else None)
+        self.dav_vault.user_identities = self.identities
 
     def _groups_of(self, user: str) -> list[str]:
         u = self.db.get_user(user)

@@ -59,13 +59,18 @@ def cmd_recover(args) -> int:
 
     Needs the data (files) and the key store, plus the instance secret or a backup archive
     (master-key mode), or a user's password / the recovery password (user-key mode). Every
-    file is authenticated; a summary lists what could not be decrypted."""
+    file is authenticated; a summary lists what could not be decrypted. --mounts reads the
+    external storage mounts of --backup from their S3/WebDAV stores instead."""
     password = password_from_env() if args.password_from_env else None
     recovery = (password_from_env("DAVSERVER_RECOVERY_PASS")
                 if args.recovery_password_from_env else None)
     if not (args.secret_file or args.backup or password or recovery):
         raise UserError("give --secret-file FILE, --backup FILE, --password-from-env (with "
                         "--user) or --recovery-password-from-env")
+    if args.mounts is not None or args.primary:
+        return _recover_remote(args, password, recovery)
+    if not args.data:
+        raise UserError("give --data DIR (or --mounts to read external storage)")
     files = offline.plan(args.data, args.user)
     with progress_bar("recovering", len(files), sum(s for _p, s in files),
                       quiet=args.output == "json") as advance:
@@ -77,6 +82,42 @@ def cmd_recover(args) -> int:
     emit(args, report.as_dict(),
          f"recovered {report.decrypted} encrypted and {report.copied_plaintext} plaintext files "
          f"({report.bytes} bytes) into {args.out}; {len(report.failed)} could not be decrypted"
+         + "".join(f"\n  - {p}: {e}" for p, e in report.failed))
+    return 3 if report.failed else 0
+
+
+def _recover_remote(args, password, recovery) -> int:
+    """recover --mounts / --primary: read from the remote stores the backup describes."""
+    from davserver.vault import offline_remote
+
+    if not args.backup:
+        raise UserError("--mounts and --primary need --backup FILE (it holds the store "
+                        "definitions and the secret that unseals mount credentials)")
+    if args.primary and args.mounts is not None:
+        raise UserError("give one of --mounts or --primary (run recover once for each)")
+    if args.primary:
+        report = offline_remote.recover_primary(
+            args.out, backup_file=args.backup, passphrase=_passphrase(args), keys=args.keys,
+            user=args.user, password=password, recovery_password=recovery)
+        return _recover_summary(args, report, "the primary storage")
+    ids = []
+    for part in (args.mounts or "").split(","):
+        if part.strip():
+            if not part.strip().isdigit():
+                raise UserError(f"--mounts takes mount IDs such as 1,3, not {part!r}")
+            ids.append(int(part))
+    report = offline_remote.recover_mounts(
+        args.out, backup_file=args.backup, passphrase=_passphrase(args), keys=args.keys,
+        mount_ids=ids or None, user=args.user, password=password,
+        recovery_password=recovery)
+    return _recover_summary(args, report, "external storage")
+
+
+def _recover_summary(args, report, source: str) -> int:
+    emit(args, report.as_dict(),
+         f"recovered {report.decrypted} encrypted and {report.copied_plaintext} plaintext files "
+         f"({report.bytes} bytes) from {source} into {args.out}; "
+         f"{len(report.failed)} could not be decrypted"
          + "".join(f"\n  - {p}: {e}" for p, e in report.failed))
     return 3 if report.failed else 0
 
@@ -94,7 +135,13 @@ def register(sub, common) -> None:
     p.add_argument("--force", action="store_true", help="overwrite an existing instance")
     p.add_argument("--output", choices=("plain", "json"), default="plain")
     p = add_command(sub, common, "recover", cmd_recover, cmd_recover.__doc__, "recover")
-    p.add_argument("--data", required=True, metavar="DIR", help="data directory (or its files/)")
+    p.add_argument("--data", metavar="DIR", help="data directory (or its files/)")
+    p.add_argument("--mounts", nargs="?", const="", metavar="IDS",
+                   help="instead of --data: the external storage mounts in --backup (all, or "
+                   "the comma-separated mount IDs), read from their S3/WebDAV stores")
+    p.add_argument("--primary", action="store_true",
+                   help="instead of --data: the remote primary storage (S3, WebDAV) that the "
+                   "config in --backup names, with the backup's database as the name index")
     p.add_argument("--keys", metavar="DIR", help="key storage root (default: from --backup)")
     p.add_argument("--secret-file", metavar="FILE", help="instance secret")
     p.add_argument("--backup", metavar="FILE", help="archive from backup:create")

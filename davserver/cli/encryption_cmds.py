@@ -13,7 +13,7 @@ from davserver.cli.common import add_command, emit, instance_from, password_from
 from davserver.cli.progress import progress_bar
 from davserver.errors import UserError
 from davserver.instance import MODULE_ID, S_ENABLED, S_MODULE
-from davserver.vault import check, context, convert, keyroot
+from davserver.vault import check, context, convert, convert_mounts, keyroot
 
 EXIT_PROBLEMS = 3
 
@@ -110,10 +110,13 @@ def _convert(args, *, encrypt: bool) -> int:
     # One name for both jobs: encrypt-all and decrypt-all must not run at once either.
     with inst.exclusive_job("encrypt-decrypt-all"), \
             convert.maintenance_for(inst.db, f"{verb}-all"), context.acting_as(*recovery):
-        files = convert.plan(inst.vault, users)
+        # The homes, then the external storage mounts (see vault.convert_mounts).
+        jobs = convert_mounts.targets(inst.vault, users, inst.dav_vault, encrypt=encrypt,
+                                      user=getattr(args, "user", None))
+        files = convert_mounts.plan(jobs)
         with progress_bar(f"{verb}ing", len(files), sum(s for _p, s in files),
                           quiet=args.output == "json") as advance:
-            report = convert.convert_all(inst.vault, users, encrypt=encrypt, progress=advance)
+            report = convert_mounts.convert_all(jobs, encrypt=encrypt, progress=advance)
         if not encrypt and not getattr(args, "user", None) and not report.failed:
             inst.db.set_setting(S_ENABLED, "0")
     emit(args, report.as_dict(),
@@ -267,14 +270,16 @@ def _report(args, report: check.CheckReport, headline: str) -> int:
 
 
 def cmd_scan(args) -> int:
-    """Authenticate every stored file end to end (fsck) and report problems."""
+    """Authenticate every stored file end to end (fsck), external storage mounts
+    included, and report problems."""
     inst = instance_from(args)
     users = _users(inst, args.user) if args.user else None
     recovery = ()
     if args.recovery_password_from_env:
         recovery = (inst.userkeys.unlock_recovery(password_from_env("DAVSERVER_RECOVERY_PASS")),)
     with context.acting_as(*recovery):
-        report = check.scan(inst.vault, users)
+        report = convert_mounts.scan(convert_mounts.targets(
+            inst.vault, users, inst.dav_vault, encrypt=None, user=args.user))
     if users is None:
         report.orphan_keys = check.orphan_keys(inst.vault)
     locked = sum(1 for f in report.files if f.detail == check.LOCKED_DETAIL)

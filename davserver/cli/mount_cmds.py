@@ -100,7 +100,8 @@ def cmd_verify(args) -> int:
 
 def cmd_scan(args) -> int:
     """Authenticate every file on a mount's store as it is now (also files other tools
-    put there) and report plaintext files and problems: files without a key here (by
+    put there; with filesystem_check_changes never, they appear in listings from now on)
+    and report plaintext files and problems: files without a key here (by
     file ID), corrupt, swapped or duplicated ones. Exits 3 if there are problems."""
     inst = instance_from(args)
     report = inst.dav_vault.scan(inst.mounts.get(args.id))

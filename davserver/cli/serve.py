@@ -71,11 +71,13 @@ def cmd_init(args) -> int:
 
 def cmd_serve(args) -> int:
     """Run the WebDAV server (creating the instance on first start)."""
+    from davserver import malloc_tuning
     from davserver.dav import balance, prefork
     from davserver.meta import verified
 
     cfg = _load(args)
     logging.getLogger().setLevel(cfg.log_level.upper())
+    malloc_tuning.pin_mmap_threshold()  # before any thread; forked workers inherit it
     if getattr(args, "worker_of", None):  # a replacement for a worker that died
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the first process
         prefork.die_with(args.worker_of)

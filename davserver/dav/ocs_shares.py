@@ -186,7 +186,7 @@ class OcsSharesApp:
                 if s.initiator == user or (reshares and s.owner == user)]
         if "path" in p:
             target = self.shares.resolve(user, sh.clean_rel(p["path"]))
-            if self.instance.vault.stat(target.spath) is None:
+            if self.shares.node_stat(target.spath) is None:
                 raise OcsError(404, "Wrong path, file/folder does not exist")
             if p.get("subfiles") == "true":
                 mine = [s for s in mine if s.spath.rpartition("/")[0] == target.spath]
@@ -213,7 +213,7 @@ class OcsSharesApp:
         except DavServerError as e:
             raise OcsError(400, str(e)) from None
         target = self.shares.resolve(user, rel)
-        node = self.instance.vault.stat(target.spath) if rel else None
+        node = self.shares.node_stat(target.spath) if rel else None
         if node is None:
             raise OcsError(404, "Wrong path, file/folder does not exist")
         try:
@@ -272,11 +272,11 @@ class OcsSharesApp:
         return (rec.display_name if rec and rec.display_name else name)
 
     def _format(self, s: sh.Share, user: str, mount: str | None = None) -> dict:
-        node = self.instance.vault.stat(s.spath) if s.spath else None
+        node = self.shares.node_stat(s.spath) if s.spath else None
         is_dir = bool(node and node.is_dir)
         if mount is None:
             # The path as the caller sees it: their own tree, or through their mount.
-            mount_path = s.rel if s.owner == user else next(
+            mount_path = self.shares.own_rel(user, s.spath) if s.owner == user else next(
                 (m.path + s.spath[len(m.share.spath):] for m in self.shares.mounts(user)
                  if s.spath == m.share.spath or s.spath.startswith(m.share.spath + "/")),
                 s.rel)

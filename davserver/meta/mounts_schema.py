@@ -15,4 +15,15 @@ CREATE TABLE IF NOT EXISTS mounts(
     users TEXT NOT NULL,
     groups TEXT NOT NULL
 );
+-- filesystem_check_changes = never: the listing as the server last saw it
+-- (davserver/vault/mount_listing.py).
+CREATE TABLE IF NOT EXISTS mount_listing(
+    path TEXT PRIMARY KEY,
+    parent TEXT NOT NULL,
+    is_dir INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    mtime REAL NOT NULL,
+    listed INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS mount_listing_parent ON mount_listing(parent);
 """

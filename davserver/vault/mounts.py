@@ -7,9 +7,10 @@ rolled-back files, adopting files placed by hand) holds inside mounts as in home
 files are indexed under the storage path ``~mountN/...``: ``~`` cannot start a user name,
 so a mount's index rows never meet a home's.
 
-Keys stay in the server's key store and are wrapped for the master key: a mount is shared
-by several users, and the store itself only ever receives ciphertext (or, with the
-``encrypt`` option off, the users' bytes as they are).
+Keys stay in the server's key store, wrapped for the master key, or for the user's key in
+user-key mode when the mount is personal (see ``MountedVault._mount_vault``); the store
+itself only ever receives ciphertext (or, with the ``encrypt`` option off, the users'
+bytes as they are).
 
 Definitions use Nextcloud's backend, authentication and config names so that existing
 mount definitions and runbooks carry over.
@@ -28,7 +29,9 @@ from davserver.crypto.primitives import aead_open, aead_seal, hkdf_sha256
 from davserver.errors import Conflict, DavServerError, NotFound, UserError
 from davserver.meta.db import MetaDB
 from davserver.storage.base import BlobReader, BlobWriter, Entry, Storage
+from davserver.vault import mount_listing
 from davserver.vault.files import Node, Vault, copy_between
+from davserver.vault.shares import ShareForbidden
 
 log = logging.getLogger("davserver.mounts")
 
@@ -47,6 +50,10 @@ OPTIONS = {"encrypt": "true", "readonly": "false", "filesystem_check_changes": "
            "enable_sharing": "false"}
 _BOOL_OPTIONS = ("encrypt", "readonly", "enable_sharing")
 _AAD = b"davserver mount config v1"
+
+
+class SharingDisabled(ShareForbidden):
+    """{detail}"""
 
 
 class ReadOnlyMount(DavServerError):
@@ -84,6 +91,18 @@ class Mount:
     def readonly(self) -> bool:
         return truthy(self.options.get("readonly", OPTIONS["readonly"]))
 
+    @property
+    def checks_changes(self) -> bool:
+        """``filesystem_check_changes``: always (or Nextcloud's 1) asks the store on every
+        listing; never (0) lists from the server's record (see mount_listing)."""
+        value = str(self.options.get("filesystem_check_changes",
+                                     OPTIONS["filesystem_check_changes"])).strip().lower()
+        return value not in ("never", "0")
+
+    @property
+    def sharing(self) -> bool:
+        return truthy(self.options.get("enable_sharing", OPTIONS["enable_sharing"]))
+
     def applies_to(self, user: str, groups: list[str]) -> bool:
         """No users and no groups: everyone, as in Nextcloud."""
         if not self.users and not self.groups:
@@ -118,6 +137,8 @@ class MountService:
         self._sealing_key: bytes | None = None
         self._stores: dict[int, tuple[str, Storage]] = {}
         self._lock = threading.Lock()
+        #: Called with a deleted mount's root (the instance removes shares made on it).
+        self.on_delete: Callable[[str], object] = lambda root: None
 
     # --- sealing -----------------------------------------------------------------------
 
@@ -196,6 +217,8 @@ class MountService:
             c.execute("DELETE FROM mounts WHERE id = ?", (m.id,))
             c.execute("DELETE FROM files WHERE path = ? OR path LIKE ?",
                       (m.root, m.root + "/%"))
+        mount_listing.forget(self.db, m.root)
+        self.on_delete(m.root)
         with self._lock:
             self._stores.pop(m.id, None)
         return m
@@ -212,6 +235,7 @@ class MountService:
         self._check_config_key(m.backend, key)
         m.config[key] = value
         self._save(m)
+        mount_listing.forget(self.db, m.root)  # perhaps another store now
         return m
 
     def set_option(self, mount_id: int, key: str, value: str) -> Mount:
@@ -227,6 +251,9 @@ class MountService:
             raise UserError("option filesystem_check_changes takes never or always")
         m.options[key] = value
         self._save(m)
+        if key == "filesystem_check_changes":
+            # What was written while changes were checked was not recorded.
+            mount_listing.forget(self.db, m.root)
         return m
 
     def set_applicable(self, mount_id: int, *, add_users=(), remove_users=(), add_groups=(),
@@ -236,6 +263,19 @@ class MountService:
         m.groups = sorted((set(m.groups) | set(add_groups)) - set(remove_groups))
         self._save(m)
         return m
+
+    def check_sharing(self, spath: str, rel: str) -> None:
+        """Refuse to share anything on a mount whose ``enable_sharing`` is off, with
+        Nextcloud's words (a re-share of such a path included)."""
+        if not is_mount_path(spath):
+            return
+        try:
+            m = self.get(int(spath.split("/", 1)[0][len(PREFIX):]))
+        except ValueError:
+            raise NotFound(spath) from None
+        if not m.sharing:
+            name = rel.strip("/").rsplit("/", 1)[-1]
+            raise SharingDisabled(f"You are not allowed to share {name}")
 
     # --- stores ------------------------------------------------------------------------
 
@@ -247,8 +287,10 @@ class MountService:
             return _dav_url(c)
         return c.get("datadir", "")
 
-    def build_storage(self, m: Mount) -> Storage:
-        """The mount's store, from its Nextcloud-named config."""
+    @staticmethod
+    def build_storage(m: Mount) -> Storage:
+        """The mount's store, from its Nextcloud-named config (no DB needed: offline
+        recovery builds it from a backup)."""
         c = m.config
         try:
             if m.backend == "amazons3":
@@ -278,12 +320,15 @@ class MountService:
     def storage(self, m: Mount) -> Storage:
         """The mount's store as the vault sees it: keys below ``~mountN``. Made once per
         definition (a client pool per store), again after a config change."""
-        stamp = json.dumps([m.backend, m.config], sort_keys=True)
+        # The check mode is part of the stamp: another process (the CLI) may change it.
+        stamp = json.dumps([m.backend, m.config, m.checks_changes], sort_keys=True)
         with self._lock:
             held = self._stores.get(m.id)
             if held is not None and held[0] == stamp:
                 return held[1]
-        st = PrefixedStorage(self.build_storage(m), m.root)
+        st: Storage = PrefixedStorage(self.build_storage(m), m.root)
+        if not m.checks_changes:
+            st = mount_listing.IndexedListing(st, self.db, m.root)
         with self._lock:
             self._stores[m.id] = (stamp, st)
         return st
@@ -402,6 +447,12 @@ class MountedVault:
         self._groups_of = groups_of
         self._locks = home.commit_locks  # one per path across home and mounts (and nodes)
         self.db = home.db
+        #: Set by the instance for user-key mode: the recipients of a file written for
+        #: ``user`` at a storage path (their key, the recovery key if they opted in, the
+        #: share keys above it), or None in master-key mode; and the identities of the
+        #: caller. See _mount_vault for which mounts use them.
+        self.user_recipients: Callable[[str, str], list | None] = lambda user, path: None
+        self.user_identities: Callable[[], list] | None = None
 
     # --- resolution --------------------------------------------------------------------
 
@@ -417,6 +468,18 @@ class MountedVault:
             if rel == point or rel.startswith(point + "/"):
                 return m.root + rel[len(point):]
         return f"{user}/{rel}" if rel else user
+
+    def rel_of(self, user: str, spath: str | None) -> str:
+        """Where a storage path appears in ``user``'s tree (the inverse of resolve)."""
+        if not spath:
+            return ""
+        try:
+            m = self._mount_of(spath) if is_mount_path(spath) else None
+        except NotFound:
+            m = None  # the mount was deleted: the path on its store is all there is
+        if m is not None:
+            return m.mount_point.strip("/") + spath[len(m.root):]
+        return spath.split("/", 1)[1] if "/" in spath else ""
 
     def _mount_of(self, spath: str) -> Mount | None:
         if not spath.startswith(PREFIX):
@@ -434,10 +497,29 @@ class MountedVault:
         return self._mount_vault(m)
 
     def _mount_vault(self, m: Mount) -> Vault:
+        """A personal mount (one applicable user, no group) is keyed like its user's home:
+        in user-key mode its files are wrapped for that user's key (and the recovery key
+        if they opted in), so the server cannot read them without their password. A
+        mount several users see is keyed for the master key, which the server keeps in
+        both modes: who may read it is then the server's per-request decision, as in
+        master-key mode (docs/SECURITY.md)."""
         master = self._master
+        owner = m.users[0] if len(m.users) == 1 and not m.groups else None
+
+        def recipients(_user: str, path: str):
+            if owner is not None:
+                mine = self.user_recipients(owner, path)
+                if mine is not None:
+                    return mine
+            return [master().as_recipient()]
+
+        def identities():
+            if owner is not None and self.user_identities is not None:
+                return self.user_identities()
+            return [master()]
+
         v = Vault(self.service.storage(m), self.home.keys, self.home.db,
-                  identities=lambda: [master()],
-                  recipients=lambda _user, _path: [master().as_recipient()],
+                  identities=identities, recipients=recipients,
                   encryption_enabled=lambda: m.encrypt, commit_locks=self._locks)
         v.foreign = lambda path: not (path + "/").startswith(m.root + "/")
         return v
@@ -448,7 +530,10 @@ class MountedVault:
         its pending commits wait for the next start."""
         for m in self.service.list():
             try:
-                self._mount_vault(m).recover()
+                done = self._mount_vault(m).recover()
+                if not m.checks_changes and (done["finished"] or done["rolled_back"]):
+                    # The crash may have come between a blob's commit and its record.
+                    mount_listing.forget(self.db, m.root)
             except DavServerError as e:
                 log.warning("external storage %d (%s) not recovered now: %s", m.id,
                             m.mount_point, e)
@@ -462,7 +547,11 @@ class MountedVault:
     # --- the Vault interface the resources use -----------------------------------------
 
     def stat(self, path: str) -> Node | None:
-        return self.vault_for(path).stat(path)
+        try:
+            vault = self.vault_for(path)
+        except NotFound:
+            return None  # a mount deleted since (a share of a path on it, say)
+        return vault.stat(path)
 
     def list_dir(self, path: str) -> list[Node]:
         nodes = self.vault_for(path).list_dir(path)
@@ -546,13 +635,31 @@ class MountedVault:
         self.db.move_props(src, dst)  # dead properties follow, as within one vault
         source.delete(src)
 
+    def vault_for_job(self, m: Mount) -> Vault:
+        """The mount's vault for an admin job that walks the whole store (scan,
+        encrypt-all): a listing kept from the server's record is re-read first."""
+        vault = self._mount_vault(m)
+        if isinstance(vault.storage, mount_listing.IndexedListing):
+            vault.storage.rescan()  # what other tools changed appears now
+        return vault
+
     def scan(self, m: Mount):
         """Authenticate every file on a mount's store as it is now (files other tools
         added included), as ``encryption:scan`` does for homes: plaintext, no-key (named
         by file ID), corrupt, mismatch and duplicate files are reported."""
         from davserver.vault import check
 
-        return check.scan(self._mount_vault(m), path=m.root)
+        return check.scan(self.vault_for_job(m), path=m.root)
+
+
+def forget_shares(shares, root: str) -> int:
+    """Remove the shares of paths on a mount that is being deleted (as Nextcloud drops
+    shares whose files are gone), so recipients keep no dangling mount points."""
+    gone = [s for s in shares.list()
+            if s.spath and (s.spath == root or s.spath.startswith(root + "/"))]
+    for s in gone:
+        shares.remove(s.id)
+    return len(gone)
 
 
 def is_mount_path(path: str) -> bool:

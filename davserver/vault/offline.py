@@ -54,35 +54,49 @@ def recover(data: str, out: str, *, keys: str | None = None, secret_file: str | 
     """Decrypt with whatever keys the inputs unlock: the master key (secret), a user's key
     (user + password, user-key mode) and/or the recovery key (recovery password)."""
     with tempfile.TemporaryDirectory() as tmp:
-        secret = None
-        if backup_file:
-            members = backup.read(backup_file, passphrase)
-            with open(os.path.join(tmp, "secret"), "wb") as f:
-                f.write(members["secret"])
-            secret = read_secret(os.path.join(tmp, "secret"))
-            if not keys:
-                keys = os.path.join(tmp, "keys")
-                backup.extract_keys(members, keys)
-        elif secret_file:
-            secret = read_secret(secret_file)
-        elif not (password or recovery_password):
-            raise UserError("give --secret-file, --backup, or a user's / the recovery password")
-        if not keys or not os.path.isdir(keys):
-            raise UserError(f"key store {keys!r} not found (give --keys DIR)")
-        store = KeyStore(keys, fsync=False, cache_size=0)
-        identities = []
-        if secret is not None:
-            identities += [store.load_master(secret, _kid(f)) for f in store.master_files()]
-        ukeys = UserKeys(store)
-        if password:
-            if not user:
-                raise UserError("a password needs --user")
-            identities.append(ukeys.open_existing(user, password))
-        if recovery_password:
-            identities.append(ukeys.unlock_recovery(recovery_password))
-        if not identities:
-            raise KeyNotFound("master key (is --keys the key storage root?)")
+        store, identities, _members, _secret = open_keys(
+            tmp, keys=keys, secret_file=secret_file, backup_file=backup_file,
+            passphrase=passphrase, user=user, password=password,
+            recovery_password=recovery_password)
         return _walk(store, identities, _files_root(data), out, user, progress)
+
+
+def open_keys(tmp: str, *, keys: str | None = None, secret_file: str | None = None,
+              backup_file: str | None = None, passphrase: str | None = None,
+              user: str | None = None, password: str | None = None,
+              recovery_password: str | None = None):
+    """(key store, identities, backup members or None, instance secret or None) from the
+    inputs; the backup's secret and key store are unpacked into ``tmp``."""
+    secret = None
+    members = None
+    if backup_file:
+        members = backup.read(backup_file, passphrase)
+        with open(os.path.join(tmp, "secret"), "wb") as f:
+            f.write(members["secret"])
+        secret = read_secret(os.path.join(tmp, "secret"))
+        if not keys:
+            keys = os.path.join(tmp, "keys")
+            backup.extract_keys(members, keys)
+    elif secret_file:
+        secret = read_secret(secret_file)
+    elif not (password or recovery_password):
+        raise UserError("give --secret-file, --backup, or a user's / the recovery password")
+    if not keys or not os.path.isdir(keys):
+        raise UserError(f"key store {keys!r} not found (give --keys DIR)")
+    store = KeyStore(keys, fsync=False, cache_size=0)
+    identities = []
+    if secret is not None:
+        identities += [store.load_master(secret, _kid(f)) for f in store.master_files()]
+    ukeys = UserKeys(store)
+    if password:
+        if not user:
+            raise UserError("a password needs --user")
+        identities.append(ukeys.open_existing(user, password))
+    if recovery_password:
+        identities.append(ukeys.unlock_recovery(recovery_password))
+    if not identities:
+        raise KeyNotFound("master key (is --keys the key storage root?)")
+    return store, identities, members, secret
 
 
 def _kid(path: str) -> str:

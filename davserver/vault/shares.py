@@ -142,6 +142,10 @@ _SHARE_COLS = ("s.id, s.node_id, s.owner, s.initiator, s.share_type, s.share_wit
                "s.permissions, s.expires, s.created, n.path")
 
 
+def _home_rel(user: str, spath: str | None) -> str:
+    return spath.split("/", 1)[1] if spath and "/" in spath else ""
+
+
 class ShareService:
     def __init__(self, db: MetaDB, vault: Vault, users, groups, *,
                  share_folder: str = "/") -> None:
@@ -157,6 +161,14 @@ class ShareService:
         #: Lists a folder of a user's own tree (the instance puts external storage mount
         #: points in); None: the vault's listing.
         self.lister: Callable[[str], list[Node]] | None = None
+        #: Set by the instance so that external storage mounts count as the user's own
+        #: tree: the storage path of ``rel`` in ``user``'s tree, and its inverse; a stat
+        #: that reaches mounted stores; a check that refuses sharing a storage path (a
+        #: mount with enable_sharing off).
+        self.own_path: Callable[[str, str], str] = storage_path
+        self.own_rel: Callable[[str, str | None], str] = _home_rel
+        self.node_stat: Callable[[str], Node | None] = vault.stat
+        self.may_share: Callable[[str, str], None] = lambda spath, rel: None
 
     # --- nodes -------------------------------------------------------------------------
 
@@ -209,10 +221,13 @@ class ShareService:
         if not rel:
             raise UserError("the home folder itself cannot be shared")
         target = self.resolve(initiator, rel)
-        node = self.vault.stat(target.spath)
+        self.may_share(target.spath, rel)
+        node = self.node_stat(target.spath)
         if node is None:
             raise NotFound(f"{rel} in the files of {initiator}")
         owner = target.spath.split("/", 1)[0]
+        if owner.startswith("~"):  # an external storage mount: shared as its user's
+            owner = target.mount.share.owner if target.mount is not None else initiator
         if target.mount is not None and not target.permissions & SHARE:
             raise ShareForbidden(f"{initiator} may not re-share {rel} (no share permission)")
         if permissions & ~target.permissions:
@@ -333,7 +348,7 @@ class ShareService:
             if perms & ~held:
                 raise ShareForbidden(f"cannot grant {permission_words(perms & ~held)}: "
                                      f"{share.initiator} holds only {permission_words(held)}")
-        node = self.vault.stat(share.spath)
+        node = self.node_stat(share.spath)
         if node is not None and not node.is_dir:
             perms &= FILE_MASK
         new_exp = share.expires if expires is False else expires
@@ -458,7 +473,7 @@ class ShareService:
         for m in (self.mounts(user) if mounts is None else mounts):
             if rel == m.path or rel.startswith(m.path + "/"):
                 return Target(m.share.spath + rel[len(m.path):], m.share.permissions, m)
-        return Target(storage_path(user, rel), ALL)
+        return Target(self.own_path(user, rel), ALL)
 
     def mounts_in(self, user: str, folder_rel: str) -> list[tuple[str, Target]]:
         """Mount points that appear directly inside ``folder_rel`` of ``user``'s tree."""
@@ -473,7 +488,7 @@ class ShareService:
         extra = []
         for name, t in self.mounts_in(user, folder_rel) if spath == storage_path(
                 user, folder_rel) else ():
-            n = self.vault.stat(t.spath)
+            n = self.node_stat(t.spath)
             if n is not None:
                 extra.append(replace(n, name=name))
         if extra:
@@ -497,7 +512,7 @@ class ShareService:
             return node
         parts = []
         for m in sorted(below, key=lambda m: m.path):
-            n = self.vault.stat(m.share.spath)
+            n = self.node_stat(m.share.spath)
             parts.append(f"{m.path}\0{n.etag if n else ''}")
         digest = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:12]
         return replace(node, etag=f"{node.etag}-s{digest}")
