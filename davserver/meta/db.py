@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from davserver.meta import mounts_schema, nextcloud_schema, objects_schema
+from davserver.meta import chunkstage_schema, mounts_schema, nextcloud_schema, objects_schema
 from davserver.meta.interprocess import ChangeCounter
 from davserver.meta.shares_schema import SHARES_SCHEMA
 
@@ -95,6 +95,7 @@ CREATE TABLE IF NOT EXISTS web_sessions(
 #: built side by side do not edit one string. Every statement is idempotent.
 SCHEMA_PARTS: list[str] = [objects_schema.SCHEMA, nextcloud_schema.SCHEMA,
                             nextcloud_schema.APP_SCHEMA, SHARES_SCHEMA, mounts_schema.SCHEMA]
+SCHEMA_PARTS.append(chunkstage_schema.SCHEMA)
 
 
 @dataclass(frozen=True)
