@@ -1,0 +1,155 @@
+"""Chunked uploads written in place (vault.chunkstage): chunks sent in order are encrypted
+at their final offsets, and the MOVE commits that ciphertext without a second pass. The
+result is the normal file format (read back by the server and by offline ``recover``),
+whatever the chunk sizes; chunks sent again, or after a failed MOVE, fall back to the
+streaming assembly and never reuse a nonce."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.test_chunked_upload import Client
+
+CS = 1 << 18
+#: Chunk sizes, each list one file: edges in every position, chunks smaller than one
+#: stream chunk, a file ending on a stream-chunk boundary, an empty file.
+LAYOUTS = {
+    "unaligned": [100_000, 300_000, 70_000, 2 * CS, 5],
+    "aligned": [CS, 2 * CS],
+    "inside one stream chunk": [1000, 1000, 1000],
+    "ends on a boundary": [CS - 10, 10 + CS],
+    "one byte": [1],
+    "empty": [0],
+}
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory):
+    from tests.live import LiveServer
+    s = LiveServer(tmp_path_factory.mktemp("inplace"), {"alice": None})
+    try:
+        yield s.create().start()
+    finally:
+        s.stop()
+
+
+def staged_file_id(srv, upload_id: str) -> bytes:
+    raw = (Path(srv.data_dir) / "files" / ".uploads" / "alice" / upload_id / ".data").read_bytes()
+    assert raw[:6] == b"DAVSSE"
+    return raw[16:32]
+
+
+def stored_file_id(srv, rel: str) -> bytes:
+    return (Path(srv.data_dir) / "files" / "alice" / rel).read_bytes()[16:32]
+
+
+def upload(c: Client, uid: str, data: bytes, sizes: list[int], **move_headers):
+    at, parts = 0, []
+    for size in sizes:
+        parts.append(data[at:at + size])
+        at += size
+    for n in range(len(parts)):
+        assert c.chunk(uid, n + 1, parts[n], len(data)).status_code == 201
+    assert c.listing(uid) == {f"{n + 1:05d}": len(p) for n, p in enumerate(parts)}
+    return c.finish(uid, f"{uid}.bin", len(data), **move_headers)
+
+
+def test_layouts_are_written_in_place_and_read_back_offline(srv, tmp_path):
+    c = Client(srv)
+    expected = {}
+    for name, sizes in LAYOUTS.items():
+        uid = name.replace(" ", "-")
+        data = os.urandom(sum(sizes))
+        c.start(uid, f"{uid}.bin")
+        staged = staged_file_id(srv, uid)
+        r = upload(c, uid, data, sizes)
+        assert r.status_code == 201, (name, r.text)
+        got = c.get(f"{uid}.bin")
+        assert got.content == data, name
+        assert stored_file_id(srv, f"{uid}.bin") == staged, name  # no re-encryption
+        expected[f"alice/{uid}.bin"] = data
+    # In place: the stored file is the upload's own ciphertext, not a re-encryption.
+    c.start("proof", "unused")
+    staged = staged_file_id(srv, "proof")
+    data = os.urandom(700_000)
+    for n, part in enumerate((data[:400_000], data[400_000:])):
+        assert c.chunk("proof", n + 1, part).status_code == 201
+    assert c.finish("proof", "proof.bin", len(data)).status_code == 201
+    assert stored_file_id(srv, "proof.bin") == staged
+    assert c.get("proof.bin").content == data
+    expected["alice/proof.bin"] = data
+    # Nothing left: no upload folder, no rows, no kept key.
+    assert not [p for p in (Path(srv.data_dir) / "files" / ".uploads").rglob("*")
+                if p.is_file()]
+    with sqlite3.connect(os.path.join(srv.data_dir, "davserver.db")) as db:
+        assert db.execute("SELECT count(*) FROM chunk_stages").fetchone()[0] == 0
+        assert db.execute("SELECT count(*) FROM chunk_stage_parts").fetchone()[0] == 0
+    # Offline recover (no server, no DB) reads every one of them.
+    out = tmp_path / "out"
+    res = subprocess.run([sys.executable, "-m", "davserver", "recover", "--data",
+                          srv.data_dir, "--keys", os.path.join(srv.data_dir, "keys"),
+                          "--secret-file", str(srv.etc / "secret"), "--out", str(out),
+                          "--user", "alice"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "0 could not be decrypted" in res.stdout, res.stdout
+    for rel, want in expected.items():
+        assert (out / rel).read_bytes() == want, rel
+
+
+@pytest.mark.parametrize("case", ["sent again", "out of order", "deleted and sent again"])
+def test_chunks_not_in_order_are_assembled_by_streaming(srv, case):
+    c = Client(srv)
+    uid = "again-" + case.replace(" ", "-")
+    data = os.urandom(900_000)
+    parts = [data[:300_000], data[300_000:600_000], data[600_000:]]
+    c.start(uid, f"{uid}.bin")
+    staged = staged_file_id(srv, uid)
+    if case == "out of order":
+        for n in (0, 2, 1):
+            assert c.chunk(uid, n + 1, parts[n]).status_code == 201
+    else:
+        for n, part in enumerate(parts):
+            assert c.chunk(uid, n + 1, os.urandom(len(part)) if n == 1 else part
+                           ).status_code == 201
+        if case == "deleted and sent again":
+            assert c.s.delete(c.up(uid, "00002")).status_code == 204
+            assert c.listing(uid) == {"00001": 300_000, "00003": 300_000}
+            assert c.chunk(uid, 2, parts[1]).status_code == 201
+        else:
+            assert c.chunk(uid, 2, parts[1]).status_code == 204  # replaced
+    assert c.listing(uid) == {f"{n + 1:05d}": len(p) for n, p in enumerate(parts)}
+    assert c.finish(uid, f"{uid}.bin", len(data)).status_code == 201
+    assert c.get(f"{uid}.bin").content == data
+    assert stored_file_id(srv, f"{uid}.bin") != staged  # a fresh key: no nonce reused
+
+
+def test_checksum_at_move_and_a_failed_move_tried_again(srv):
+    c = Client(srv)
+    data = os.urandom(600_000)
+    sha1 = hashlib.sha1(data).hexdigest()
+    c.start("ck", "ck.bin")
+    assert c.chunk("ck", 1, data[:500_000]).status_code == 201
+    r = c.finish("ck", "ck.bin", 500_000, **{"OC-Checksum": f"SHA1:{sha1}"})
+    assert r.status_code == 400 and "nothing was stored" in r.text
+    assert c.get("ck.bin").status_code == 404
+    # A chunk after a MOVE began sealing is stored whole; the upload still completes.
+    assert c.chunk("ck", 2, data[500_000:]).status_code == 201
+    r = c.finish("ck", "ck.bin", len(data), **{"OC-Checksum": f"SHA1:{'0' * 40}"})
+    assert r.status_code == 400
+    r = c.finish("ck", "ck.bin", len(data), **{"OC-Checksum": f"SHA1:{sha1}"})
+    assert r.status_code == 201, r.text
+    assert c.get("ck.bin").content == data
+    c.start("ck2", "ck2.bin")
+    assert c.chunk("ck2", 1, data).status_code == 201
+    r = c.finish("ck2", "ck2.bin", len(data), **{"OC-Checksum": f"SHA1:{sha1}"})
+    assert r.status_code == 201 and c.get("ck2.bin").content == data
+    assert c.s.request("PROPFIND", c.dest("ck2.bin"), headers={"Depth": "0"}, data=(
+        '<?xml version="1.0"?><d:propfind xmlns:d="DAV:" xmlns:oc="http://owncloud.org/ns">'
+        "<d:prop><oc:checksums/></d:prop></d:propfind>")).text.count(sha1) == 1
