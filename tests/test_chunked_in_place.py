@@ -153,3 +153,44 @@ def test_checksum_at_move_and_a_failed_move_tried_again(srv):
     assert c.s.request("PROPFIND", c.dest("ck2.bin"), headers={"Depth": "0"}, data=(
         '<?xml version="1.0"?><d:propfind xmlns:d="DAV:" xmlns:oc="http://owncloud.org/ns">'
         "<d:prop><oc:checksums/></d:prop></d:propfind>")).text.count(sha1) == 1
+
+
+@pytest.mark.parametrize("right", [True, False])
+def test_sha1_of_a_desktop_upload_is_kept_as_the_chunks_arrive(srv, right):
+    """Desktop clients say where each chunk goes (OC-Chunk-Offset) and send the file's
+    SHA1 with the MOVE: it is computed while the chunks arrive. A chunk deleted and sent
+    again with other bytes must not leave the old bytes' hash behind."""
+    c = Client(srv)
+    uid = f"desk-{right}"
+    data = os.urandom(800_000)
+    parts = [data[:300_000], data[300_000:500_000], data[500_000:]]
+    c.start(uid, f"{uid}.bin")
+
+    def put(n: int, body: bytes, offset: int) -> int:
+        return c.s.put(c.up(uid, f"{n + 1:05d}"), data=body, headers={
+            "OC-Chunk-Offset": str(offset), "OC-Total-Length": str(len(data))}).status_code
+
+    assert put(0, parts[0], 0) == 201
+    assert put(1, os.urandom(len(parts[1])), 300_000) == 201  # wrong bytes at first
+    assert put(2, parts[2], 500_000) == 201
+    assert c.s.delete(c.up(uid, "00002")).status_code == 204
+    assert put(1, parts[1], 300_000) == 201
+    sha1 = hashlib.sha1(data if right else data[1:]).hexdigest()
+    r = c.finish(uid, f"{uid}.bin", len(data), **{"OC-Checksum": f"SHA1:{sha1}"})
+    assert r.status_code == (201 if right else 400), r.text
+    assert (c.get(f"{uid}.bin").content == data) if right else \
+        c.get(f"{uid}.bin").status_code == 404
+
+    # In order throughout: the hash made on the way in decides.
+    uid2 = f"desk2-{right}"
+    c.start(uid2, f"{uid2}.bin")
+    for n, (body, offset) in enumerate(((parts[0], 0), (parts[1], 300_000),
+                                        (parts[2], 500_000))):
+        assert c.s.put(c.up(uid2, f"{n + 1:05d}"), data=body, headers={
+            "OC-Chunk-Offset": str(offset)}).status_code == 201
+    r = c.finish(uid2, f"{uid2}.bin", len(data), **{"OC-Checksum": f"SHA1:{sha1}"})
+    assert r.status_code == (201 if right else 400), r.text
+    if right:
+        assert c.get(f"{uid2}.bin").content == data
+        assert f"{uid2}.bin in place, SHA1 checked as the chunks arrived" in srv.log_text()
+        assert f"{uid}.bin in place, SHA1 checked as" not in srv.log_text()

@@ -17,11 +17,13 @@ than ``[nextcloud] upload_max_age_hours`` are removed when the next one starts.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
 import threading
 import time
+from collections import OrderedDict
 from urllib.parse import quote, unquote, urlparse
 from xml.sax.saxutils import escape
 
@@ -88,6 +90,44 @@ def clean_stale(instance: Instance, max_age: float, now: float | None = None) ->
     return removed
 
 
+class RunningSha1:
+    """The SHA1 of each upload's chunks so far, kept in this process between its chunk
+    PUTs, so the checksum a desktop client sends with the MOVE (it asks for the type the
+    capabilities prefer: SHA1) needs no pass over the file. Kept only for uploads from
+    clients that say where each chunk goes (``OC-Chunk-Offset``, desktop clients), which
+    are the ones that send it; any gap (a chunk out of order, a PUT that failed, chunks
+    handled by another worker process) drops the state and the MOVE reads the file."""
+
+    _MAX = 256
+
+    def __init__(self) -> None:
+        self._sofar: OrderedDict[str, tuple[int, object]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def take(self, folder: str, start: int):
+        """A hash of the upload's first ``start`` bytes to continue, or None."""
+        with self._lock:
+            entry = self._sofar.pop(folder, None)
+        if start == 0:
+            return hashlib.sha1()
+        return entry[1] if entry is not None and entry[0] == start else None
+
+    def put(self, folder: str, upto: int, h) -> None:
+        with self._lock:
+            self._sofar[folder] = (upto, h)
+            while len(self._sofar) > self._MAX:
+                self._sofar.popitem(last=False)
+
+    def digest(self, folder: str, total: int) -> str | None:
+        with self._lock:
+            entry = self._sofar.pop(folder, None)
+        return entry[1].hexdigest() if entry is not None and entry[0] == total else None
+
+    def forget(self, folder: str) -> None:
+        with self._lock:
+            self._sofar.pop(folder, None)
+
+
 def remove_upload(instance: Instance, folder: str) -> None:
     """Remove an upload folder with everything it holds (its kept key too)."""
     instance.vault.delete(folder)
@@ -113,6 +153,7 @@ class ChunkedUploads:
         #: WsgiDAV's lock manager: a destination locked by someone else is refused (423).
         self.lock_manager = None
         self.stage = _stage(instance)
+        self.sha1 = RunningSha1()
         #: One chunk PUT or MOVE at a time per upload, across processes: where a chunk goes
         #: in the file depends on the chunks before it.
         self.locks = PathLocks(os.path.join(instance.config.run_dir, "uploads.lock"))
@@ -211,6 +252,7 @@ class ChunkedUploads:
                     raise _Answer("404 Not Found", "no such chunk")
                 self.vault.delete(f"{folder}/{part.stored_as}")
                 self.stage.stored_whole(folder, name)
+                self.sha1.forget(folder)
         start_response("204 No Content", [("Content-Length", "0")])
         return [b""]
 
@@ -297,13 +339,17 @@ class ChunkedUploads:
                 if room is not None and expected > room - reserved:
                     raise _Answer("507 Insufficient Storage", f"{expected} bytes do not fit "
                                   f"in the {max(0, room - reserved)} available")
-                placer = self.stage.placer(folder, start, expected)
+                sha1 = self.sha1.take(folder, start) \
+                    if "HTTP_OC_CHUNK_OFFSET" in environ else None
+                placer = self.stage.placer(folder, start, expected, observe=sha1)
                 try:
                     _receive(environ, placer, expected)
                     placer.finish()
                 finally:
                     placer.close()
                 self.stage.record(folder, name, placer, user)
+                if sha1 is not None:
+                    self.sha1.put(folder, start + expected, sha1)
         status = "204 No Content" if existed else "201 Created"
         start_response(status, [("Content-Length", "0")])
         return [b""]
@@ -311,6 +357,7 @@ class ChunkedUploads:
     def _put_whole(self, environ, user: str, folder: str, name: str, expected: int,
                    quota: int | None, reserved: int) -> None:
         """A chunk stored as a vault file of its own (assembled by streaming)."""
+        self.sha1.forget(folder)
         up = self.vault.begin_write(f"{folder}/{name}", quota=quota, expected_size=expected,
                                     owner=user, reserved=reserved)
         try:
@@ -384,14 +431,22 @@ class ChunkedUploads:
         mtime = environ.get("HTTP_X_OC_MTIME") or ""
         checksum = Checksum.parse(environ.get("HTTP_OC_CHECKSUM"))
         quota = None if is_mount_path(dest) else self.users.quota(user)
-        if not is_mount_path(dest) and self.stage.in_place(folder, parts):
+        in_place = not is_mount_path(dest) and self.stage.in_place(folder, parts)
+        how = ""
+        if in_place:
             # Written in place: seal the edges, check, rename (no pass over the file).
             room = self.vault.available(user, quota, replacing=dest)
             if room is not None and size > room:
                 raise _Answer("507 Insufficient Storage",
                               f"the file ({size} bytes) does not fit in the {room} available")
+            digest = self.sha1.digest(folder, size)
             file_id, data_key = self.stage.seal(folder, parts, size)
-            if checksum is not None:
+            if checksum is not None and checksum.kind == "SHA1" and digest is not None:
+                how = " as the chunks arrived"
+                if digest != checksum.expected:
+                    raise _Answer("400 Bad Request", "the file does not match its SHA1 "
+                                  "checksum (OC-Checksum); nothing was stored")
+            elif checksum is not None:
                 for block in self.stage.plaintext(folder, parts, _BLOCK):
                     checksum.update(block)
                 checksum.check()
@@ -416,6 +471,9 @@ class ChunkedUploads:
         except Conflict:
             raise _Answer("412 Precondition Failed", "the destination changed while the "
                           "upload was assembled; nothing was stored") from None
+        log.info("assembled %d chunks (%d bytes) into %s %s%s", len(parts), size, dest,
+                 "in place" if in_place else "by streaming",
+                 f", {checksum.kind} checked{how}" if checksum is not None else "")
         store_checksum(self.db, dest, checksum)
         headers = version_headers(target, self.db, dest, mtime.isdigit())
         return ("204 No Content" if current is not None else "201 Created"), headers

@@ -188,11 +188,12 @@ class ChunkStage:
                           (last, folder))
         return start
 
-    def placer(self, folder: str, start: int, size: int) -> Placer:
+    def placer(self, folder: str, start: int, size: int, observe=None) -> Placer:
+        """``observe``: something with ``update(bytes)`` shown the chunk's bytes too."""
         file_id = self.state(folder)[0]
         sealer = SegmentSealer(self.data_key(file_id), file_id)
         return Placer(self._local(f"{folder}/{DATA}"), sealer, start, size,
-                      fsync=self.vault.storage.fsync)
+                      fsync=self.vault.storage.fsync, observe=observe)
 
     def record(self, folder: str, name: str, placer: Placer, owner: str) -> None:
         """After the chunk's bytes are flushed: its row, then its edges file (which makes
@@ -334,8 +335,9 @@ class Placer:
     the bytes before the first and after the last whole one are kept (edges)."""
 
     def __init__(self, path: str, sealer: SegmentSealer, start: int, size: int, *,
-                 fsync: bool) -> None:
+                 fsync: bool, observe=None) -> None:
         self.start, self.size = start, size
+        self._observe = observe
         self._sealer = sealer
         cs = sealer.chunk_size
         end = start + size
@@ -357,6 +359,8 @@ class Placer:
 
     def write(self, data) -> None:
         mv = memoryview(data)
+        if self._observe is not None:
+            self._observe.update(mv)
         if self._pos < self._head_end:
             take = min(len(mv), self._head_end - self._pos)
             self.head += mv[:take]
