@@ -30,6 +30,26 @@ LAYOUTS = {
 }
 
 
+def test_segments_sealed_in_any_order_are_the_stream_format():
+    """SegmentSealer gives the very bytes StreamWriter does (docs/FORMAT.md)."""
+    import random
+
+    from davserver.crypto import stream
+    from davserver.crypto.segments import SegmentSealer
+    key, fid = os.urandom(32), os.urandom(16)
+    for size in (0, 1, CS, 3 * CS + 5):
+        plain = os.urandom(size)
+        s = SegmentSealer(key, fid)
+        n = stream.chunk_count(size, CS)
+        out = bytearray(stream.ciphertext_size(size))
+        for i in random.sample(range(n), n):
+            sealed = s.seal(i, plain[i * CS:(i + 1) * CS], i == n - 1)
+            out[s.offset(i):s.offset(i) + len(sealed)] = sealed
+        out[:64] = s.header_bytes()
+        assert bytes(out) == stream.encrypt_bytes(plain, key, fid), size
+        assert s.open(n - 1, bytes(out[s.offset(n - 1):]), True) == plain[(n - 1) * CS:]
+
+
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory):
     from tests.live import LiveServer
