@@ -214,3 +214,32 @@ def test_sha1_of_a_desktop_upload_is_kept_as_the_chunks_arrive(srv, right):
         assert c.get(f"{uid2}.bin").content == data
         assert f"{uid2}.bin in place, SHA1 checked as the chunks arrived" in srv.log_text()
         assert f"{uid}.bin in place, SHA1 checked as" not in srv.log_text()
+
+
+@pytest.mark.parametrize("order", ["in order", "out of order"])
+def test_s3_home_assembles_by_streaming(tmp_path, moto, order):
+    """Not local storage: chunks are vault objects (ciphertext in the bucket) and the MOVE
+    streams them into one write."""
+    from tests.live import LiveServer
+    from tests.test_storage_live import s3_config
+    bucket = moto.new_bucket()
+    s = LiveServer(tmp_path / "srv", {"alice": None}, config=s3_config(moto, bucket))
+    s.create().start()
+    try:
+        c = Client(s)
+        data = os.urandom(700_000)
+        parts = [data[:300_000], data[300_000:]]
+        c.start("s3", "s3.bin")
+        for n in (range(2) if order == "in order" else (1, 0)):
+            assert c.chunk("s3", n + 1, parts[n]).status_code == 201
+        keys = [o["Key"] for o in moto.client().list_objects_v2(
+            Bucket=bucket).get("Contents", [])]
+        assert len(keys) == 2, keys
+        for key in keys:
+            body = moto.client().get_object(Bucket=bucket, Key=key)["Body"].read()
+            assert body[:6] == b"DAVSSE" and data[:64] not in body
+        assert c.finish("s3", "s3.bin", len(data)).status_code == 201
+        assert c.get("s3.bin").content == data
+        assert "s3.bin by streaming" in s.log_text()
+    finally:
+        s.stop()
