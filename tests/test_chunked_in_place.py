@@ -243,3 +243,34 @@ def test_s3_home_assembles_by_streaming(tmp_path, moto, order):
         assert "s3.bin by streaming" in s.log_text()
     finally:
         s.stop()
+
+
+def test_a_listed_chunk_is_flushed_and_one_unflushed_before_a_reboot_is_sent_again(srv):
+    """Placed chunks are flushed once, by the MOVE, unless a listing comes first (a client
+    resuming skips what is listed). A chunk whose row names another boot was in a page
+    cache that is gone: not listed, so the client sends it again."""
+    c = Client(srv)
+    data = os.urandom(900_000)
+    parts = [data[:300_000], data[300_000:600_000], data[600_000:]]
+    c.start("boot", "boot.bin")
+    for n, part in enumerate(parts[:2]):
+        assert c.chunk("boot", n + 1, part).status_code == 201
+    db_path = os.path.join(srv.data_dir, "davserver.db")
+
+    def boots() -> list[str]:
+        with sqlite3.connect(db_path) as db:
+            return [r[0] for r in db.execute(
+                "SELECT boot FROM chunk_stage_parts WHERE folder LIKE '%/boot' ORDER BY chunk")]
+
+    this_boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    assert boots() == [this_boot, this_boot]  # written, not flushed
+    assert c.listing("boot") == {"00001": 300_000, "00002": 300_000}
+    assert boots() == ["", ""]  # the listing flushed them
+    assert c.chunk("boot", 3, parts[2]).status_code == 201
+    with sqlite3.connect(db_path) as db:
+        db.execute("UPDATE chunk_stage_parts SET boot = 'an-earlier-boot' WHERE boot != ''")
+    assert c.listing("boot") == {"00001": 300_000, "00002": 300_000}
+    assert c.finish("boot", "boot.bin", len(data)).status_code == 400  # one is missing
+    assert c.chunk("boot", 3, parts[2]).status_code == 201
+    assert c.finish("boot", "boot.bin", len(data)).status_code == 201
+    assert c.get("boot.bin").content == data

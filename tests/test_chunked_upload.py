@@ -78,11 +78,14 @@ def test_out_of_order_chunks_assemble_and_are_ciphertext_at_rest(srv):
     for n in reversed(range(len(parts))):  # the last chunk first
         assert c.chunk("u1", n + 1, parts[n], len(data)).status_code == 201
     assert c.listing("u1") == {f"{n + 1:05d}": len(p) for n, p in enumerate(parts)}
+    # The last chunk (sent first) is written in place, the others are stored whole; the
+    # bytes of the former that fill no whole stream chunk are kept (sealed) in the index.
     stored = [p for p in (srv.root / "data" / "files" / ".uploads").rglob("*") if p.is_file()]
-    assert len([p for p in stored if p.name != ".data"]) == len(parts)  # one per chunk
-    for p in stored:
+    assert sorted(p.name for p in stored) == [".data", "00001", "00002", "00003"]
+    for p in stored + list((srv.root / "data").glob("davserver.db*")):
         raw = p.read_bytes()
         assert b"PLAINTEXT-MARKER" not in raw and data[100_000:100_064] not in raw
+        assert data[-64:] not in raw, p
     assert c.get("big.bin").status_code == 404  # nothing visible before the MOVE
     r = c.finish("u1", "big.bin", len(data), **{"X-OC-Mtime": "1600000000"})
     assert r.status_code == 201, r.text

@@ -235,13 +235,18 @@ def test_interrupted_chunked_upload_resumes(server, tmp_path):
     c.sync()  # an initial, empty sync
     data = os.urandom(40 * MB)
     write(c.local / "resume.bin", data)
-    area = Path(server.data_dir) / "files" / ".uploads" / "alice"
+    session = server.session("alice")
+    uploads = f"{server.base}/remote.php/dav/uploads/alice"
+
+    def hrefs(url: str) -> list[str]:
+        r = session.request("PROPFIND", url, headers={"Depth": "1"}, timeout=10)
+        assert r.status_code == 207, r.text
+        return [unquote(h.text).rstrip("/").rsplit("/", 1)[-1]
+                for h in ET.fromstring(r.content).iter("{DAV:}href")][1:]
 
     def stored_chunks() -> list[str]:
-        """Names of the chunks stored: whole (``<n>``) or written in place (``<n>.edges``
-        next to the upload's ``.data``, see vault.chunkstage)."""
-        files = [p for p in area.rglob("*") if p.is_file()] if area.exists() else []
-        return [p.name.removesuffix(".edges") for p in files if not p.name.startswith(".")]
+        """The chunks the server lists (what a resuming client skips)."""
+        return [c for u in hrefs(uploads) for c in hrefs(f"{uploads}/{u}")]
 
     proc, _log = c.start("--uplimit", "5000")  # KB/s: ~8 s for the whole file
     try:

@@ -250,7 +250,8 @@ class ChunkedUploads:
                 part = self._part(folder, name)
                 if part is None:
                     raise _Answer("404 Not Found", "no such chunk")
-                self.vault.delete(f"{folder}/{part.stored_as}")
+                if not part.placed:
+                    self.vault.delete(f"{folder}/{part.name}")
                 self.stage.stored_whole(folder, name)
                 self.sha1.forget(folder)
         start_response("204 No Content", [("Content-Length", "0")])
@@ -269,11 +270,10 @@ class ChunkedUploads:
         parts = ['<?xml version="1.0" encoding="utf-8" ?>\n'
                  '<d:multistatus xmlns:d="DAV:" xmlns:oc="http://owncloud.org/ns">']
         if name is not None:
-            part = self._part(folder, name)
+            part = self._listed(folder, name)
             if part is None:
                 raise _Answer("404 Not Found", "no such chunk")
-            chunk = self.vault.stat(f"{folder}/{part.stored_as}")
-            parts.append(_entry(f"{href}/{quote(name)}", part.size, chunk.mtime, chunk.etag))
+            parts.append(_entry(f"{href}/{quote(name)}", *part))
         else:
             # no upload started yet: an empty folder
             parts.append(_entry(href + "/", None, node.mtime if node else time.time(),
@@ -284,11 +284,8 @@ class ChunkedUploads:
                         parts.append(_entry(f"{href}/{quote(child.name)}/", None,
                                             child.mtime, child.etag))
             elif depth != "0" and node is not None:
-                nodes = {n.name: n for n in self.vault.list_dir(folder)}
-                for part in self.stage.parts(folder):
-                    chunk = nodes[part.stored_as]
-                    parts.append(_entry(f"{href}/{quote(part.name)}", part.size, chunk.mtime,
-                                        chunk.etag))
+                for part_name, listed in self._listing(folder).items():
+                    parts.append(_entry(f"{href}/{quote(part_name)}", *listed))
         parts.append("</d:multistatus>")
         body = "".join(parts).encode()
         start_response("207 Multi-Status", [("Content-Type", "application/xml; charset=utf-8"),
@@ -300,6 +297,26 @@ class ChunkedUploads:
             return None
         return next((p for p in self.stage.parts(folder) if p.name == name), None)
 
+    def _listing(self, folder: str) -> dict:
+        """name -> (size, mtime, etag) of the chunks present. A client resuming skips
+        the chunks listed, so the placed ones are flushed first."""
+        with self.locks.hold(folder):
+            self.stage.flush(folder)
+            parts = self.stage.parts(folder)
+        nodes = {n.name: n for n in self.vault.list_dir(folder)}
+        data = nodes.get(".data")
+        out = {}
+        for p in parts:
+            if p.placed:
+                out[p.name] = (p.size, data.mtime if data else time.time(),
+                               f"{p.start:x}-{p.size:x}")
+            elif p.name in nodes:
+                out[p.name] = (p.size, nodes[p.name].mtime, nodes[p.name].etag)
+        return out
+
+    def _listed(self, folder: str, name: str):
+        return self._listing(folder).get(name) if _CHUNK_RE.match(name) else None
+
     # --- chunks ------------------------------------------------------------------------
 
     def _pending_bytes(self, user: str, folder: str, name: str) -> int:
@@ -307,8 +324,7 @@ class ChunkedUploads:
         area = f"{AREA}/{user}"
         rows = self.db.query(
             "SELECT coalesce(sum(size), 0) FROM files WHERE substr(path, 1, length(?) + 1) "
-            "= ? || '/' AND path != ? AND path != ?",
-            (area, area, f"{folder}/{name}", f"{folder}/{name}.edges"))
+            "= ? || '/' AND path != ?", (area, area, f"{folder}/{name}"))
         return int(rows[0][0]) + self.stage.pending_bytes(area, folder, int(name))
 
     def _put_chunk(self, environ, start_response, user: str, upload_id: str, name: str):
@@ -347,7 +363,7 @@ class ChunkedUploads:
                     placer.finish()
                 finally:
                     placer.close()
-                self.stage.record(folder, name, placer, user)
+                self.stage.record(folder, name, placer)
                 if sha1 is not None:
                     self.sha1.put(folder, start + expected, sha1)
         status = "204 No Content" if existed else "201 Created"

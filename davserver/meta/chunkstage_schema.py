@@ -1,6 +1,7 @@
 """Tables of chunked uploads written in place (davserver/vault/chunkstage.py): one row
 per upload (its file ID, the highest stream-chunk index a chunk PUT may have sealed,
-whether a MOVE began sealing), one per chunk placed in its ``.data`` file."""
+whether a MOVE began sealing), one per chunk placed in its ``.data`` file (where, its
+edge bytes sealed, and the boot whose page cache may still hold its bytes unflushed)."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS chunk_stages(
@@ -12,10 +13,12 @@ CREATE TABLE IF NOT EXISTS chunk_stages(
 CREATE TABLE IF NOT EXISTS chunk_stage_parts(
     folder TEXT NOT NULL,
     chunk INTEGER NOT NULL,
+    name TEXT NOT NULL,
     start INTEGER NOT NULL,
     size INTEGER NOT NULL,
     head INTEGER NOT NULL,
-    edge INTEGER NOT NULL,
+    edges TEXT NOT NULL,
+    boot TEXT NOT NULL,
     PRIMARY KEY (folder, chunk)
 );
 """

@@ -10,20 +10,27 @@ stream-format chunks that straddle two upload chunks, and the last one (final fl
 writes the header, flushes, and commits ``.data`` through the vault's usual protocol
 (pending row, key, atomic rename, index): the destination is the old file or the new one.
 
-What is stored per upload folder (``.uploads/USER/<id>``), all encrypted at rest:
+What is kept per upload folder (``.uploads/USER/<id>``), all encrypted at rest:
 
 * ``.data``: the final file's ciphertext, header first (written at MKCOL);
-* ``<n>.edges``: a vault file of a placed chunk's bytes that do not fill whole stream
-  chunks (its head and tail); a row in ``chunk_stage_parts`` says where chunk ``n`` lies;
+* a row in ``chunk_stage_parts`` per placed chunk: where it lies, and its edge bytes
+  (those before its first and after its last whole stream chunk) sealed under a key
+  derived from the upload's data key;
 * ``<n>``: a chunk stored whole, as a vault file (arrived out of order, sent again, or
   after a MOVE was tried). Then the upload is assembled the streaming way: every chunk
   decrypted in order into a new write (also when the destination is in a storage mount).
 
-A chunk is listed (resume) only once it is durable: its bytes are flushed before its row
-and its edges file exist. The data key is kept in the key store under an ID derived from
-the file ID (:func:`stage_key_id`), wrapped for the uploading user like any file's, so
-the commit's own key file (under the file ID, removed if a crash rolls the commit back)
-never holds the only copy.
+Durability without a flush per chunk: a placed chunk's bytes are written back in the
+background (every 32 MiB, as a PUT's) and flushed once, by the MOVE. A client resuming
+an upload lists it (PROPFIND) and skips the chunks listed, so a listed chunk must
+survive a power loss: the listing flushes ``.data`` first. A row made since then names
+the boot (kernel boot ID) whose page cache held its bytes; after a reboot such a chunk
+may be lost, so it is not listed and is sent again.
+
+The data key is kept in the key store under an ID derived from the file ID
+(:func:`stage_key_id`), wrapped for the uploading user like any file's, so the commit's
+own key file (under the file ID, removed if a crash rolls the commit back) never holds
+the only copy.
 
 Nonces: the format's chunk nonce is its index and final flag under the version's key.
 ``sealed_upto`` records the highest index a chunk PUT may have sealed (bumped before it
@@ -34,6 +41,7 @@ twice with different plaintext, whatever fails and is retried.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 from collections.abc import Iterator
@@ -41,7 +49,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 
 from davserver.crypto import header as hdr
-from davserver.crypto import keywrap, stream
+from davserver.crypto import keywrap, primitives, stream
 from davserver.crypto.segments import SegmentSealer
 from davserver.durable import fsync_dir
 from davserver.errors import Conflict, IntegrityError
@@ -50,8 +58,22 @@ from davserver.storage.local import EARLY_FLUSH_BYTES, LocalStorage, _flush_pool
 from davserver.vault.files import Upload, Vault
 
 DATA = ".data"
-EDGES = ".edges"
-_WRITE_BATCH = 4 << 20
+_EDGES_INFO = b"davserver/v1 upload edges"
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return "unknown"
+
+
+BOOT = _boot_id()
+
+
+def _edges_aad(folder: str, name: str, start: int, size: int) -> bytes:
+    return f"{folder}\0{int(name)}\0{start}\0{size}".encode()
 
 
 def stage_key_id(file_id: bytes) -> bytes:
@@ -67,7 +89,7 @@ class Part:
     size: int
     start: int | None = None
     head: int = 0
-    edge: int = 0
+    edges: str = ""  # sealed, base64
 
     @property
     def number(self) -> int:
@@ -77,10 +99,6 @@ class Part:
     def placed(self) -> bool:
         return self.start is not None
 
-    @property
-    def stored_as(self) -> str:
-        """The name of its file in the upload folder."""
-        return self.name + EDGES if self.placed else self.name
 
 
 class ChunkStage:
@@ -130,31 +148,41 @@ class ChunkStage:
 
     def parts(self, folder: str) -> list[Part]:
         """The chunks present, in number order: whole ones (``<n>``) and placed ones (a
-        row and its ``<n>.edges``; a row without its edges file is an unfinished PUT)."""
-        rows = {r[0]: r for r in self.db.query(
-            "SELECT chunk, start, size, head, edge FROM chunk_stage_parts WHERE folder = ?",
-            (folder,))}
+        row whose bytes are flushed, or still in this boot's page cache)."""
         out: dict[int, Part] = {}
-        for node in self.vault.list_dir(folder):
-            if node.is_dir:
-                continue
-            if node.name.isdigit():
-                out[int(node.name)] = Part(node.name, node.size)
-            elif node.name.endswith(EDGES) and node.name[:-len(EDGES)].isdigit():
-                name = node.name[:-len(EDGES)]
-                r = rows.get(int(name))
-                if r is not None and int(name) not in out:
-                    out[int(name)] = Part(name, r[2], r[1], r[3], r[4])
+        for r in self.db.query("SELECT chunk, name, start, size, head, edges, boot FROM "
+                               "chunk_stage_parts WHERE folder = ?", (folder,)):
+            if r[6] in ("", BOOT):
+                out[r[0]] = Part(r[1], r[3], r[2], r[4], r[5])
+        for e in self.vault.storage.list_dir(folder):
+            if not e.is_dir and e.name.isdigit():
+                out[int(e.name)] = Part(e.name, self.vault.stat(f"{folder}/{e.name}").size)
         return [out[n] for n in sorted(out)]
 
     def pending_bytes(self, area: str, except_folder: str, except_chunk: int) -> int:
-        """Chunk bytes held in ``.data`` files under ``area`` (edges and whole chunks are
-        vault files, counted from the index), except one chunk about to be replaced."""
+        """Chunk bytes held in ``.data`` files under ``area`` (whole chunks are vault
+        files, counted from the index), except one chunk about to be replaced."""
         rows = self.db.query(
-            "SELECT coalesce(sum(size - edge), 0) FROM chunk_stage_parts "
+            "SELECT coalesce(sum(size), 0) FROM chunk_stage_parts "
             "WHERE substr(folder, 1, length(?) + 1) = ? || '/' AND NOT (folder = ? AND "
             "chunk = ?)", (area, area, except_folder, except_chunk))
         return int(rows[0][0])
+
+    def flush(self, folder: str) -> None:
+        """Make every placed chunk durable (before a listing names it); the caller holds
+        the upload's lock."""
+        if not self.db.query("SELECT 1 FROM chunk_stage_parts WHERE folder = ? AND boot = ?",
+                             (folder, BOOT)):
+            return
+        if self.vault.storage.fsync:
+            fd = os.open(self._local(f"{folder}/{DATA}"), os.O_RDONLY)
+            try:
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+        with self.db.tx() as c:
+            c.execute("UPDATE chunk_stage_parts SET boot = '' WHERE folder = ? AND boot = ?",
+                      (folder, BOOT))
 
     def forget(self, folder: str) -> None:
         """Drop the rows and the kept key of an upload whose folder is going or gone."""
@@ -192,32 +220,29 @@ class ChunkStage:
         """``observe``: something with ``update(bytes)`` shown the chunk's bytes too."""
         file_id = self.state(folder)[0]
         sealer = SegmentSealer(self.data_key(file_id), file_id)
-        return Placer(self._local(f"{folder}/{DATA}"), sealer, start, size,
-                      fsync=self.vault.storage.fsync, observe=observe)
+        return Placer(self._local(f"{folder}/{DATA}"), sealer, start, size, observe=observe)
 
-    def record(self, folder: str, name: str, placer: Placer, owner: str) -> None:
-        """After the chunk's bytes are flushed: its row, then its edges file (which makes
-        it listed)."""
-        edges = placer.head + placer.tail
+    def record(self, folder: str, name: str, placer: Placer) -> None:
+        """The chunk's bytes are written (not yet flushed): its row, which lists it."""
+        st = self.state(folder)
+        edges = primitives.aead_seal(self._edges_key(st[0]), bytes(placer.head + placer.tail),
+                                     _edges_aad(folder, name, placer.start, placer.size))
         with self.db.tx() as c:
-            c.execute("INSERT OR REPLACE INTO chunk_stage_parts(folder, chunk, start, size, "
-                      "head, edge) VALUES (?, ?, ?, ?, ?, ?)",
-                      (folder, int(name), placer.start, placer.size, len(placer.head),
-                       len(edges)))
-        up = self.vault.begin_write(f"{folder}/{name}{EDGES}", owner=owner)
-        try:
-            up.write(bytes(edges))
-        except BaseException:
-            up.abort()
-            raise
-        up.commit()
+            c.execute("INSERT OR REPLACE INTO chunk_stage_parts(folder, chunk, name, start, "
+                      "size, head, edges, boot) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                      (folder, int(name), name, placer.start, placer.size, len(placer.head),
+                       base64.b64encode(edges).decode(),
+                       BOOT if self.vault.storage.fsync else ""))
+
+    def _edges_key(self, file_id: bytes) -> bytes:
+        return primitives.hkdf_sha256(self.data_key(file_id), salt=file_id, info=_EDGES_INFO)
+
+    def _edges(self, folder: str, part: Part, key: bytes) -> bytes:
+        return primitives.aead_open(key, base64.b64decode(part.edges),
+                                    _edges_aad(folder, part.name, part.start, part.size))
 
     def stored_whole(self, folder: str, name: str) -> None:
         """Chunk ``name`` was stored whole (or deleted): a placed copy of it is gone."""
-        for e in self.vault.storage.list_dir(folder):
-            if e.name.endswith(EDGES) and e.name[:-len(EDGES)].isdigit() \
-                    and int(e.name[:-len(EDGES)]) == int(name):
-                self.vault.delete(f"{folder}/{e.name}")
         with self.db.tx() as c:
             c.execute("DELETE FROM chunk_stage_parts WHERE folder = ? AND chunk = ?",
                       (folder, int(name)))
@@ -247,12 +272,11 @@ class ChunkStage:
         cs = sealer.chunk_size
         last = stream.chunk_count(total, cs) - 1
         pieces: dict[int, list[tuple[int, bytes]]] = {}
+        edges_key = primitives.hkdf_sha256(data_key, salt=file_id, info=_EDGES_INFO)
         for p in parts:
-            edges = self.vault.read_all(f"{folder}/{p.stored_as}")
-            if len(edges) != p.edge:
-                raise Conflict(f"chunk {p.number} of the upload changed while it was sealed")
+            edges = self._edges(folder, p, edges_key)
             for at, data in ((p.start, edges[:p.head]),
-                             (p.start + p.size - (p.edge - p.head), edges[p.head:])):
+                             (p.start + p.size - (len(edges) - p.head), edges[p.head:])):
                 while data:
                     i = at // cs
                     take = min(len(data), (i + 1) * cs - at)
@@ -303,25 +327,26 @@ class ChunkStage:
     def plaintext(self, folder: str, parts: list[Part], block: int) -> Iterator[bytes]:
         """Every chunk's bytes in order (the streaming assembly)."""
         st = self.state(folder)
-        sealer = reader = None
+        sealer = reader = edges_key = None
         if st is not None and any(p.placed for p in parts):
             sealer = SegmentSealer(self.data_key(st[0]), st[0])
+            edges_key = self._edges_key(st[0])
             reader = self.vault.storage.open_reader(f"{folder}/{DATA}")
         try:
             for p in parts:
                 if not p.placed:
-                    f = self.vault.open_read(f"{folder}/{p.stored_as}")
+                    f = self.vault.open_read(f"{folder}/{p.name}")
                     try:
                         while data := f.read(block):
                             yield data
                     finally:
                         f.close()
                     continue
-                edges = self.vault.read_all(f"{folder}/{p.stored_as}")
+                edges = self._edges(folder, p, edges_key)
                 yield edges[:p.head]
                 cs = sealer.chunk_size
                 first = (p.start + p.head) // cs
-                for i in range(first, first + (p.size - p.edge) // cs):
+                for i in range(first, first + (p.size - len(edges)) // cs):
                     sealed = reader.read_at(sealer.offset(i), sealer.stride)
                     yield sealer.open(i, sealed, False)
                 yield edges[p.head:]
@@ -335,7 +360,7 @@ class Placer:
     the bytes before the first and after the last whole one are kept (edges)."""
 
     def __init__(self, path: str, sealer: SegmentSealer, start: int, size: int, *,
-                 fsync: bool, observe=None) -> None:
+                 observe=None) -> None:
         self.start, self.size = start, size
         self._observe = observe
         self._sealer = sealer
@@ -352,7 +377,6 @@ class Placer:
         self._pos = start
         self._pending = bytearray()  # part of a stream chunk
         self._next = self._head_end // cs  # index of the next stream chunk to seal
-        self._fsync = fsync
         self._fd = os.open(path, os.O_RDWR)
         self._unflushed = 0
         self._flushing: Future | None = None
@@ -405,18 +429,16 @@ class Placer:
         if self._unflushed >= EARLY_FLUSH_BYTES and (
                 self._flushing is None or self._flushing.done()):
             self._unflushed = 0
-            self._flushing = _flush_pool().submit(
-                os.fdatasync if self._fsync else start_writeback, self._fd)
+            self._flushing = _flush_pool().submit(start_writeback, self._fd)
 
     def finish(self) -> None:
-        """Everything received: flush (a chunk answered 201 survives a crash)."""
+        """Everything received. Not flushed here: see the module docstring."""
         if self._pending:
             raise AssertionError("a stream chunk was left half received")
         if self._pos != self.start + self.size:
             raise AssertionError("finish before the whole chunk was received")
         self._wait()
-        if self._fsync:
-            os.fdatasync(self._fd)
+        start_writeback(self._fd)
 
     def _wait(self) -> None:
         f, self._flushing = self._flushing, None
