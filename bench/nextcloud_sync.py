@@ -88,6 +88,27 @@ def single_put(server: DavServer, path: str, name: str) -> float:
     return elapsed
 
 
+class FileSlice:
+    """The next ``length`` bytes of an open file as a request body, streamed as requests
+    streams a whole file for the single PUT (so both clients read the same way)."""
+
+    def __init__(self, f, length: int) -> None:
+        self._f, self._left = f, length
+
+    def __len__(self) -> int:
+        return self._left
+
+    def read(self, n: int = -1) -> bytes:
+        n = self._left if n is None or n < 0 else min(n, self._left)
+        data = self._f.read(n)
+        self._left -= len(data)
+        return data
+
+    def __iter__(self):
+        while data := self.read(1 << 16):
+            yield data
+
+
 def chunked_put(server: DavServer, path: str, name: str, chunk: int) -> tuple[float, float]:
     """Seconds for the whole chunked upload, and for its MOVE alone."""
     s = requests.Session()
@@ -99,13 +120,9 @@ def chunked_put(server: DavServer, path: str, name: str, chunk: int) -> tuple[fl
     t = time.perf_counter()
     assert s.request("MKCOL", up).status_code == 201
     with open(path, "rb") as f:
-        n = 0
-        while True:
-            data = f.read(chunk)
-            if not data:
-                break
-            n += 1
-            r = s.put(f"{up}/{n:05d}", data=data, headers={"OC-Total-Length": str(size)})
+        for n, at in enumerate(range(0, size, chunk), 1):
+            r = s.put(f"{up}/{n:05d}", data=FileSlice(f, min(chunk, size - at)),
+                      headers={"OC-Total-Length": str(size)})
             assert r.status_code == 201, r.text
     moving = time.perf_counter()
     r = s.request("MOVE", f"{up}/.file", headers={
