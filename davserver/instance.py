@@ -26,6 +26,7 @@ from davserver.meta import job_lock, settings
 from davserver.meta.db import MetaDB
 from davserver.meta.interprocess import PathLocks
 from davserver.vault import context
+from davserver.vault.chunkstage import forget_all as forget_uploads
 from davserver.vault.files import Vault, ensure_home, remove_home
 from davserver.vault.keystore import Identity, KeyStore, Recipient
 from davserver.vault.mounts import MountedVault, MountService, is_mount_path
@@ -129,6 +130,7 @@ class Instance:
         self.app_passwords.revoke_all(user)
         if self.storage.stat(f".uploads/{user}") is not None:  # chunked uploads in progress
             self.vault.delete(f".uploads/{user}")
+        forget_uploads(self.vault, f".uploads/{user}")  # ... and their rows and keys
         self.db.delete_setting(f"recovery.optin.{user}")
 
     # --- settings ----------------------------------------------------------------------

@@ -282,8 +282,17 @@ def test_deleting_a_user_removes_their_uploads(inst):
     up = inst.vault.begin_write(".uploads/carol/u/00001", owner="carol")
     up.write(b"chunk")
     up.commit()
+    from davserver.vault.chunkstage import ChunkStage, stage_key_id
+    inst.vault.storage.make_dir(".uploads/carol/staged")
+    stage = ChunkStage(inst.vault, inst.recipients, inst.identities,
+                       run_dir=inst.config.run_dir)
+    stage.create(".uploads/carol/staged", "carol")
+    staged_id = stage.state(".uploads/carol/staged")[0]
+    assert inst.keys.exists(stage_key_id(staged_id))
     inst.app_passwords.create("carol", "phone", None)
     inst.users.delete("carol")
     assert inst.vault.storage.stat(".uploads/carol") is None
     assert inst.db.get_file(".uploads/carol/u/00001") is None
+    assert not inst.keys.exists(stage_key_id(staged_id))
+    assert not inst.db.query("SELECT 1 FROM chunk_stages WHERE folder LIKE '.uploads/carol/%'")
     assert inst.app_passwords.list("carol") == []

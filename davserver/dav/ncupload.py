@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
 import threading
 import time
@@ -37,7 +36,6 @@ from davserver.dav.nc_put import Checksum, store_checksum, version_headers
 from davserver.dav.propfind import rfc1123
 from davserver.errors import Conflict, DavServerError, known
 from davserver.instance import Instance
-from davserver.meta.interprocess import PathLocks
 from davserver.vault.chunkstage import ChunkStage
 from davserver.vault.files import storage_path
 from davserver.vault.mounts import is_mount_path
@@ -135,7 +133,8 @@ def remove_upload(instance: Instance, folder: str) -> None:
 
 
 def _stage(instance: Instance) -> ChunkStage:
-    return ChunkStage(instance.vault, instance.recipients, instance.identities)
+    return ChunkStage(instance.vault, instance.recipients, instance.identities,
+                      run_dir=instance.config.run_dir)
 
 
 class ChunkedUploads:
@@ -154,9 +153,6 @@ class ChunkedUploads:
         self.lock_manager = None
         self.stage = _stage(instance)
         self.sha1 = RunningSha1()
-        #: One chunk PUT or MOVE at a time per upload, across processes: where a chunk goes
-        #: in the file depends on the chunks before it.
-        self.locks = PathLocks(os.path.join(instance.config.run_dir, "uploads.lock"))
 
     def __call__(self, environ, start_response):
         outcome = authenticate(self.instance, environ)
@@ -243,10 +239,10 @@ class ChunkedUploads:
         if name is None:
             if self.vault.storage.stat(folder) is None:
                 raise _Answer("404 Not Found", "no such upload")
-            with self.locks.hold(folder):
+            with self.stage.hold(folder):
                 remove_upload(self.instance, folder)
         else:
-            with self.locks.hold(folder):
+            with self.stage.hold(folder):
                 part = self._part(folder, name)
                 if part is None:
                     raise _Answer("404 Not Found", "no such chunk")
@@ -300,7 +296,7 @@ class ChunkedUploads:
     def _listing(self, folder: str) -> dict:
         """name -> (size, mtime, etag) of the chunks present. A client resuming skips
         the chunks listed, so the placed ones are flushed first."""
-        with self.locks.hold(folder):
+        with self.stage.hold(folder):
             self.stage.flush(folder)
             parts = self.stage.parts(folder)
         nodes = {n.name: n for n in self.vault.list_dir(folder)}
@@ -344,7 +340,7 @@ class ChunkedUploads:
             if room is not None and int(total) > room:
                 raise _Answer("507 Insufficient Storage",
                               f"the file ({total} bytes) does not fit in the {room} available")
-        with self.locks.hold(folder):
+        with self.stage.hold(folder):
             existed = self._part(folder, name) is not None
             reserved = self._pending_bytes(user, folder, name) if quota is not None else 0
             start = self.stage.placement(folder, int(name), expected)
@@ -419,7 +415,7 @@ class ChunkedUploads:
             self.lock_manager.check_write_permission(
                 url=quote(f"/remote.php/dav/files/{home_dest}"), depth="0", token_list=tokens,
                 principal=user)
-        with self.locks.hold(folder):
+        with self.stage.hold(folder):
             if self.vault.storage.stat(folder) is None:
                 raise _Answer("404 Not Found", "no such upload")
             answer = self._assemble_locked(environ, user, folder, target, dest)
@@ -447,6 +443,9 @@ class ChunkedUploads:
         mtime = environ.get("HTTP_X_OC_MTIME") or ""
         checksum = Checksum.parse(environ.get("HTTP_OC_CHECKSUM"))
         quota = None if is_mount_path(dest) else self.users.quota(user)
+        if any(p.placed for p in parts) and self.stage.state(folder) is None:
+            raise _Answer("409 Conflict", "this upload's data is gone (it was assembled "
+                          "already, or cut short by a crash); start the upload again")
         in_place = not is_mount_path(dest) and self.stage.in_place(folder, parts)
         how = ""
         if in_place:

@@ -53,6 +53,7 @@ from davserver.crypto import keywrap, primitives, stream
 from davserver.crypto.segments import SegmentSealer
 from davserver.durable import fsync_dir
 from davserver.errors import Conflict, IntegrityError
+from davserver.meta.interprocess import PathLocks
 from davserver.storage.base import BlobWriter
 from davserver.storage.local import EARLY_FLUSH_BYTES, LocalStorage, _flush_pool, start_writeback
 from davserver.vault.files import Upload, Vault
@@ -104,11 +105,17 @@ class Part:
 class ChunkStage:
     """The staged uploads of one vault (its storage must be local)."""
 
-    def __init__(self, vault: Vault, recipients, identities) -> None:
+    def __init__(self, vault: Vault, recipients, identities, *, run_dir: str) -> None:
         self.vault = vault
         self.db = vault.db
         self._recipients = recipients  # (user, path) -> recipients, as for any write
         self._identities = identities
+        self._locks = PathLocks(os.path.join(run_dir, "uploads.lock"))
+
+    def hold(self, folder: str):
+        """One chunk PUT, listing or MOVE at a time per upload, across processes: where
+        a chunk goes in the file depends on the chunks before it."""
+        return self._locks.hold(folder)
 
     @staticmethod
     def usable(vault: Vault, encrypting: bool) -> bool:
@@ -353,6 +360,19 @@ class ChunkStage:
         finally:
             if reader is not None:
                 reader.close()
+
+
+def forget_all(vault: Vault, area: str) -> None:
+    """Drop the rows and kept keys of every upload under ``area`` (a user's uploads,
+    when the user is deleted)."""
+    rows = vault.db.query("SELECT folder, file_id FROM chunk_stages WHERE "
+                          "substr(folder, 1, length(?) + 1) = ? || '/'", (area, area))
+    with vault.db.tx() as c:
+        for folder, _fid in rows:
+            c.execute("DELETE FROM chunk_stage_parts WHERE folder = ?", (folder,))
+            c.execute("DELETE FROM chunk_stages WHERE folder = ?", (folder,))
+    for _folder, fid in rows:
+        vault.keys.delete(stage_key_id(bytes.fromhex(fid)))
 
 
 class Placer:
