@@ -266,11 +266,20 @@ def test_stale_uploads_are_cleaned(inst):
     up = inst.vault.begin_write(".uploads/alice/old/00001", owner="alice")
     up.write(b"stale chunk")
     up.commit()
+    from davserver.vault.chunkstage import ChunkStage, stage_key_id
+    inst.vault.storage.make_dir(".uploads/alice/staged")  # one written in place
+    stage = ChunkStage(inst.vault, inst.recipients, inst.identities,
+                       run_dir=inst.config.run_dir)
+    stage.create(".uploads/alice/staged", "alice")
+    staged_id = stage.state(".uploads/alice/staged")[0]
     assert clean_stale(inst, 3600) == 0  # fresh: kept
     assert inst.vault.stat(".uploads/alice/old/00001") is not None
-    assert clean_stale(inst, 3600, now=time.time() + 7200) == 1
+    assert clean_stale(inst, 3600, now=time.time() + 7200) == 2
     assert inst.vault.storage.stat(".uploads/alice/old") is None
     assert inst.db.get_file(".uploads/alice/old/00001") is None
+    assert inst.vault.storage.stat(".uploads/alice/staged") is None
+    assert stage.state(".uploads/alice/staged") is None
+    assert not inst.keys.exists(stage_key_id(staged_id))
     inst.config.extra["nextcloud"] = {"upload_max_age_hours": 2}
     assert ChunkedUploads(inst).max_age == 7200
 
