@@ -23,8 +23,8 @@ from davserver.config import Config
 from davserver.crypto.kdf import KdfParams
 from davserver.errors import DavServerError, KeyNotFound, UserError
 from davserver.meta import job_lock, settings
+from davserver.meta.cluster_locks import commit_locks
 from davserver.meta.db import MetaDB
-from davserver.meta.interprocess import PathLocks
 from davserver.vault import context
 from davserver.vault.chunkstage import forget_all as forget_uploads
 from davserver.vault.files import Vault, ensure_home, remove_home
@@ -96,7 +96,8 @@ class Instance:
         self.vault = Vault(self.storage, self.keys, self.db,
                            identities=self.identities, recipients=self.recipients,
                            encryption_enabled=self.home_encryption_enabled,
-                           commit_locks=PathLocks(os.path.join(cfg.run_dir, "commit.lock")))
+                           commit_locks=commit_locks(os.path.join(cfg.run_dir, "commit.lock"),
+                                                     cfg.redis_url))
         self.groups = GroupService(self.db, self.users)
         if directory is not None and directory.config.group_base:
             self.groups.directory = LdapGroups(directory)

@@ -42,7 +42,7 @@ def _request(app, method: str, path: str, body=b"", **headers) -> tuple[str, dic
     env = {"REQUEST_METHOD": method, "PATH_INFO": wsgi_path, "wsgi.input": stream,
            "HTTP_AUTHORIZATION": AUTH if "quinn" not in path else QUINN,
            "wsgi.url_scheme": "http", "SERVER_NAME": "x",
-           "SERVER_PORT": "1", "SCRIPT_NAME": "", "SERVER_PROTOCOL": "HTTP/1.1",
+           "SERVER_PORT": "1", "SCRIPT_NAME": "", "SERVER_PROTOCOL": "HTTP/1.1", "HTTP_HOST": "x",
            "wsgi.errors": io.StringIO(), **headers}
     got = []
     it = app(env, lambda s, h, e=None: got.append((s, h)))

@@ -488,6 +488,18 @@ REQUEST_LINES = {
 }
 
 
+@pytest.mark.parametrize("protocol,status", [("HTTP/1.1", 400), ("HTTP/1.0", 200)])
+def test_host_header_required_by_http_1_1(checked, protocol, status):
+    """RFC 9112 3.2: HTTP/1.1 without Host is refused; HTTP/1.0 had no such rule."""
+    srv = checked
+    head = (f"GET {DAV}/alice/a.txt {protocol}\r\nConnection: close\r\n"
+            f"Authorization: {basic(*srv.auth('alice'))}\r\n\r\n")
+    r = parse_reply(exchange(srv, head.encode()))
+    assert r.status == status, r
+    if status == 400:
+        assert b"Host" in r.body
+
+
 @pytest.mark.parametrize("case", list(REQUEST_LINES))
 def test_malformed_request_line(checked, case):
     srv = checked

@@ -140,6 +140,40 @@ def test_traversal_never_reaches_other_home(server, bob_secret, path):
         assert name == "secret.txt", f"unexpected file in bob's home: {name}"
 
 
+def test_error_pages_do_not_name_software_versions(server):
+    """WsgiDAV's HTML error pages named its version (a hint for probes); the Server header
+    names no version either."""
+    url = server.url("alice", "no-such-folder/x.txt")
+    for method in ("PROPPATCH", "MOVE", "GET"):
+        r = requests.request(method, url, auth=server.auth("alice"), timeout=30,
+                             headers={"Destination": server.url("alice", "y.txt")})
+        assert_clean(r, 404, 409)
+        assert "WsgiDAV/" not in r.text and not any(c.isdigit() for c in
+                                                     r.headers.get("Server", "")), r.text
+
+
+@pytest.mark.parametrize("path", ["%ff.txt", "missing.txt", ""])
+def test_head_answers_have_no_body_so_keep_alive_survives(server, path):
+    """A HEAD answer with a body (our own 400/503 lines did) is read by the client as the
+    start of the next answer on the same connection."""
+    import http.client
+
+    u = urlsplit(server.url("alice", ""))
+    auth = "Basic " + base64.b64encode(":".join(server.auth("alice")).encode()).decode()
+    c = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    try:
+        c.request("HEAD", u.path + path, headers={"Authorization": auth})
+        first = c.getresponse()
+        first.read()
+        assert first.status in (200, 400, 404)
+        c.request("GET", u.path + path.replace("%ff", "ok"), headers={"Authorization": auth})
+        second = c.getresponse()
+        second.read()
+        assert second.status in (200, 404)
+    finally:
+        c.close()
+
+
 def test_other_users_home_is_404(server, bob_secret):
     s = server.session("alice")
     assert s.get(server.url("bob", "secret.txt")).status_code == 404

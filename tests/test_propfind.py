@@ -43,7 +43,7 @@ def _request(app, path: str, depth: str, body: bytes) -> tuple[str, bytes]:
            "wsgi.input": io.BytesIO(body), "CONTENT_LENGTH": str(len(body)),
            "HTTP_AUTHORIZATION": AUTH["carol" if "carol" in path else "alice"],
            "wsgi.url_scheme": "http", "SERVER_NAME": "x",
-           "SERVER_PORT": "1", "SCRIPT_NAME": "", "SERVER_PROTOCOL": "HTTP/1.1",
+           "SERVER_PORT": "1", "SCRIPT_NAME": "", "SERVER_PROTOCOL": "HTTP/1.1", "HTTP_HOST": "x",
            "wsgi.errors": io.StringIO()}
     status = []
     out = b"".join(app(env, lambda s, h, e=None: status.append(s)))

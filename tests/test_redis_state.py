@@ -244,3 +244,56 @@ def test_job_lock_is_renewed_while_held_and_freed_after(redis_server, monkeypatc
                 job_lock.cluster_job(redis_server.url, "renewal-check"):
             pass
     assert not r.exists(key)
+
+
+def test_commit_locks_hold_across_nodes_without_a_shared_file_system(redis_server, tmp_path):
+    """Two nodes with their own data directories (their own flock files) still commit
+    one path at a time: the second waits for the first's Redis lease; other paths and
+    the lease's release are not held up."""
+    import threading
+    import time
+
+    from davserver.meta import cluster_locks
+
+    a = cluster_locks.commit_locks(str(tmp_path / "a" / "commit.lock"), redis_server.url)
+    b = cluster_locks.commit_locks(str(tmp_path / "b" / "commit.lock"), redis_server.url)
+    events: list[str] = []
+    entered = threading.Event()
+    release = threading.Event()
+
+    def first():
+        with a.hold("alice/f.txt"):
+            events.append("a in")
+            entered.set()
+            release.wait(10)
+            events.append("a out")
+
+    def second():
+        with b.hold("alice/f.txt"):
+            events.append("b in")
+
+    t = threading.Thread(target=first)
+    t.start()
+    assert entered.wait(10)
+    with b.hold("alice/other.txt"):
+        events.append("b other")  # another path: not held up
+    waiter = threading.Thread(target=second)
+    waiter.start()
+    time.sleep(0.5)
+    assert "b in" not in events  # waits for node a's commit
+    release.set()
+    t.join(10)
+    waiter.join(10)
+    assert events == ["a in", "b other", "a out", "b in"]
+    r = redis_server.client()
+    assert not list(r.scan_iter(match=cluster_locks.KEY_PREFIX + "*"))  # all released
+
+
+def test_commit_lock_with_redis_down_is_a_clear_503(tmp_path):
+    from davserver.meta import cluster_locks
+    from davserver.meta.shared_state import SharedStateUnavailable
+
+    locks = cluster_locks.commit_locks(str(tmp_path / "commit.lock"),
+                                       "redis://127.0.0.1:1/0")
+    with pytest.raises(SharedStateUnavailable), locks.hold("alice/f.txt"):
+        pass

@@ -273,6 +273,29 @@ def test_sigterm_stops_every_process_and_restart_works(srv):
     assert fresh("GET", srv, "kept.txt").content == b"kept"
 
 
+def test_group_sigterm_reaching_workers_first_starts_no_replacement(srv):
+    """systemd stops a service by signalling every process of its group, in no order:
+    workers that got SIGTERM before the first process must not be replaced."""
+    workers = children(srv.proc.pid)
+    for pid in workers:
+        os.kill(pid, signal.SIGTERM)
+    time.sleep(0.3)
+    srv.proc.send_signal(signal.SIGTERM)
+    srv.proc.wait(timeout=30)
+    assert srv.proc.returncode == 0
+    assert "starting a new one" not in srv.log_text()
+    strays = [p for p in Path("/proc").iterdir() if p.name.isdigit()
+              and f"--worker-of\0{srv.proc.pid}".encode() in _cmdline(p)]
+    assert not strays and not any(alive(p) for p in workers)
+
+
+def _cmdline(proc_dir: Path) -> bytes:
+    try:
+        return (proc_dir / "cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def test_a_second_server_on_the_same_port_is_refused(srv, tmp_path):
     other = LiveServer(tmp_path / "other", users={"alice": None},
                        config={"server": {"workers": 2}}).create()

@@ -99,8 +99,12 @@ class GroupService:
         return sorted(set(local) | set(self.directory.members(name)))
 
     def groups_of(self, user: str) -> list[str]:
-        local = [r[0] for r in self.db.query(
-            "SELECT grp FROM local_group_members WHERE user = ? ORDER BY grp", (user,))]
+        kept = self.db.kept_for_layout("local_groups_of")  # asked several times per request
+        found = kept.get(user)
+        if found is None:
+            found = kept[user] = tuple(r[0] for r in self.db.query(
+                "SELECT grp FROM local_group_members WHERE user = ? ORDER BY grp", (user,)))
+        local = list(found)
         if self.directory is None or not self._directory_user(user):
             return local
         return sorted(set(local) | set(self.directory.groups_of(user)))

@@ -19,6 +19,7 @@ import os
 import socket
 
 from cheroot import wsgi
+from wsgidav import util as wsgidav_util
 from wsgidav.dir_browser import WsgiDavDirBrowser
 from wsgidav.error_printer import ErrorPrinter
 from wsgidav.request_resolver import RequestResolver
@@ -65,6 +66,15 @@ class Guard:
         return self.instance.maintenance()
 
     def __call__(self, environ, start_response):
+        answer = self._serve(environ, start_response)
+        if environ.get("REQUEST_METHOD") == "HEAD":
+            # cheroot sends whatever the app yields, and a HEAD answer with a body (our
+            # own one-line errors: 400, 503 in maintenance) is read by the client as the
+            # start of the next answer on the connection.
+            return _Headless(answer)
+        return answer
+
+    def _serve(self, environ, start_response):
         context.set_current(())
         path = environ.get("PATH_INFO", "")
         if path == "/status.php":
@@ -144,6 +154,24 @@ class _Closing:
             _close_prepared(self._environ)
 
 
+class _Headless:
+    """A response's headers without its body (HEAD), still closing what it holds."""
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+
+    def __iter__(self):
+        # Run the inner response to its end all the same: WsgiDAV's responses are
+        # generators that call start_response only when iterated.
+        for _chunk in self._inner:
+            pass
+        yield from ()
+
+    def close(self) -> None:
+        if hasattr(self._inner, "close"):
+            self._inner.close()
+
+
 def _lock_storage(instance: Instance):
     """In the metadata DB for one node; in Redis when nodes share one (``redis.url``)."""
     cfg = instance.config
@@ -153,6 +181,11 @@ def _lock_storage(instance: Instance):
 
         return RedisLockStorage(redis_client(cfg.redis_url))
     return DbLockStorage(instance.db, os.path.join(cfg.run_dir, "davlocks.lock"))
+
+
+# WsgiDAV signs its error pages with its name and version (read at each error from this
+# module attribute): a free hint to anyone probing for a known bug. Say only whose page it is.
+wsgidav_util.public_wsgidav_info = "davserver"
 
 
 def build_app(instance: Instance, *, fast_files: bool = True):

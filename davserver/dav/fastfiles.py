@@ -43,6 +43,10 @@ from davserver.errors import DavServerError
 from davserver.instance import Instance
 from davserver.vault.files import storage_path
 
+#: environ key: (storage path, ETag, first version?) of what a direct PUT just committed,
+#: so the Nextcloud layer (dav.nc_put) names the version without looking it up again.
+COMMITTED_KEY = "davserver.put.committed"
+
 #: Request headers that need WsgiDAV's evaluation (preconditions).
 _CONDITIONAL = ("HTTP_IF", "HTTP_IF_MATCH", "HTTP_IF_NONE_MATCH", "HTTP_IF_MODIFIED_SINCE",
                 "HTTP_IF_UNMODIFIED_SINCE")
@@ -221,6 +225,8 @@ class FastFiles:
                                                                   "etag", None)
         except Exception as e:
             raise_as_dav_error(e, f"PUT {spath}")
+        if etag is not None:
+            environ[COMMITTED_KEY] = (spath, etag, rec.generation == 1)
         headers = [("ETag", f'"{etag}"')] if etag is not None else None
         return util.send_status_response(
             environ, start_response, HTTP_NO_CONTENT if existing else HTTP_CREATED,

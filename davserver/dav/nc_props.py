@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import secrets
 import string
+import weakref
 
 from davserver.meta.db import MetaDB
 
@@ -30,9 +31,16 @@ _INSTANCE_KEY = "nextcloud.instance_id"
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 
 
+_known_instance_ids: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # MetaDB -> ID
+
+
 def instance_id(db: MetaDB) -> str:
     """Nextcloud's instance ID ('oc' + 10 characters): the suffix of every oc:id, so IDs
-    from two servers never collide in a client that syncs with both."""
+    from two servers never collide in a client that syncs with both. Set once, so a
+    process keeps it after the first read (every PUT answer names it)."""
+    value = _known_instance_ids.get(db)
+    if value is not None:
+        return value
     value = db.get_setting(_INSTANCE_KEY)
     if value is None:
         candidate = "oc" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(10))
@@ -40,6 +48,7 @@ def instance_id(db: MetaDB) -> str:
             c.execute("INSERT OR IGNORE INTO settings(key, value) VALUES(?, ?)",
                       (_INSTANCE_KEY, candidate))
         value = db.get_setting(_INSTANCE_KEY)
+    _known_instance_ids[db] = value
     return value
 
 

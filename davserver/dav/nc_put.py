@@ -17,6 +17,7 @@ from xml.sax.saxutils import escape
 from wsgidav.dav_error import HTTP_BAD_REQUEST, DAVError
 
 from davserver.dav import nc_props
+from davserver.dav.fastfiles import COMMITTED_KEY
 from davserver.meta.db import MetaDB
 
 _CHECKSUM_XML = '<oc:checksums xmlns:oc="http://owncloud.org/ns"><oc:checksum>{}</oc:checksum>' \
@@ -69,13 +70,15 @@ class Checksum:
                            "checksum (OC-Checksum); nothing was stored")
 
 
-def store_checksum(db: MetaDB, spath: str, checksum: Checksum | None) -> None:
+def store_checksum(db: MetaDB, spath: str, checksum: Checksum | None, *,
+                   first_version: bool = False) -> None:
     """Keep a verified checksum as the file's oc:checksums; a write without one drops
-    the previous version's, which would no longer be true."""
+    the previous version's, which would no longer be true (a first version has none:
+    a delete takes a file's properties with it)."""
     if checksum is not None:
         db.set_prop(spath, nc_props.OC_CHECKSUMS,
                     _CHECKSUM_XML.format(escape(checksum.header())).encode())
-    elif db.query("SELECT 1 FROM props WHERE path = ? AND name = ?",
+    elif not first_version and db.query("SELECT 1 FROM props WHERE path = ? AND name = ?",
                   (spath, nc_props.OC_CHECKSUMS)):
         db.remove_prop(spath, nc_props.OC_CHECKSUMS)
 
@@ -105,13 +108,17 @@ class VerifyingInput:
         return self.read()
 
 
-def version_headers(vault, db: MetaDB, spath: str, mtime_given: bool) -> list[tuple[str, str]]:
-    """ETag, OC-ETag, OC-FileId (and X-OC-MTime) of what is stored at ``spath`` now."""
-    node = vault.stat(spath)
-    if node is None:
-        return []
+def version_headers(vault, db: MetaDB, spath: str, mtime_given: bool,
+                    etag: str | None = None) -> list[tuple[str, str]]:
+    """ETag, OC-ETag, OC-FileId (and X-OC-MTime) of what is stored at ``spath`` now
+    (``etag``: the version's, when the caller just committed it)."""
+    if etag is None:
+        node = vault.stat(spath)
+        if node is None:
+            return []
+        etag = node.etag
     _fid, ocid = nc_props.file_id_of(db, spath)
-    headers = [("ETag", f'"{node.etag}"'), ("OC-ETag", f'"{node.etag}"'),
+    headers = [("ETag", f'"{etag}"'), ("OC-ETag", f'"{etag}"'),
                ("OC-FileId", ocid)]
     if mtime_given:
         headers.append(("X-OC-MTime", "accepted"))
@@ -148,11 +155,13 @@ class PutHeaders:
 
         def start(status, headers, exc_info=None):
             if status[:3] in ("201", "204"):
-                spath = spath_of()
+                committed = environ.get(COMMITTED_KEY)  # the direct path's commit
+                spath, etag, first = committed or (spath_of(), None, False)
                 if spath is not None:
                     store_checksum(self.db, spath,
-                                   checksum if body is not None and body.verified else None)
-                    extra = version_headers(self.vault, self.db, spath, mtime_given)
+                                   checksum if body is not None and body.verified else None,
+                                   first_version=first)
+                    extra = version_headers(self.vault, self.db, spath, mtime_given, etag)
                     names = {k.lower() for k, _v in extra}
                     headers = [h for h in headers if h[0].lower() not in names] + extra
             return start_response(status, headers, exc_info)

@@ -42,6 +42,9 @@ log = logging.getLogger("davserver")
 _RESTART_WINDOW = 10.0  # a worker dying this soon after its start counts as a crash loop
 _MAX_QUICK_DEATHS = 5
 _SIGNALS = {signal.SIGTERM, signal.SIGINT}
+#: How long a worker stopped by SIGTERM/SIGINT waits for its replacement: the signal may
+#: be a stop of the whole process group that has not reached this process yet.
+_STOP_GRACE = 2.0
 
 
 def default_workers() -> int:
@@ -139,6 +142,10 @@ class Workers:
                 continue
             balance.table.release(slot)
             code = os.waitstatus_to_exitcode(wstatus)
+            if (code == 0 or -code in _SIGNALS) and self._stopping.wait(_STOP_GRACE):
+                # Stopped on request (a worker's SIGTERM handler exits 0): systemd signals
+                # the whole group, and the first process's signal may come a moment later.
+                continue
             log.error("worker %d exited (%s); starting a new one", pid,
                       f"signal {-code}" if code < 0 else f"status {code}")
             if time.monotonic() - started < _RESTART_WINDOW:

@@ -72,6 +72,10 @@ def if_header_ok(value: str) -> bool:
 
 def refusal(environ: dict) -> str | None:
     """The reason to answer 400 to this request, or None to serve it."""
+    if "HTTP_HOST" not in environ and environ.get("SERVER_PROTOCOL") == "HTTP/1.1":
+        # RFC 9112 3.2: a server MUST answer 400 to an HTTP/1.1 request without Host;
+        # the URLs it builds (Location, hrefs for clients that compare them) need one.
+        return "an HTTP/1.1 request must carry a Host header"
     # PEP 3333: PATH_INFO holds the undecoded bytes as latin-1 code points.
     problem = path_problem(environ.get("PATH_INFO", "").encode("latin-1", "replace"))
     if problem:

@@ -7,8 +7,9 @@ follows the path through moves (see :func:`move_ids`), survives overwrites (rows
 keyed by path, and a write does not touch them) and is new for a copy (a new path) or
 for a path re-created after a delete (the delete drops the row).
 
-IDs are assigned when first asked for (PROPFIND, PUT answers), so paths nobody listed
-cost nothing.
+A file gets its ID in the transaction that indexes its first version (:func:`assign_id`),
+so the PUT answer (OC-FileId) needs no write of its own; folders and files indexed before
+this table existed get theirs when first asked for (PROPFIND, MKCOL answers).
 """
 
 from __future__ import annotations
@@ -30,6 +31,12 @@ _UNDER = "(path = ? OR substr(path, 1, length(?) + 1) = ? || '/')"
 def _parent(path: str) -> str:
     i = path.rfind("/")
     return path[:i] if i >= 0 else ""
+
+
+def assign_id(conn: sqlite3.Connection, path: str) -> None:
+    """Give ``path`` an ID if it has none (a no-op for one that keeps its ID)."""
+    conn.execute("INSERT INTO nc_fileids(path, parent) VALUES(?, ?) "
+                 "ON CONFLICT(path) DO NOTHING", (path, _parent(path)))
 
 
 def delete_ids(conn: sqlite3.Connection, path: str) -> None:

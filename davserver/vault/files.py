@@ -39,6 +39,7 @@ from davserver.errors import (
     StorageNotFound,
     VersionMismatch,
 )
+from davserver.meta.cluster_locks import ClusterPathLocks
 from davserver.meta.db import FileRecord, MetaDB
 from davserver.meta.interprocess import PathLocks
 from davserver.storage.base import BlobReader, BlobWriter, Entry, Storage
@@ -174,14 +175,16 @@ class Vault:
     def __init__(self, storage: Storage, keys: KeyStore, db: MetaDB, *,
                  identities: Callable[[], list[Identity]],
                  recipients: Callable[[str, str], list[Recipient]],
-                 encryption_enabled: Callable[[], bool], commit_locks: PathLocks) -> None:
+                 encryption_enabled: Callable[[], bool],
+                 commit_locks: PathLocks | ClusterPathLocks) -> None:
         self.storage = storage
         self.keys = keys
         self.db = db
         self._identities = identities
         self._recipients = recipients
         self._encryption_enabled = encryption_enabled
-        self._commit_locks = commit_locks  # one committer per path, across processes
+        #: One committer per path, across processes (and nodes: meta.cluster_locks).
+        self.commit_locks = commit_locks
         #: Called as (src, dst) after a move (sharing re-wraps keys that changed folders).
         self.after_move: Callable[[str, str], object] | None = None
         #: Paths in the shared index that another vault (an external storage mount)
@@ -434,7 +437,7 @@ class Vault:
                 expect_generation: int | None = None) -> FileRecord:
         path = up.path
         mtime = time.time() if mtime is None else mtime
-        with self._commit_locks.hold(path):
+        with self.commit_locks.hold(path):
             old = self.db.get_file(path)
             if expect_generation is not None and (old.generation if old else 0) \
                     != expect_generation:
@@ -495,7 +498,7 @@ class Vault:
         delete the new key: the file lost (found by bench/soak.py). _Superseded when the
         commit was finished or replaced meanwhile.
         """
-        with self._commit_locks.hold(path):
+        with self.commit_locks.hold(path):
             if file_id not in self.db.pending_for(path, plain=plain):
                 raise _Superseded()
             with self.storage.open_reader(path) as r:

@@ -22,12 +22,11 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from davserver.crypto.primitives import aead_open, aead_seal, hkdf_sha256
 from davserver.errors import Conflict, DavServerError, NotFound, UserError
 from davserver.meta.db import MetaDB
-from davserver.meta.interprocess import PathLocks
 from davserver.storage.base import BlobReader, BlobWriter, Entry, Storage
 from davserver.vault.files import Node, Vault, copy_between
 
@@ -143,9 +142,17 @@ class MountService:
                      json.loads(users), json.loads(groups))
 
     def list(self) -> list[Mount]:
-        return [self._row(r) for r in self.db.query(
-            "SELECT id, mount_point, backend, auth, config, options, users, groups "
-            "FROM mounts ORDER BY id")]
+        # Every request routes its path through the mounts: kept while the layout version
+        # stays (meta.layout_schema), so a request costs no query and no unsealing. The
+        # caller gets copies: definitions are edited in place before _save.
+        kept = self.db.kept_for_layout("mounts")
+        mounts = kept.get("all")
+        if mounts is None:
+            mounts = kept["all"] = [self._row(r) for r in self.db.query(
+                "SELECT id, mount_point, backend, auth, config, options, users, groups "
+                "FROM mounts ORDER BY id")]
+        return [replace(m, config=dict(m.config), options=dict(m.options), users=list(m.users),
+                        groups=list(m.groups)) for m in mounts]
 
     def get(self, mount_id: int) -> Mount:
         rows = self.db.query("SELECT id, mount_point, backend, auth, config, options, users, "
@@ -393,7 +400,7 @@ class MountedVault:
         self.service = service
         self._master = master
         self._groups_of = groups_of
-        self._locks = PathLocks(os.path.join(run_dir, "commit.lock"))
+        self._locks = home.commit_locks  # one per path across home and mounts (and nodes)
         self.db = home.db
 
     # --- resolution --------------------------------------------------------------------

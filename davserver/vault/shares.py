@@ -362,12 +362,19 @@ class ShareService:
 
     def _received(self, user: str) -> list[Share]:
         groups = self.groups.groups_of(user)
-        marks = ",".join("?" * len(groups)) or "NULL"
+        # Every request of the user asks (to route its path): kept while the layout
+        # version stays (meta.layout_schema); expiry is checked on every call.
+        kept = self.db.kept_for_layout("received")
+        key = (user, *groups)
+        found = kept.get(key)
+        if found is None:
+            marks = ",".join("?" * len(groups)) or "NULL"
+            found = kept[key] = tuple(self._rows(
+                "n.path IS NOT NULL AND s.owner != ? AND ((s.share_type = 0 AND s.share_with "
+                f"= ?) OR (s.share_type = 1 AND s.share_with IN ({marks})))",
+                (user, user, *groups)))
         now = time.time()
-        return [s for s in self._rows(
-            "n.path IS NOT NULL AND s.owner != ? AND ((s.share_type = 0 AND s.share_with = ?)"
-            f" OR (s.share_type = 1 AND s.share_with IN ({marks})))", (user, user, *groups))
-            if s.expires is None or s.expires > now]
+        return [s for s in found if s.expires is None or s.expires > now]
 
     def mounts(self, user: str) -> list[Mount]:
         """The shares a user sees, with where; makes the mount points of new ones."""
