@@ -274,3 +274,16 @@ def test_a_listed_chunk_is_flushed_and_one_unflushed_before_a_reboot_is_sent_aga
     assert c.chunk("boot", 3, parts[2]).status_code == 201
     assert c.finish("boot", "boot.bin", len(data)).status_code == 201
     assert c.get("boot.bin").content == data
+
+
+def test_a_chunk_whose_offset_the_client_counts_otherwise_is_kept_whole(srv):
+    c = Client(srv)
+    data = os.urandom(500_000)
+    c.start("off", "off.bin")
+    assert c.s.put(c.up("off", "00001"), data=data[:200_000],
+                   headers={"OC-Chunk-Offset": "0"}).status_code == 201
+    assert c.s.put(c.up("off", "00002"), data=data[200_000:],
+                   headers={"OC-Chunk-Offset": "123"}).status_code == 201
+    assert c.finish("off", "off.bin", len(data)).status_code == 201
+    assert c.get("off.bin").content == data
+    assert "into alice/off.bin by streaming" in srv.log_text()

@@ -274,7 +274,14 @@ def test_stale_uploads_are_cleaned(inst):
     staged_id = stage.state(".uploads/alice/staged")[0]
     assert clean_stale(inst, 3600) == 0  # fresh: kept
     assert inst.vault.stat(".uploads/alice/old/00001") is not None
-    assert clean_stale(inst, 3600, now=time.time() + 7200) == 2
+    # A chunk written in place later than the folder changed keeps the upload alive.
+    later = time.time() + 7200
+    data = os.path.join(inst.vault.storage.root, ".uploads", "alice", "staged", ".data")
+    os.utime(data, (later, later))
+    assert clean_stale(inst, 3600, now=later) == 1
+    assert stage.state(".uploads/alice/staged") is not None
+    os.utime(data, (time.time(), time.time()))
+    assert clean_stale(inst, 3600, now=time.time() + 7200) == 1
     assert inst.vault.storage.stat(".uploads/alice/old") is None
     assert inst.db.get_file(".uploads/alice/old/00001") is None
     assert inst.vault.storage.stat(".uploads/alice/staged") is None

@@ -76,7 +76,10 @@ def clean_stale(instance: Instance, max_age: float, now: float | None = None) ->
         if not user.is_dir:
             continue
         for up in vault.storage.list_dir(f"{AREA}/{user.name}"):
-            if up.mtime < now - max_age:
+            # Chunks written in place change .data, not the folder.
+            data = vault.storage.stat(f"{AREA}/{user.name}/{up.name}/.data") \
+                if up.is_dir else None
+            if max(up.mtime, data.mtime if data else 0) < now - max_age:
                 try:
                     remove_upload(instance, f"{AREA}/{user.name}/{up.name}")
                     removed += 1
@@ -343,14 +346,17 @@ class ChunkedUploads:
         with self.stage.hold(folder):
             existed = self._part(folder, name) is not None
             reserved = self._pending_bytes(user, folder, name) if quota is not None else 0
+            room = self.vault.available(user, quota)
+            if room is not None and expected > room - reserved:
+                raise _Answer("507 Insufficient Storage", f"{expected} bytes do not fit "
+                              f"in the {max(0, room - reserved)} available")
             start = self.stage.placement(folder, int(name), expected)
+            said = environ.get("HTTP_OC_CHUNK_OFFSET") or ""
+            if start is not None and said.isdigit() and int(said) != start:
+                start = None  # the client counts otherwise: keep the chunk as it is
             if start is None:
                 self._put_whole(environ, user, folder, name, expected, quota, reserved)
             else:
-                room = self.vault.available(user, quota)
-                if room is not None and expected > room - reserved:
-                    raise _Answer("507 Insufficient Storage", f"{expected} bytes do not fit "
-                                  f"in the {max(0, room - reserved)} available")
                 sha1 = self.sha1.take(folder, start) \
                     if "HTTP_OC_CHUNK_OFFSET" in environ else None
                 placer = self.stage.placer(folder, start, expected, observe=sha1)
