@@ -452,11 +452,12 @@ class ChunkedUploads:
         if any(p.placed for p in parts) and self.stage.state(folder) is None:
             raise _Answer("409 Conflict", "this upload's data is gone (it was assembled "
                           "already, or cut short by a crash); start the upload again")
-        in_place = not is_mount_path(dest) and self.stage.in_place(folder, parts)
+        in_place = not is_mount_path(dest) and self.instance.home_encryption_enabled() \
+            and self.stage.in_place(folder, parts)
         how = ""
         if in_place:
             # Written in place: seal the edges, check, rename (no pass over the file).
-            room = self.vault.available(user, quota, replacing=dest)
+            room = self.vault.available(dest.split("/", 1)[0], quota, replacing=dest)
             if room is not None and size > room:
                 raise _Answer("507 Insufficient Storage",
                               f"the file ({size} bytes) does not fit in the {room} available")
@@ -471,7 +472,7 @@ class ChunkedUploads:
                 for block in self.stage.plaintext(folder, parts, _BLOCK):
                     checksum.update(block)
                 checksum.check()
-            up = self.stage.commit_upload(folder, dest, user, file_id, data_key, size, quota)
+            up = self.stage.commit_upload(folder, dest, file_id, data_key, size, quota)
         else:
             up = target.begin_write(dest, quota=quota, expected_size=size)
             try:

@@ -323,13 +323,14 @@ class ChunkStage:
             os.close(fd)
         return file_id, data_key
 
-    def commit_upload(self, folder: str, dest: str, owner: str, file_id: bytes,
-                      data_key: bytes, total: int, quota: int | None) -> Upload:
-        """The vault write that renames ``.data`` onto ``dest`` when committed."""
+    def commit_upload(self, folder: str, dest: str, file_id: bytes, data_key: bytes,
+                      total: int, quota: int | None) -> Upload:
+        """The vault write that renames ``.data`` onto ``dest`` when committed; its keys
+        are wrapped for whoever a write to ``dest`` is (a team folder's groups, shares)."""
         blob = _StagedBlob(self._local(f"{folder}/{DATA}"), self._local(dest),
                            fsync=self.vault.storage.fsync)
         return self.vault.begin_staged(dest, blob, file_id=file_id, data_key=data_key,
-                                       size=total, quota=quota, owner=owner)
+                                       size=total, quota=quota)
 
     def plaintext(self, folder: str, parts: list[Part], block: int) -> Iterator[bytes]:
         """Every chunk's bytes in order (the streaming assembly)."""

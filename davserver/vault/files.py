@@ -422,11 +422,11 @@ class Vault:
                       recipients=self._recipients(user, path) if encrypt else [])
 
     def begin_staged(self, path: str, blob: BlobWriter, *, file_id: bytes, data_key: bytes,
-                     size: int, quota: int | None = None, owner: str | None = None) -> Upload:
+                     size: int, quota: int | None = None) -> Upload:
         """A write whose ciphertext (under ``file_id`` and ``data_key``) is complete in
         ``blob`` already (a chunked upload written in place, vault.chunkstage): only the
         quota check and the commit are left."""
-        user = owner or path.split("/", 1)[0]
+        user = path.split("/", 1)[0]
         limit = self.available(user, quota, replacing=path)
         if limit is not None and size > limit:
             raise QuotaExceeded(f"{size} bytes do not fit in the {limit} available")
