@@ -287,3 +287,40 @@ def test_a_chunk_whose_offset_the_client_counts_otherwise_is_kept_whole(srv):
     assert c.finish("off", "off.bin", len(data)).status_code == 201
     assert c.get("off.bin").content == data
     assert "into alice/off.bin by streaming" in srv.log_text()
+
+
+def test_user_key_mode_upload_into_a_shared_folder_is_wrapped_like_a_put(tmp_path):
+    """alice uploads in chunks into her folder shared with bob: written in place, the
+    file's key is wrapped as for her PUT there (her key and the share's), and bob reads
+    it. (A chunked MOVE into a share as seen by the member answers 409 "the
+    destination's folder does not exist": the upload endpoint does not route through
+    shares yet, in place or not.)"""
+    from tests.live import LiveServer
+    from tests.test_sharing_keys import file_wraps
+    s = LiveServer(tmp_path / "srv", {"alice": None, "bob": None}, config={
+        "encryption": {"kdf_time_cost": 1, "kdf_memory_kib": 1024, "kdf_parallelism": 1}})
+    s.create()
+    s.run_cli("encryption:disable-master-key", "--yes")
+    s.start()
+    try:
+        alice = Client(s, "alice")
+        assert alice.s.request("MKCOL", s.url("alice", "proj")).status_code == 201
+        s.session("bob").request("PROPFIND", s.url("bob"), headers={"Depth": "0"})
+        s.run_cli("share:add", "alice", "proj", "--user", "bob", "--permissions", "all")
+        data = os.urandom(700_000)
+        alice.start("sh", "proj/big.bin")
+        staged = (Path(s.data_dir) / "files" / ".uploads" / "alice" / "sh" / ".data"
+                  ).read_bytes()[16:32]
+        for n, part in enumerate((data[:400_000], data[400_000:])):
+            assert alice.chunk("sh", n + 1, part).status_code == 201
+        r = alice.finish("sh", "proj/big.bin", len(data))
+        assert r.status_code == 201, r.text
+        assert (Path(s.data_dir) / "files" / "alice" / "proj" / "big.bin"
+                ).read_bytes()[16:32] == staged
+        assert alice.get("proj/big.bin").content == data
+        assert s.session("bob").get(s.url("bob", "proj/big.bin")).content == data
+        assert alice.s.put(s.url("alice", "proj/put.bin"), data=b"x").status_code == 201
+        assert file_wraps(s, "alice/proj/big.bin") == file_wraps(s, "alice/proj/put.bin")
+        assert "share" in {w.split(":")[0] for w in file_wraps(s, "alice/proj/big.bin")}
+    finally:
+        s.stop()
