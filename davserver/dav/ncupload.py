@@ -6,13 +6,15 @@
     MOVE   .../<id>/.file   Destination: .../files/USER/path   assemble
     DELETE .../<id>                                     abort
 
-Chunks are ordinary vault files in a per-user area outside every home
-(``.uploads/USER/<id>/<number>``, a name no user can have): encrypted at rest with the
-user's keys like any file, committed atomically, invisible in the files tree. They count
-against the user's quota while they wait. Assembly streams the chunks, in numeric order,
-into one vault write to the destination, so the destination is the old file or the new
-one whatever happens; the chunks go only after that commit. Uploads left alone longer
-than ``[nextcloud] upload_max_age_hours`` are removed when the next one starts.
+Uploads live in a per-user area outside every home (``.uploads/USER/<id>``, a name no
+user can have), encrypted at rest, invisible in the files tree; their chunks count against
+the user's quota while they wait. On local storage with encryption on, chunks sent in
+order are encrypted straight into the final file's ciphertext and the MOVE only seals the
+seams and commits it (vault.chunkstage); other chunks are vault files of their own, and
+the MOVE then streams every chunk, in numeric order, into one vault write. Either way the
+destination is the old file or the new one whatever happens, and the chunks go only
+after that commit. Uploads left alone longer than ``[nextcloud] upload_max_age_hours``
+are removed when the next one starts.
 """
 
 from __future__ import annotations
