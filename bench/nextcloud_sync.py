@@ -11,7 +11,9 @@ Measures, on 127.0.0.1:
 - rclone sync of the same tree to plain WsgiDAV (no encryption, no chunking), then a
   no-op rclone sync;
 - the large file as one PUT to davserver, and as a chunked upload (MKCOL, PUT of
-  ``--chunk-mb`` chunks, MOVE) to davserver: the chunked rate as a share of the PUT rate.
+  ``--chunk-mb`` chunks, MOVE) to davserver: the chunked rate as a share of the PUT rate,
+  ``--rounds`` times with the two interleaved (so machine load hits both alike); the
+  median of each, and the ratio of each round, are reported with the load average.
 
 Writes bench/results/<UTC ts>-nextcloud-sync.md and prints it.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -85,29 +88,48 @@ def single_put(server: DavServer, path: str, name: str) -> float:
     return elapsed
 
 
-def chunked_put(server: DavServer, path: str, name: str, chunk: int) -> float:
+class FileSlice:
+    """The next ``length`` bytes of an open file as a request body, streamed as requests
+    streams a whole file for the single PUT (so both clients read the same way)."""
+
+    def __init__(self, f, length: int) -> None:
+        self._f, self._left = f, length
+
+    def __len__(self) -> int:
+        return self._left
+
+    def read(self, n: int = -1) -> bytes:
+        n = self._left if n is None or n < 0 else min(n, self._left)
+        data = self._f.read(n)
+        self._left -= len(data)
+        return data
+
+    def __iter__(self):
+        while data := self.read(1 << 16):
+            yield data
+
+
+def chunked_put(server: DavServer, path: str, name: str, chunk: int) -> tuple[float, float]:
+    """Seconds for the whole chunked upload, and for its MOVE alone."""
     s = requests.Session()
     s.auth = (BENCH_USER, BENCH_PASS)
     base = f"http://127.0.0.1:{server.port}"
-    up = f"{base}/remote.php/dav/uploads/{BENCH_USER}/bench{int(time.time())}"
+    up = f"{base}/remote.php/dav/uploads/{BENCH_USER}/bench{time.time_ns()}"
     size = os.path.getsize(path)
     settle()
     t = time.perf_counter()
     assert s.request("MKCOL", up).status_code == 201
     with open(path, "rb") as f:
-        n = 0
-        while True:
-            data = f.read(chunk)
-            if not data:
-                break
-            n += 1
-            r = s.put(f"{up}/{n:05d}", data=data, headers={"OC-Total-Length": str(size)})
+        for n, at in enumerate(range(0, size, chunk), 1):
+            r = s.put(f"{up}/{n:05d}", data=FileSlice(f, min(chunk, size - at)),
+                      headers={"OC-Total-Length": str(size)})
             assert r.status_code == 201, r.text
+    moving = time.perf_counter()
     r = s.request("MOVE", f"{up}/.file", headers={
         "Destination": f"{base}{server.base}{name}", "OC-Total-Length": str(size)})
-    elapsed = time.perf_counter() - t
+    done = time.perf_counter()
     assert r.status_code in (201, 204), r.text
-    return elapsed
+    return done - t, done - moving
 
 
 def main() -> int:
@@ -115,6 +137,10 @@ def main() -> int:
     ap.add_argument("--small", type=int, default=1000)
     ap.add_argument("--large-mb", type=int, default=1024)
     ap.add_argument("--chunk-mb", type=int, default=100)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="single PUT and chunked upload rounds, interleaved")
+    ap.add_argument("--large-only", action="store_true",
+                    help="only the single PUT / chunked upload comparison")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--workdir", default=None)
     a = ap.parse_args()
@@ -133,37 +159,60 @@ def main() -> int:
         os.makedirs(src)
         total = make_tree(src, a.small, a.large_mb)
         local = os.path.join(work, "nc-local")
-        shutil.copytree(src, local)
+        if not a.large_only:
+            shutil.copytree(src, local)
         home = os.path.join(work, "nc-home")
         os.makedirs(home)
         env = dict(os.environ, QT_QPA_PLATFORM="offscreen", HOME=home)
-        nc_first = timed(nextcloudcmd(local, dav, home), env)
-        nc_noop = timed(nextcloudcmd(local, dav, home), env)
-        rc_first = timed(rclone(src, plain))
-        rc_noop = timed(rclone(src, plain))
+        if not a.large_only:
+            nc_first = timed(nextcloudcmd(local, dav, home), env)
+            nc_noop = timed(nextcloudcmd(local, dav, home), env)
+            rc_first = timed(rclone(src, plain))
+            rc_noop = timed(rclone(src, plain))
         large = os.path.join(src, "large.bin")
-        put_s = single_put(dav, large, "put-large.bin")
-        chunk_s = chunked_put(dav, large, "chunked-large.bin", a.chunk_mb * MB)
+        rounds = []
+        for i in range(a.rounds):
+            # Alternate which goes first, so neither always meets a just-flushed disk.
+            if i % 2:
+                chunk_s, move_s = chunked_put(dav, large, "chunked-large.bin", a.chunk_mb * MB)
+                put_s = single_put(dav, large, "put-large.bin")
+            else:
+                put_s = single_put(dav, large, "put-large.bin")
+                chunk_s, move_s = chunked_put(dav, large, "chunked-large.bin", a.chunk_mb * MB)
+            rounds.append((put_s, chunk_s, move_s, os.getloadavg()[0]))
     finally:
         dav.stop()
         plain.stop()
     size = a.large_mb * MB
-    rows = [
+    put_s = statistics.median(r[0] for r in rounds)
+    chunk_s = statistics.median(r[1] for r in rounds)
+    rows = [] if a.large_only else [
         ("first sync, nextcloudcmd -> davserver (master-key)", nc_first, total / nc_first),
         ("first sync, rclone sync -> plain WsgiDAV", rc_first, total / rc_first),
         ("no-op sync, nextcloudcmd -> davserver", nc_noop, None),
         ("no-op sync, rclone sync -> plain WsgiDAV", rc_noop, None),
-        (f"large file, one PUT -> davserver ({a.large_mb} MB)", put_s, size / put_s),
-        (f"large file, chunked v2 -> davserver ({a.chunk_mb} MB chunks)", chunk_s,
-         size / chunk_s),
+    ]
+    rows += [
+        (f"large file, one PUT -> davserver ({a.large_mb} MB), median of {a.rounds}", put_s,
+         size / put_s),
+        (f"large file, chunked v2 -> davserver ({a.chunk_mb} MB chunks), median of "
+         f"{a.rounds}", chunk_s, size / chunk_s),
     ]
     ts = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     lines = [f"# Nextcloud-client sync, {ts}", "",
-             f"{a.small} files of 4 KiB in 30 folders + one file of {a.large_mb} MB "
-             f"({total / MB:.0f} MB in all), loopback, one run.", "",
+             (f"{a.small} files of 4 KiB in 30 folders + " if not a.large_only else "")
+             + f"one file of {a.large_mb} MB ({total / MB:.0f} MB in all), loopback, "
+             f"{os.cpu_count()} cores.", "",
              "| what | seconds | MB/s |", "|---|---:|---:|"]
     lines += [f"| {w} | {s:.2f} | {'' if r is None else f'{r / MB:.1f}'} |" for w, s, r in rows]
-    lines += ["", f"Chunked upload rate / single PUT rate: {put_s / chunk_s:.2f}"]
+    lines += ["", "Rounds (single PUT and chunked upload interleaved):", "",
+              "| round | PUT MB/s | chunked MB/s | of which MOVE s | chunked / PUT | load avg |",
+              "|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {i + 1} | {size / p / MB:.0f} | {size / c / MB:.0f} | {m:.2f} | {p / c:.2f} "
+              f"| {load:.2f} |" for i, (p, c, m, load) in enumerate(rounds)]
+    ratios = [p / c for p, c, _m, _l in rounds]
+    lines += ["", f"Chunked upload rate / single PUT rate: {statistics.median(ratios):.2f} "
+              f"(median of the rounds' ratios; range {min(ratios):.2f}-{max(ratios):.2f})"]
     text = "\n".join(lines) + "\n"
     out_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
     os.makedirs(out_dir, exist_ok=True)

@@ -27,6 +27,7 @@ from davserver.meta.cluster_locks import commit_locks
 from davserver.meta.connect import metadb_exists, open_metadb
 from davserver.meta.db import MetaDB
 from davserver.vault import context
+from davserver.vault.chunkstage import forget_all as forget_uploads
 from davserver.vault.files import Vault, ensure_home, remove_home
 from davserver.vault.keystore import Identity, KeyStore, Recipient
 from davserver.vault.mounts import MountedVault, MountService, forget_shares, is_mount_path
@@ -139,6 +140,7 @@ class Instance:
         self.app_passwords.revoke_all(user)
         if self.storage.stat(f".uploads/{user}") is not None:  # chunked uploads in progress
             self.vault.delete(f".uploads/{user}")
+        forget_uploads(self.vault, f".uploads/{user}")  # ... and their rows and keys
         self.db.delete_setting(f"recovery.optin.{user}")
 
     # --- settings ----------------------------------------------------------------------

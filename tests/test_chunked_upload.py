@@ -78,11 +78,14 @@ def test_out_of_order_chunks_assemble_and_are_ciphertext_at_rest(srv):
     for n in reversed(range(len(parts))):  # the last chunk first
         assert c.chunk("u1", n + 1, parts[n], len(data)).status_code == 201
     assert c.listing("u1") == {f"{n + 1:05d}": len(p) for n, p in enumerate(parts)}
+    # The last chunk (sent first) is written in place, the others are stored whole; the
+    # bytes of the former that fill no whole stream chunk are kept (sealed) in the index.
     stored = [p for p in (srv.root / "data" / "files" / ".uploads").rglob("*") if p.is_file()]
-    assert len(stored) == len(parts)
-    for p in stored:
+    assert sorted(p.name for p in stored) == [".data", "00001", "00002", "00003"]
+    for p in stored + list((srv.root / "data").glob("davserver.db*")):
         raw = p.read_bytes()
         assert b"PLAINTEXT-MARKER" not in raw and data[100_000:100_064] not in raw
+        assert data[-64:] not in raw, p
     assert c.get("big.bin").status_code == 404  # nothing visible before the MOVE
     r = c.finish("u1", "big.bin", len(data), **{"X-OC-Mtime": "1600000000"})
     assert r.status_code == 201, r.text
@@ -202,7 +205,18 @@ def test_abort_and_misuse(srv):
     assert requests.request("MKCOL", c.up("anon")).status_code == 401
 
 
-def test_server_killed_during_assembly_leaves_old_or_new(tmp_path):
+def _moving(server) -> bool:
+    """Has a MOVE begun sealing an upload written in place (vault.chunkstage)?"""
+    import sqlite3
+    with sqlite3.connect(os.path.join(server.data_dir, "davserver.db")) as db:
+        return bool(db.execute("SELECT count(*) FROM chunk_stages WHERE moved = 1").fetchone()[0])
+
+
+@pytest.mark.parametrize("order", ["in order", "out of order"])
+def test_server_killed_during_assembly_leaves_old_or_new(tmp_path, order):
+    """In order, the chunks are written in place and the MOVE only seals and renames: the
+    server is killed once it began sealing. Out of order, the MOVE streams every chunk
+    into a new write: killed while that streams."""
     import threading
 
     from tests.live import LiveServer, wait_until
@@ -212,24 +226,24 @@ def test_server_killed_during_assembly_leaves_old_or_new(tmp_path):
         old = b"old version"
         c.s.put(c.dest("crash.bin"), data=old)
         new = os.urandom(60 * 1_000_000)
+        parts = list(enumerate(_parts(new, 20_000_000)))
         c.start("crash", "crash.bin")
-        for n, part in enumerate(_parts(new, 20_000_000)):
+        for n, part in (parts if order == "in order" else reversed(parts)):
             assert c.chunk("crash", n + 1, part).status_code == 201
         answers = []
         t = threading.Thread(target=lambda: answers.append(_try(
             lambda: c.finish("crash", "crash.bin", len(new)))))
         t.start()
-        # Killed while the MOVE streams 60 MB into the destination's temp blob.
-        assert wait_until(lambda: s.tmp_files(), timeout=20, interval=0.005)
+        busy = (lambda: _moving(s)) if order == "in order" else (lambda: s.tmp_files())
+        assert wait_until(busy, timeout=20, interval=0.001)
         s.kill()
         t.join(30)
-        assert isinstance(answers[0], requests.RequestException), "finished before the kill"
         s.start()
         got = Client(s).get("crash.bin").content
         assert got in (old, new)
         if got == old:  # not committed: the chunks are still there to try again
-            assert Client(s).listing("crash") == {f"{n + 1:05d}": len(p) for n, p in
-                                                  enumerate(_parts(new, 20_000_000))}
+            assert isinstance(answers[0], requests.RequestException), "answered, not stored"
+            assert Client(s).listing("crash") == {f"{n + 1:05d}": len(p) for n, p in parts}
             assert Client(s).finish("crash", "crash.bin", len(new)).status_code == 204
             assert Client(s).get("crash.bin").content == new
         assert s.tmp_files() == []
@@ -252,11 +266,27 @@ def test_stale_uploads_are_cleaned(inst):
     up = inst.vault.begin_write(".uploads/alice/old/00001", owner="alice")
     up.write(b"stale chunk")
     up.commit()
+    from davserver.vault.chunkstage import ChunkStage, stage_key_id
+    inst.vault.storage.make_dir(".uploads/alice/staged")  # one written in place
+    stage = ChunkStage(inst.vault, inst.recipients, inst.identities,
+                       run_dir=inst.config.run_dir)
+    stage.create(".uploads/alice/staged", "alice")
+    staged_id = stage.state(".uploads/alice/staged")[0]
     assert clean_stale(inst, 3600) == 0  # fresh: kept
     assert inst.vault.stat(".uploads/alice/old/00001") is not None
+    # A chunk written in place later than the folder changed keeps the upload alive.
+    later = time.time() + 7200
+    data = os.path.join(inst.vault.storage.root, ".uploads", "alice", "staged", ".data")
+    os.utime(data, (later, later))
+    assert clean_stale(inst, 3600, now=later) == 1
+    assert stage.state(".uploads/alice/staged") is not None
+    os.utime(data, (time.time(), time.time()))
     assert clean_stale(inst, 3600, now=time.time() + 7200) == 1
     assert inst.vault.storage.stat(".uploads/alice/old") is None
     assert inst.db.get_file(".uploads/alice/old/00001") is None
+    assert inst.vault.storage.stat(".uploads/alice/staged") is None
+    assert stage.state(".uploads/alice/staged") is None
+    assert not inst.keys.exists(stage_key_id(staged_id))
     inst.config.extra["nextcloud"] = {"upload_max_age_hours": 2}
     assert ChunkedUploads(inst).max_age == 7200
 
@@ -268,8 +298,17 @@ def test_deleting_a_user_removes_their_uploads(inst):
     up = inst.vault.begin_write(".uploads/carol/u/00001", owner="carol")
     up.write(b"chunk")
     up.commit()
+    from davserver.vault.chunkstage import ChunkStage, stage_key_id
+    inst.vault.storage.make_dir(".uploads/carol/staged")
+    stage = ChunkStage(inst.vault, inst.recipients, inst.identities,
+                       run_dir=inst.config.run_dir)
+    stage.create(".uploads/carol/staged", "carol")
+    staged_id = stage.state(".uploads/carol/staged")[0]
+    assert inst.keys.exists(stage_key_id(staged_id))
     inst.app_passwords.create("carol", "phone", None)
     inst.users.delete("carol")
     assert inst.vault.storage.stat(".uploads/carol") is None
     assert inst.db.get_file(".uploads/carol/u/00001") is None
+    assert not inst.keys.exists(stage_key_id(staged_id))
+    assert not inst.db.query("SELECT 1 FROM chunk_stages WHERE folder LIKE '.uploads/carol/%'")
     assert inst.app_passwords.list("carol") == []

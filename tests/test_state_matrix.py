@@ -476,7 +476,7 @@ def op_propfind(c: Ctx, src: str) -> None:
 
 
 def op_chunked_upload(c: Ctx, src: str | None) -> None:
-    """Nextcloud's chunked upload v2 (MKCOL, numbered chunks out of order, MOVE of .file):
+    """Nextcloud's chunked upload v2 (MKCOL, numbered chunks, MOVE of .file):
     the chunks are stored in the state's form too, and none is left after the MOVE."""
     rel = c.rel(_seed_name("chunked_upload", src) if src else "chunked-new.bin")
     data = payload(rel + "chunked", 150_000)
@@ -490,7 +490,9 @@ def op_chunked_upload(c: Ctx, src: str | None) -> None:
     r = send("MKCOL", base, headers={"Destination": c.url(rel)})
     assert r.status_code == 201, (r.status_code, r.text[:300])
     parts = [data[i:i + 60_000] for i in range(0, len(data), 60_000)]
-    for i in reversed(range(len(parts))):
+    # A new file's chunks go in order (written in place where the state allows), an
+    # overwrite's last first (stored whole, assembled by streaming).
+    for i in (reversed(range(len(parts))) if src else range(len(parts))):
         r = send("PUT", f"{base}/{i + 1:05d}", data=parts[i],
                  headers={"OC-Total-Length": str(len(data)), "Destination": c.url(rel)})
         assert r.status_code == 201, (r.status_code, r.text[:300])

@@ -6,32 +6,39 @@
     MOVE   .../<id>/.file   Destination: .../files/USER/path   assemble
     DELETE .../<id>                                     abort
 
-Chunks are ordinary vault files in a per-user area outside every home
-(``.uploads/USER/<id>/<number>``, a name no user can have): encrypted at rest with the
-user's keys like any file, committed atomically, invisible in the files tree. They count
-against the user's quota while they wait. Assembly streams the chunks, in numeric order,
-into one vault write to the destination, so the destination is the old file or the new
-one whatever happens; the chunks go only after that commit. Uploads left alone longer
-than ``[nextcloud] upload_max_age_hours`` are removed when the next one starts.
+Uploads live in a per-user area outside every home (``.uploads/USER/<id>``, a name no
+user can have), encrypted at rest, invisible in the files tree; their chunks count against
+the user's quota while they wait. On local storage with encryption on, chunks sent in
+order are encrypted straight into the final file's ciphertext and the MOVE only seals the
+seams and commits it (vault.chunkstage); other chunks are vault files of their own, and
+the MOVE then streams every chunk, in numeric order, into one vault write. Either way the
+destination is the old file or the new one whatever happens, and the chunks go only
+after that commit. Uploads left alone longer than ``[nextcloud] upload_max_age_hours``
+are removed when the next one starts.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import threading
 import time
+from collections import OrderedDict
 from urllib.parse import quote, unquote, urlparse
 from xml.sax.saxutils import escape
 
 from wsgidav.dav_error import DAVError
 
 from davserver.dav.basicauth import Refusal, admit, authenticate
-from davserver.dav.errors import plain_text
+from davserver.dav.clientinput import ClientInput
+from davserver.dav.errors import plain_text, short_body
+from davserver.dav.fastfiles import RECEIVE_BLOCK, _direct_reader, _receive_into
 from davserver.dav.nc_put import Checksum, store_checksum, version_headers
 from davserver.dav.propfind import rfc1123
 from davserver.errors import Conflict, DavServerError, known
 from davserver.instance import Instance
+from davserver.vault.chunkstage import ChunkStage
 from davserver.vault.files import storage_path
 from davserver.vault.mounts import is_mount_path
 
@@ -42,7 +49,7 @@ AREA = ".uploads"
 _FILES_PREFIXES = ("/remote.php/dav/files/", "/remote.php/webdav/")
 _ID_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")
 _CHUNK_RE = re.compile(r"^[0-9]{1,20}$")
-_BLOCK = 1 << 20
+_BLOCK = 4 << 20
 _CLEAN_EVERY = 600.0
 
 
@@ -71,9 +78,12 @@ def clean_stale(instance: Instance, max_age: float, now: float | None = None) ->
         if not user.is_dir:
             continue
         for up in vault.storage.list_dir(f"{AREA}/{user.name}"):
-            if up.mtime < now - max_age:
+            # Chunks written in place change .data, not the folder.
+            data = vault.storage.stat(f"{AREA}/{user.name}/{up.name}/.data") \
+                if up.is_dir else None
+            if max(up.mtime, data.mtime if data else 0) < now - max_age:
                 try:
-                    vault.delete(f"{AREA}/{user.name}/{up.name}")
+                    remove_upload(instance, f"{AREA}/{user.name}/{up.name}")
                     removed += 1
                 except DavServerError as e:
                     log.warning("could not remove stale upload %s/%s: %s", user.name,
@@ -81,6 +91,55 @@ def clean_stale(instance: Instance, max_age: float, now: float | None = None) ->
     if removed:
         log.info("removed %d stale chunked uploads", removed)
     return removed
+
+
+class RunningSha1:
+    """The SHA1 of each upload's chunks so far, kept in this process between its chunk
+    PUTs, so the checksum a desktop client sends with the MOVE (it asks for the type the
+    capabilities prefer: SHA1) needs no pass over the file. Kept only for uploads from
+    clients that say where each chunk goes (``OC-Chunk-Offset``, desktop clients), which
+    are the ones that send it; any gap (a chunk out of order, a PUT that failed, chunks
+    handled by another worker process) drops the state and the MOVE reads the file."""
+
+    _MAX = 256
+
+    def __init__(self) -> None:
+        self._sofar: OrderedDict[str, tuple[int, object]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def take(self, folder: str, start: int):
+        """A hash of the upload's first ``start`` bytes to continue, or None."""
+        with self._lock:
+            entry = self._sofar.pop(folder, None)
+        if start == 0:
+            return hashlib.sha1()
+        return entry[1] if entry is not None and entry[0] == start else None
+
+    def put(self, folder: str, upto: int, h) -> None:
+        with self._lock:
+            self._sofar[folder] = (upto, h)
+            while len(self._sofar) > self._MAX:
+                self._sofar.popitem(last=False)
+
+    def digest(self, folder: str, total: int) -> str | None:
+        with self._lock:
+            entry = self._sofar.pop(folder, None)
+        return entry[1].hexdigest() if entry is not None and entry[0] == total else None
+
+    def forget(self, folder: str) -> None:
+        with self._lock:
+            self._sofar.pop(folder, None)
+
+
+def remove_upload(instance: Instance, folder: str) -> None:
+    """Remove an upload folder with everything it holds (its kept key too)."""
+    instance.vault.delete(folder)
+    _stage(instance).forget(folder)
+
+
+def _stage(instance: Instance) -> ChunkStage:
+    return ChunkStage(instance.vault, instance.recipients, instance.identities,
+                      run_dir=instance.config.run_dir)
 
 
 class ChunkedUploads:
@@ -97,6 +156,8 @@ class ChunkedUploads:
         self._clean_lock = threading.Lock()
         #: WsgiDAV's lock manager: a destination locked by someone else is refused (423).
         self.lock_manager = None
+        self.stage = _stage(instance)
+        self.sha1 = RunningSha1()
 
     def __call__(self, environ, start_response):
         outcome = authenticate(self.instance, environ)
@@ -168,15 +229,32 @@ class ChunkedUploads:
         if storage.stat(path) is not None:
             raise _Answer("405 Method Not Allowed", "this upload exists already")
         storage.make_dir(path)
+        if ChunkStage.usable(self.vault, self.instance.home_encryption_enabled()):
+            try:
+                self.stage.create(path, user)
+            except BaseException:
+                remove_upload(self.instance, path)
+                raise
         start_response("201 Created", [("Content-Length", "0")])
         return [b""]
 
     def _delete(self, environ, start_response, user: str, upload_id: str,
                 name: str | None = None):
-        path = upload_dir(user, upload_id) + (f"/{name}" if name else "")
-        if self.vault.storage.stat(path) is None:
-            raise _Answer("404 Not Found", "no such upload or chunk")
-        self.vault.delete(path)
+        folder = upload_dir(user, upload_id)
+        if name is None:
+            if self.vault.storage.stat(folder) is None:
+                raise _Answer("404 Not Found", "no such upload")
+            with self.stage.hold(folder):
+                remove_upload(self.instance, folder)
+        else:
+            with self.stage.hold(folder):
+                part = self._part(folder, name)
+                if part is None:
+                    raise _Answer("404 Not Found", "no such chunk")
+                if not part.placed:
+                    self.vault.delete(f"{folder}/{part.name}")
+                self.stage.stored_whole(folder, name)
+                self.sha1.forget(folder)
         start_response("204 No Content", [("Content-Length", "0")])
         return [b""]
 
@@ -184,42 +262,71 @@ class ChunkedUploads:
                   name: str | None = None):
         if _drain(environ):
             raise _Answer("413 Request Entity Too Large", "PROPFIND body too large")
-        base = f"{AREA}/{user}" if upload_id is None else upload_dir(user, upload_id)
-        target = base + (f"/{name}" if name else "")
-        node = self.vault.stat(target)
-        if node is None:
-            if upload_id is None:  # no upload started yet: an empty folder
-                node = None
-            else:
-                raise _Answer("404 Not Found", "no such upload")
-        href = PREFIX + quote(target[len(AREA) + 1:])
+        folder = f"{AREA}/{user}" if upload_id is None else upload_dir(user, upload_id)
+        node = self.vault.stat(folder)
+        if node is None and upload_id is not None:
+            raise _Answer("404 Not Found", "no such upload")
+        href = PREFIX + quote(folder[len(AREA) + 1:])
         depth = environ.get("HTTP_DEPTH", "1")
         parts = ['<?xml version="1.0" encoding="utf-8" ?>\n'
                  '<d:multistatus xmlns:d="DAV:" xmlns:oc="http://owncloud.org/ns">']
-        if node is None or node.is_dir:
+        if name is not None:
+            part = self._listed(folder, name)
+            if part is None:
+                raise _Answer("404 Not Found", "no such chunk")
+            parts.append(_entry(f"{href}/{quote(name)}", *part))
+        else:
+            # no upload started yet: an empty folder
             parts.append(_entry(href + "/", None, node.mtime if node else time.time(),
                                 node.etag if node else "0"))
-            if depth != "0" and node is not None:
-                for child in sorted(self.vault.list_dir(target), key=lambda n: n.name):
-                    parts.append(_entry(f"{href}/{quote(child.name)}" + (
-                        "/" if child.is_dir else ""), None if child.is_dir else child.size,
-                        child.mtime, child.etag))
-        else:
-            parts.append(_entry(href, node.size, node.mtime, node.etag))
+            if depth != "0" and node is not None and upload_id is None:
+                for child in sorted(self.vault.list_dir(folder), key=lambda n: n.name):
+                    if child.is_dir:
+                        parts.append(_entry(f"{href}/{quote(child.name)}/", None,
+                                            child.mtime, child.etag))
+            elif depth != "0" and node is not None:
+                for part_name, listed in self._listing(folder).items():
+                    parts.append(_entry(f"{href}/{quote(part_name)}", *listed))
         parts.append("</d:multistatus>")
         body = "".join(parts).encode()
         start_response("207 Multi-Status", [("Content-Type", "application/xml; charset=utf-8"),
                                             ("Content-Length", str(len(body)))])
         return [body]
 
+    def _part(self, folder: str, name: str):
+        if not _CHUNK_RE.match(name):
+            return None
+        return next((p for p in self.stage.parts(folder) if p.name == name), None)
+
+    def _listing(self, folder: str) -> dict:
+        """name -> (size, mtime, etag) of the chunks present. A client resuming skips
+        the chunks listed, so the placed ones are flushed first."""
+        with self.stage.hold(folder):
+            self.stage.flush(folder)
+            parts = self.stage.parts(folder)
+        nodes = {n.name: n for n in self.vault.list_dir(folder)}
+        data = nodes.get(".data")
+        out = {}
+        for p in parts:
+            if p.placed:
+                out[p.name] = (p.size, data.mtime if data else time.time(),
+                               f"{p.start:x}-{p.size:x}")
+            elif p.name in nodes:
+                out[p.name] = (p.size, nodes[p.name].mtime, nodes[p.name].etag)
+        return out
+
+    def _listed(self, folder: str, name: str):
+        return self._listing(folder).get(name) if _CHUNK_RE.match(name) else None
+
     # --- chunks ------------------------------------------------------------------------
 
-    def _pending_bytes(self, user: str, except_path: str) -> int:
+    def _pending_bytes(self, user: str, folder: str, name: str) -> int:
+        """Bytes the user's other chunks hold (all uploads but this chunk)."""
         area = f"{AREA}/{user}"
         rows = self.db.query(
             "SELECT coalesce(sum(size), 0) FROM files WHERE substr(path, 1, length(?) + 1) "
-            "= ? || '/' AND path != ?", (area, area, except_path))
-        return int(rows[0][0])
+            "= ? || '/' AND path != ?", (area, area, f"{folder}/{name}"))
+        return int(rows[0][0]) + self.stage.pending_bytes(area, folder, int(name))
 
     def _put_chunk(self, environ, start_response, user: str, upload_id: str, name: str):
         if not _CHUNK_RE.match(name):
@@ -231,36 +338,55 @@ class ChunkedUploads:
         if not length.isdigit() or environ.get("HTTP_TRANSFER_ENCODING"):
             raise _Answer("411 Length Required", "a chunk needs a Content-Length")
         expected = int(length)
-        path = f"{folder}/{name}"
         quota = self.users.quota(user)
-        reserved = self._pending_bytes(user, path) if quota is not None else 0
         total = environ.get("HTTP_OC_TOTAL_LENGTH") or ""
         if quota is not None and total.isdigit():
             room = self.vault.available(user, quota)
             if room is not None and int(total) > room:
                 raise _Answer("507 Insufficient Storage",
                               f"the file ({total} bytes) does not fit in the {room} available")
-        existed = self.vault.storage.stat(path) is not None
-        up = self.vault.begin_write(path, quota=quota, expected_size=expected, owner=user,
-                                    reserved=reserved)
-        environ["davserver.body_used"] = True
+        with self.stage.hold(folder):
+            existed = self._part(folder, name) is not None
+            reserved = self._pending_bytes(user, folder, name) if quota is not None else 0
+            room = self.vault.available(user, quota)
+            if room is not None and expected > room - reserved:
+                raise _Answer("507 Insufficient Storage", f"{expected} bytes do not fit "
+                              f"in the {max(0, room - reserved)} available")
+            start = self.stage.placement(folder, int(name), expected)
+            said = environ.get("HTTP_OC_CHUNK_OFFSET") or ""
+            if start is not None and said.isdigit() and int(said) != start:
+                start = None  # the client counts otherwise: keep the chunk as it is
+            if start is None:
+                self._put_whole(environ, user, folder, name, expected, quota, reserved)
+            else:
+                sha1 = self.sha1.take(folder, start) \
+                    if "HTTP_OC_CHUNK_OFFSET" in environ else None
+                placer = self.stage.placer(folder, start, expected, observe=sha1)
+                try:
+                    _receive(environ, placer, expected)
+                    placer.finish()
+                finally:
+                    placer.close()
+                self.stage.record(folder, name, placer)
+                if sha1 is not None:
+                    self.sha1.put(folder, start + expected, sha1)
+        status = "204 No Content" if existed else "201 Created"
+        start_response(status, [("Content-Length", "0")])
+        return [b""]
+
+    def _put_whole(self, environ, user: str, folder: str, name: str, expected: int,
+                   quota: int | None, reserved: int) -> None:
+        """A chunk stored as a vault file of its own (assembled by streaming)."""
+        self.sha1.forget(folder)
+        up = self.vault.begin_write(f"{folder}/{name}", quota=quota, expected_size=expected,
+                                    owner=user, reserved=reserved)
         try:
-            read, left = environ["wsgi.input"].read, expected
-            while left:
-                block = read(min(_BLOCK, left))
-                if not block:
-                    raise _Answer("400 Bad Request", f"body ended after {expected - left} of "
-                                  f"{expected} bytes; the chunk was not stored")
-                up.write(block)
-                left -= len(block)
-            environ["wsgidav.all_input_read"] = 1
+            _receive(environ, up, expected)
             up.commit()
         except BaseException:
             up.abort()
             raise
-        status = "204 No Content" if existed else "201 Created"
-        start_response(status, [("Content-Length", "0")])
-        return [b""]
+        self.stage.stored_whole(folder, name)
 
     # --- assembly ----------------------------------------------------------------------
 
@@ -282,13 +408,6 @@ class ChunkedUploads:
             raise _Answer("400 Bad Request", "invalid destination path")
         return storage_path(user, "/".join(parts))
 
-    def _chunks(self, folder: str) -> list:
-        nodes = [n for n in self.vault.list_dir(folder) if not n.is_dir]
-        bad = [n.name for n in nodes if not _CHUNK_RE.match(n.name)]
-        if bad:
-            raise _Answer("400 Bad Request", f"unexpected items in the upload: {bad[:3]}")
-        return sorted(nodes, key=lambda n: int(n.name))
-
     def _assemble(self, environ, start_response, user: str, upload_id: str, _name: str):
         folder = upload_dir(user, upload_id)
         if self.vault.storage.stat(folder) is None:
@@ -304,8 +423,21 @@ class ChunkedUploads:
             self.lock_manager.check_write_permission(
                 url=quote(f"/remote.php/dav/files/{home_dest}"), depth="0", token_list=tokens,
                 principal=user)
-        chunks = self._chunks(folder)
-        size = sum(n.size for n in chunks)
+        with self.stage.hold(folder):
+            if self.vault.storage.stat(folder) is None:
+                raise _Answer("404 Not Found", "no such upload")
+            answer = self._assemble_locked(environ, user, folder, target, dest)
+        try:
+            remove_upload(self.instance, folder)
+        except DavServerError as e:  # the file is in place; the chunks go with cleaning
+            log.warning("could not remove the chunks of %s: %s", folder, e)
+        status, headers = answer
+        start_response(status, [("Content-Length", "0")] + headers)
+        return [b""]
+
+    def _assemble_locked(self, environ, user: str, folder: str, target, dest: str):
+        parts = self.stage.parts(folder)
+        size = sum(p.size for p in parts)
         total = environ.get("HTTP_OC_TOTAL_LENGTH")
         if total is not None and (not total.isdigit() or int(total) != size):
             raise _Answer("400 Bad Request", f"the chunks hold {size} bytes, OC-Total-Length "
@@ -318,43 +450,57 @@ class ChunkedUploads:
         generation = rec.generation if rec is not None and current is not None else 0
         mtime = environ.get("HTTP_X_OC_MTIME") or ""
         checksum = Checksum.parse(environ.get("HTTP_OC_CHECKSUM"))
-        up = target.begin_write(dest, quota=None if is_mount_path(dest)
-                                else self.users.quota(user), expected_size=size)
-        try:
-            for n in chunks:
-                f = self.vault.open_read(n.path, as_of=n)
-                try:
-                    while True:
-                        block = f.read(_BLOCK)
-                        if not block:
-                            break
-                        if checksum is not None:
-                            checksum.update(block)
-                        up.write(block)
-                finally:
-                    f.close()
-            if up.size != size:
-                raise _Answer("409 Conflict", "the upload changed while it was assembled")
-            if checksum is not None:
+        quota = None if is_mount_path(dest) else self.users.quota(user)
+        if any(p.placed for p in parts) and self.stage.state(folder) is None:
+            raise _Answer("409 Conflict", "this upload's data is gone (it was assembled "
+                          "already, or cut short by a crash); start the upload again")
+        in_place = not is_mount_path(dest) and self.instance.home_encryption_enabled() \
+            and self.stage.in_place(folder, parts)
+        how = ""
+        if in_place:
+            # Written in place: seal the edges, check, rename (no pass over the file).
+            room = self.vault.available(dest.split("/", 1)[0], quota, replacing=dest)
+            if room is not None and size > room:
+                raise _Answer("507 Insufficient Storage",
+                              f"the file ({size} bytes) does not fit in the {room} available")
+            digest = self.sha1.digest(folder, size)
+            file_id, data_key = self.stage.seal(folder, parts, size)
+            if checksum is not None and checksum.kind == "SHA1" and digest is not None:
+                how = " as the chunks arrived"
+                if digest != checksum.expected:
+                    raise _Answer("400 Bad Request", "the file does not match its SHA1 "
+                                  "checksum (OC-Checksum); nothing was stored")
+            elif checksum is not None:
+                for block in self.stage.plaintext(folder, parts, _BLOCK):
+                    checksum.update(block)
                 checksum.check()
+            up = self.stage.commit_upload(folder, dest, file_id, data_key, size, quota)
+        else:
+            up = target.begin_write(dest, quota=quota, expected_size=size)
             try:
-                up.commit(mtime=float(mtime) if mtime.isdigit() else None,
-                          expect_generation=generation)
-            except Conflict:
-                raise _Answer("412 Precondition Failed", "the destination changed while the "
-                              "upload was assembled; nothing was stored") from None
-        except BaseException:
-            up.abort()
-            raise
+                for block in self.stage.plaintext(folder, parts, _BLOCK):
+                    if checksum is not None:
+                        checksum.update(block)
+                    up.write(block)
+                if up.size != size:
+                    raise _Answer("409 Conflict", "the upload changed while it was assembled")
+                if checksum is not None:
+                    checksum.check()
+            except BaseException:
+                up.abort()
+                raise
         try:
-            self.vault.delete(folder)
-        except DavServerError as e:  # the file is in place; the chunks go with cleaning
-            log.warning("could not remove the chunks of %s: %s", folder, e)
+            up.commit(mtime=float(mtime) if mtime.isdigit() else None,
+                      expect_generation=generation)
+        except Conflict:
+            raise _Answer("412 Precondition Failed", "the destination changed while the "
+                          "upload was assembled; nothing was stored") from None
+        log.info("assembled %d chunks (%d bytes) into %s %s%s", len(parts), size, dest,
+                 "in place" if in_place else "by streaming",
+                 f", {checksum.kind} checked{how}" if checksum is not None else "")
         store_checksum(self.db, dest, checksum)
         headers = version_headers(target, self.db, dest, mtime.isdigit())
-        status = "204 No Content" if current is not None else "201 Created"
-        start_response(status, [("Content-Length", "0")] + headers)
-        return [b""]
+        return ("204 No Content" if current is not None else "201 Created"), headers
 
     def _maybe_clean(self) -> None:
         now = time.monotonic()
@@ -365,6 +511,28 @@ class ChunkedUploads:
             clean_stale(self.instance, self.max_age)
         finally:
             self._clean_lock.release()
+
+
+def _receive(environ, sink, expected: int) -> None:
+    """The body into ``sink.write``, in big blocks straight from cheroot's reader where
+    possible (as a direct PUT receives)."""
+    environ["davserver.body_used"] = True
+    inp = environ["wsgi.input"]
+    raw = inp.inner if isinstance(inp, ClientInput) else inp
+    if _direct_reader(raw):
+        if raw is inp:
+            _receive_into(raw, sink, expected, RECEIVE_BLOCK)
+        else:
+            inp.guarded(_receive_into, raw, sink, expected, RECEIVE_BLOCK)
+    else:
+        read, left = inp.read, expected
+        while left:
+            block = read(min(_BLOCK, left))
+            if not block:
+                raise short_body(expected - left, expected)
+            sink.write(block)
+            left -= len(block)
+    environ["wsgidav.all_input_read"] = 1
 
 
 def _check_preconditions(environ, current) -> None:

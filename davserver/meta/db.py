@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from davserver.meta import (
+    chunkstage_schema,
     layout_schema,
     mounts_schema,
     nextcloud_schema,
@@ -101,6 +102,7 @@ CREATE TABLE IF NOT EXISTS web_sessions(
 #: built side by side do not edit one string. Every statement is idempotent.
 SCHEMA_PARTS: list[str] = [objects_schema.SCHEMA, nextcloud_schema.SCHEMA,
                             nextcloud_schema.APP_SCHEMA, SHARES_SCHEMA, mounts_schema.SCHEMA,
+                            chunkstage_schema.SCHEMA,
                             layout_schema.SCHEMA]  # last: its triggers name the others
 
 

@@ -42,7 +42,7 @@ from davserver.errors import (
 from davserver.meta.cluster_locks import ClusterPathLocks
 from davserver.meta.db import FileRecord, MetaDB
 from davserver.meta.interprocess import PathLocks
-from davserver.storage.base import BlobReader, Entry, Storage
+from davserver.storage.base import BlobReader, BlobWriter, Entry, Storage
 from davserver.vault.keystore import Identity, KeyStore, Recipient
 
 log = logging.getLogger("davserver.vault")
@@ -129,6 +129,16 @@ class Upload:
         else:
             self.file_id = None
             self._stream = None
+
+    @classmethod
+    def staged(cls, vault: Vault, path: str, blob: BlobWriter, *, file_id: bytes,
+               data_key: bytes, size: int, recipients: list[Recipient]) -> Upload:
+        """See :meth:`Vault.begin_staged`."""
+        up = cls.__new__(cls)
+        up._vault, up.path, up._limit, up._blob, up._done = vault, path, None, blob, False
+        up.encrypted, up.size, up.file_id, up._stream = True, size, file_id, None
+        up._data_key, up._recipients = data_key, recipients
+        return up
 
     def write(self, data: bytes) -> None:
         self.size += len(data)
@@ -410,6 +420,18 @@ class Vault:
             encrypt = self._encryption_enabled()
         return Upload(self, path, limit=limit, encrypt=encrypt,
                       recipients=self._recipients(user, path) if encrypt else [])
+
+    def begin_staged(self, path: str, blob: BlobWriter, *, file_id: bytes, data_key: bytes,
+                     size: int, quota: int | None = None) -> Upload:
+        """A write whose ciphertext (under ``file_id`` and ``data_key``) is complete in
+        ``blob`` already (a chunked upload written in place, vault.chunkstage): only the
+        quota check and the commit are left."""
+        user = path.split("/", 1)[0]
+        limit = self.available(user, quota, replacing=path)
+        if limit is not None and size > limit:
+            raise QuotaExceeded(f"{size} bytes do not fit in the {limit} available")
+        return Upload.staged(self, path, blob, file_id=file_id, data_key=data_key, size=size,
+                             recipients=self._recipients(user, path))
 
     def _commit(self, up: Upload, mtime: float | None,
                 expect_generation: int | None = None) -> FileRecord:
