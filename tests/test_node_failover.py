@@ -15,6 +15,8 @@ import hashlib
 import http.client
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -94,3 +96,46 @@ def test_node_killed_mid_upload_retry_through_other_node(pair):
     report = json.loads(scan.stdout)
     assert report["counts"]["ok"] == 1 and not report["problems"], report
     assert report["orphan_keys"] == [], report  # the killed upload left no key behind
+
+
+def test_start_up_recovery_leaves_a_live_commit_of_another_process_alone(tmp_path):
+    """A node starting while another commits: its recovery must wait for that commit's
+    path lock, not roll the commit back (which deleted the key of the file being written)."""
+    import threading
+    import time
+
+    from tests.instances import make_instance
+
+    a = make_instance(tmp_path)
+    a.users.add("alice", "alicepass1")
+    up = a.vault.begin_write("alice/f.bin")
+    up.write(b"new content")
+    in_commit, go_on = threading.Event(), threading.Event()
+    rename = up._blob.commit
+
+    def slow_rename():
+        in_commit.set()  # pending row and key exist now, the rename has not happened
+        assert go_on.wait(30)
+        rename()
+
+    up._blob.commit = slow_rename
+    committer = threading.Thread(target=up.commit)
+    committer.start()
+    assert in_commit.wait(30)
+    # The other node starting: another process (record locks exclude processes).
+    script = ("import json, sys; from davserver import config; "
+              "from davserver.instance import Instance; "
+              "i = Instance(config.load(sys.argv[1], sys.argv[2])); "
+              "print(json.dumps(i.vault.recover()))")
+    starter = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "etc" /
+                                "davserver.toml"), str(tmp_path / "data")],
+                               stdout=subprocess.PIPE, text=True)
+    time.sleep(3)
+    assert starter.poll() is None  # waits for the commit's lock
+    go_on.set()
+    committer.join(30)
+    out, _ = starter.communicate(timeout=60)
+    assert json.loads(out)["rolled_back"] == 0
+    assert a.vault.read_all("alice/f.bin") == b"new content"
+    assert a.db.list_pending() == []
+    a.close()

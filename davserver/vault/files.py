@@ -194,26 +194,40 @@ class Vault:
     # --- start-up ----------------------------------------------------------------------
 
     def recover(self) -> dict[str, int]:
-        """Finish or roll back commits a crash interrupted; remove temp blobs."""
+        """Finish or roll back commits a crash interrupted; remove temp blobs.
+
+        A pending row may also be a commit in progress: another node's (nodes share the
+        index), or another process's. A committer holds its path's commit lock from
+        before its pending row until it drops it, so a row still there once we hold that
+        lock is a commit whose process died; rolling back a live one would delete the
+        key of the file it is writing."""
         finished = rolled_back = 0
         for file_id, path, plain in self.db.list_pending():
             if self.foreign(path):
                 continue
-            if plain:
-                done = self.storage.stat(path) is not None and self._stored_file_id(path) is None
-            else:
-                done = self._stored_file_id(path) == file_id
+            try:
+                with self.commit_locks.hold(path):
+                    if file_id not in self.db.pending_for(path, plain=plain):
+                        continue  # its committer finished it meanwhile
+                    if plain:
+                        done = self.storage.stat(path) is not None \
+                            and self._stored_file_id(path) is None
+                    else:
+                        done = self._stored_file_id(path) == file_id
+                    if not done:
+                        if not plain:
+                            self.keys.delete(file_id)
+                        self.db.remove_pending(file_id)
+                        rolled_back += 1
+            except DavServerError as e:  # the lock service or the store, not now
+                log.warning("commit of %s not recovered now: %s", path, e)
+                continue
             if done:
                 try:
-                    self._finish_commit(path, file_id, plain=plain)
+                    self._finish_commit(path, file_id, plain=plain)  # takes the lock itself
                 except _Superseded:
                     pass  # a request finished or replaced it meanwhile
                 finished += 1
-            else:
-                if not plain:
-                    self.keys.delete(file_id)
-                self.db.remove_pending(file_id)
-                rolled_back += 1
         self._delete_doomed(self.db.doomed_keys())
         temps = self.storage.cleanup() + self.keys.cleanup()
         if finished or rolled_back or temps:
