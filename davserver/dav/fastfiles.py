@@ -243,29 +243,36 @@ class FastFiles:
             add_headers=headers)
 
     def _receive(self, environ, up, expected: int) -> None:
-        inp = environ["wsgi.input"]
-        # The Guard wraps cheroot's reader (dav.clientinput): receive from the reader
-        # itself, so its byte count stays right, with the wrapper's error translation.
-        raw = inp.inner if isinstance(inp, ClientInput) else inp
-        if _direct_reader(raw):
-            bs = max(self.block_size, RECEIVE_BLOCK)
-            if raw is inp:
-                _receive_into(raw, up, expected, bs)
-            else:
-                inp.guarded(_receive_into, raw, up, expected, bs)
-        else:
-            read, bs, left = inp.read, self.block_size, expected
-            while left:
-                block = read(min(bs, left))
-                if not block:
-                    raise short_body(expected - left, expected)
-                up.write(block)
-                left -= len(block)
-        environ["wsgidav.all_input_read"] = 1
+        receive_body(environ, up, expected, direct_block=max(self.block_size, RECEIVE_BLOCK),
+                     read_block=self.block_size)
 
 
 #: Bytes gathered per write to the upload when receiving straight from cheroot's reader.
 RECEIVE_BLOCK = 1 << 20
+
+
+def receive_body(environ, sink, expected: int, *, direct_block: int, read_block: int) -> None:
+    """The request body into ``sink.write`` (direct PUTs, upload chunks): in
+    ``direct_block`` pieces straight from cheroot's reader where possible, else through
+    ``wsgi.input.read`` in ``read_block`` pieces."""
+    inp = environ["wsgi.input"]
+    # The Guard wraps cheroot's reader (dav.clientinput): receive from the reader
+    # itself, so its byte count stays right, with the wrapper's error translation.
+    raw = inp.inner if isinstance(inp, ClientInput) else inp
+    if _direct_reader(raw):
+        if raw is inp:
+            _receive_into(raw, sink, expected, direct_block)
+        else:
+            inp.guarded(_receive_into, raw, sink, expected, direct_block)
+    else:
+        read, left = inp.read, expected
+        while left:
+            block = read(min(read_block, left))
+            if not block:
+                raise short_body(expected - left, expected)
+            sink.write(block)
+            left -= len(block)
+    environ["wsgidav.all_input_read"] = 1
 
 
 def _direct_reader(inp) -> bool:

@@ -31,9 +31,8 @@ from xml.sax.saxutils import escape
 from wsgidav.dav_error import DAVError
 
 from davserver.dav.basicauth import Refusal, admit, authenticate
-from davserver.dav.clientinput import ClientInput
-from davserver.dav.errors import plain_text, short_body
-from davserver.dav.fastfiles import RECEIVE_BLOCK, _direct_reader, _receive_into
+from davserver.dav.errors import plain_text
+from davserver.dav.fastfiles import RECEIVE_BLOCK, receive_body
 from davserver.dav.nc_put import Checksum, store_checksum, version_headers
 from davserver.dav.propfind import rfc1123
 from davserver.errors import Conflict, DavServerError, known
@@ -517,22 +516,7 @@ def _receive(environ, sink, expected: int) -> None:
     """The body into ``sink.write``, in big blocks straight from cheroot's reader where
     possible (as a direct PUT receives)."""
     environ["davserver.body_used"] = True
-    inp = environ["wsgi.input"]
-    raw = inp.inner if isinstance(inp, ClientInput) else inp
-    if _direct_reader(raw):
-        if raw is inp:
-            _receive_into(raw, sink, expected, RECEIVE_BLOCK)
-        else:
-            inp.guarded(_receive_into, raw, sink, expected, RECEIVE_BLOCK)
-    else:
-        read, left = inp.read, expected
-        while left:
-            block = read(min(_BLOCK, left))
-            if not block:
-                raise short_body(expected - left, expected)
-            sink.write(block)
-            left -= len(block)
-    environ["wsgidav.all_input_read"] = 1
+    receive_body(environ, sink, expected, direct_block=RECEIVE_BLOCK, read_block=_BLOCK)
 
 
 def _check_preconditions(environ, current) -> None:

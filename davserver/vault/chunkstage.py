@@ -455,7 +455,7 @@ class Placer:
         if self._unflushed >= EARLY_FLUSH_BYTES and (
                 self._flushing is None or self._flushing.done()):
             self._unflushed = 0
-            self._flushing = _flush_pool().submit(start_writeback, self._fd)
+            self._flushing = _flush_pool().submit(start_writeback, self._fd, 0, 0)
 
     def finish(self) -> None:
         """Everything received. Not flushed here: see the module docstring."""
@@ -464,7 +464,7 @@ class Placer:
         if self._pos != self.start + self.size:
             raise AssertionError("finish before the whole chunk was received")
         self._wait()
-        start_writeback(self._fd)
+        start_writeback(self._fd, 0, 0)  # 0 bytes: to the end of the file
 
     def _wait(self) -> None:
         f, self._flushing = self._flushing, None

@@ -15,6 +15,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from davserver.crypto import header as hdr
 from davserver.crypto import stream
@@ -33,6 +34,26 @@ class RecoverReport:
     copied_plaintext: int = 0
     bytes: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
+
+    def recover_one(self, rel: str, size: int, decrypt: Callable[[], tuple[int, bool]],
+                    progress: Progress | None = None) -> None:
+        """Run ``decrypt`` (bytes written, was it encrypted) for one file and count what
+        it did; a file that cannot be recovered is listed with why, and the rest go on."""
+        try:
+            n, encrypted = decrypt()
+            self.bytes += n
+            if encrypted:
+                self.decrypted += 1
+            else:
+                self.copied_plaintext += 1
+        except KeyNotFound:
+            self.failed.append((rel, "no key for this file in the key store"))
+        except (IntegrityError, FormatError):
+            self.failed.append((rel, "failed authentication (damaged or tampered)"))
+        except (DavServerError, OSError) as e:
+            self.failed.append((rel, str(e)))
+        if progress:
+            progress(1, size)
 
     def as_dict(self) -> dict:
         return {"decrypted": self.decrypted, "copied_plaintext": self.copied_plaintext,
@@ -120,21 +141,8 @@ def _walk(store, identities, root, out, user, progress) -> RecoverReport:
     os.makedirs(out, exist_ok=True)
     for rel, size in plan(root, user):
         src, dst = os.path.join(root, rel), os.path.join(out, rel)
-        try:
-            n, encrypted = decrypt_file(store, identities, src, dst)
-            report.bytes += n
-            if encrypted:
-                report.decrypted += 1
-            else:
-                report.copied_plaintext += 1
-        except KeyNotFound:
-            report.failed.append((rel, "no key for this file in the key store"))
-        except (IntegrityError, FormatError):
-            report.failed.append((rel, "failed authentication (damaged or tampered)"))
-        except (DavServerError, OSError) as e:
-            report.failed.append((rel, str(e)))
-        if progress:
-            progress(1, size)
+        report.recover_one(rel, size, partial(decrypt_file, store, identities, src, dst),
+                           progress)
     return report
 
 

@@ -20,10 +20,11 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable
+from functools import partial
 
 from davserver.crypto import header as hdr
 from davserver.crypto import stream
-from davserver.errors import DavServerError, FormatError, IntegrityError, KeyNotFound, UserError
+from davserver.errors import DavServerError, UserError
 from davserver.meta.db import MetaDB
 from davserver.storage.base import BlobReader, Storage
 from davserver.vault.mounts import TMP_NAME, Mount, MountService
@@ -120,23 +121,15 @@ def _recover_files(storage: Storage, files: list[tuple[str, int]], where: str, s
                    progress: Progress | None) -> None:
     for key, size in files:
         rel = f"{where}/{key}" if where else key
-        try:
-            with storage.open_reader(key) as reader:
-                n, encrypted = decrypt_blob(store, identities, reader,
-                                            os.path.join(out, *rel.split("/")))
-            report.bytes += n
-            if encrypted:
-                report.decrypted += 1
-            else:
-                report.copied_plaintext += 1
-        except KeyNotFound:
-            report.failed.append((rel, "no key for this file in the key store"))
-        except (IntegrityError, FormatError):
-            report.failed.append((rel, "failed authentication (damaged or tampered)"))
-        except (DavServerError, OSError) as e:
-            report.failed.append((rel, str(e)))
-        if progress:
-            progress(1, size)
+        dst = os.path.join(out, *rel.split("/"))
+        report.recover_one(rel, size, partial(_decrypt_stored, storage, key, store,
+                                              identities, dst), progress)
+
+
+def _decrypt_stored(storage: Storage, key: str, store, identities, dst: str
+                    ) -> tuple[int, bool]:
+    with storage.open_reader(key) as reader:
+        return decrypt_blob(store, identities, reader, dst)
 
 
 def recover_primary(out: str, *, backup_file: str, passphrase: str | None = None,
