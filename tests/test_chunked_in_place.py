@@ -292,9 +292,7 @@ def test_a_chunk_whose_offset_the_client_counts_otherwise_is_kept_whole(srv):
 def test_user_key_mode_upload_into_a_shared_folder_is_wrapped_like_a_put(tmp_path):
     """alice uploads in chunks into her folder shared with bob: written in place, the
     file's key is wrapped as for her PUT there (her key and the share's), and bob reads
-    it. (A chunked MOVE into a share as seen by the member answers 409 "the
-    destination's folder does not exist": the upload endpoint does not route through
-    shares yet, in place or not.)"""
+    it; bob's own chunked upload into the share lands in alice's folder."""
     from tests.live import LiveServer
     from tests.test_sharing_keys import file_wraps
     s = LiveServer(tmp_path / "srv", {"alice": None, "bob": None}, config={
@@ -322,5 +320,12 @@ def test_user_key_mode_upload_into_a_shared_folder_is_wrapped_like_a_put(tmp_pat
         assert alice.s.put(s.url("alice", "proj/put.bin"), data=b"x").status_code == 201
         assert file_wraps(s, "alice/proj/big.bin") == file_wraps(s, "alice/proj/put.bin")
         assert "share" in {w.split(":")[0] for w in file_wraps(s, "alice/proj/big.bin")}
+        bob = Client(s, "bob")
+        bob.start("b1", "proj/bob.bin")
+        assert bob.chunk("b1", 1, data[:300_000]).status_code == 201
+        r = bob.finish("b1", "proj/bob.bin", 300_000)
+        assert r.status_code == 201, r.text
+        assert alice.get("proj/bob.bin").content == data[:300_000]
+        assert "share" in {w.split(":")[0] for w in file_wraps(s, "alice/proj/bob.bin")}
     finally:
         s.stop()

@@ -312,3 +312,27 @@ def test_deleting_a_user_removes_their_uploads(inst):
     assert not inst.keys.exists(stage_key_id(staged_id))
     assert not inst.db.query("SELECT 1 FROM chunk_stages WHERE folder LIKE '.uploads/carol/%'")
     assert inst.app_passwords.list("carol") == []
+
+
+@pytest.mark.parametrize("perms,status", [("read", 403), ("read,create", 201),
+                                          ("read,update", 403)])
+def test_member_chunked_upload_into_a_share_follows_its_permissions(srv, perms, status):
+    """bob's chunked upload into a folder alice shared with him: stored in her folder
+    when the share grants create, else 403 with nothing stored."""
+    folder = f"shared-{perms.replace(',', '-')}"
+    alice, bob = Client(srv, "alice"), Client(srv, "bob")
+    assert alice.s.request("MKCOL", alice.dest(folder)).status_code == 201
+    srv.session("bob").request("PROPFIND", srv.url("bob"), headers={"Depth": "0"})
+    srv.run_cli("share:add", "alice", folder, "--user", "bob", "--permissions", perms)
+    data = os.urandom(200_000)
+    uid = f"m{abs(hash(perms)) % 10**8}"
+    bob.start(uid, f"{folder}/new.bin")
+    assert bob.chunk(uid, 1, data).status_code == 201
+    r = bob.finish(uid, f"{folder}/new.bin", len(data))
+    assert r.status_code == status, r.text
+    stored = alice.get(f"{folder}/new.bin")
+    if status == 201:
+        assert stored.content == data
+        assert bob.get(f"{folder}/new.bin").content == data
+    else:
+        assert "permission" in r.text and stored.status_code == 404

@@ -40,6 +40,7 @@ from davserver.instance import Instance
 from davserver.vault.chunkstage import ChunkStage
 from davserver.vault.files import storage_path
 from davserver.vault.mounts import is_mount_path
+from davserver.vault.shares import CREATE, UPDATE
 
 log = logging.getLogger("davserver.uploads")
 
@@ -413,7 +414,15 @@ class ChunkedUploads:
             raise _Answer("404 Not Found", "no such upload")
         home_dest = self._destination(environ, user)  # locks are by URL: this path
         target = self.instance.dav_vault  # the destination may be in a storage mount
-        dest = target.resolve(user, home_dest.split("/", 1)[1])
+        rel = home_dest.split("/", 1)[1]
+        shared = self.instance.shares.resolve(user, rel)
+        if shared.mount is not None:  # into something shared with the user
+            dest = shared.spath
+            exists = target.stat(dest) is not None
+            self.instance.shares.require(shared, UPDATE if exists else CREATE,
+                                         f"upload to {rel}")
+        else:
+            dest = target.resolve(user, rel)
         parent = target.stat(dest.rpartition("/")[0])
         if parent is None or not parent.is_dir:
             raise _Answer("409 Conflict", "the destination's folder does not exist")
@@ -449,7 +458,8 @@ class ChunkedUploads:
         generation = rec.generation if rec is not None and current is not None else 0
         mtime = environ.get("HTTP_X_OC_MTIME") or ""
         checksum = Checksum.parse(environ.get("HTTP_OC_CHECKSUM"))
-        quota = None if is_mount_path(dest) else self.users.quota(user)
+        # A share's files count against its owner's quota, as their uploads do.
+        quota = None if is_mount_path(dest) else self.users.quota(dest.split("/", 1)[0])
         if any(p.placed for p in parts) and self.stage.state(folder) is None:
             raise _Answer("409 Conflict", "this upload's data is gone (it was assembled "
                           "already, or cut short by a crash); start the upload again")
