@@ -33,16 +33,12 @@ from collections.abc import Iterator, MutableMapping
 from wsgidav.lock_man.lock_storage import LockStorageDict
 
 from davserver.dav.locks import covering_urls
-from davserver.meta.shared_state import SharedStateUnavailable, unavailable_as_503
+from davserver.meta.shared_state import RELEASE_IF_OWNER, SharedStateUnavailable, unavailable_as_503
 
 URL_PREFIX = "URL2TOKEN:"
 MUTEX_SECONDS = 30
 MUTEX_WAIT_SECONDS = 30
 
-_RELEASE = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
-return 0
-"""
 
 
 class RedisMutex:
@@ -53,7 +49,7 @@ class RedisMutex:
     def __init__(self, client, key: str) -> None:
         self._client = client
         self._key = key
-        self._release = client.register_script(_RELEASE)
+        self._release = client.register_script(RELEASE_IF_OWNER)
         self._local = threading.local()
 
     def _state(self):

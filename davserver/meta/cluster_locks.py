@@ -23,7 +23,7 @@ from collections.abc import Iterator
 
 from davserver.errors import DavServerError
 from davserver.meta.interprocess import PathLocks
-from davserver.meta.shared_state import redis_client, unavailable_as_503
+from davserver.meta.shared_state import RELEASE_IF_OWNER, redis_client, unavailable_as_503
 
 log = logging.getLogger("davserver")
 
@@ -34,10 +34,6 @@ LEASE_MS = 120_000
 #: How long a commit waits for another node's commit of the same path.
 WAIT_SECONDS = 60.0
 
-_RELEASE = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
-return 0
-"""
 
 
 class PathBusy(DavServerError):
@@ -74,7 +70,7 @@ class ClusterPathLocks:
             finally:
                 try:
                     with unavailable_as_503():
-                        r.eval(_RELEASE, 1, name, token)
+                        r.eval(RELEASE_IF_OWNER, 1, name, token)
                 except DavServerError as e:
                     # The commit itself is done (or failed on its own): the lease expires.
                     log.warning("commit lock not released in Redis (expires by itself): %s", e)

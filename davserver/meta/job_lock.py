@@ -19,7 +19,7 @@ import threading
 from collections.abc import Iterator
 
 from davserver.errors import DavServerError
-from davserver.meta.shared_state import redis_client, unavailable_as_503
+from davserver.meta.shared_state import RELEASE_IF_OWNER, redis_client, unavailable_as_503
 
 LEASE_SECONDS = 60
 RENEW_EVERY = LEASE_SECONDS / 3
@@ -29,10 +29,6 @@ _RENEW = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
   return redis.call('pexpire', KEYS[1], ARGV[2])
 end
-return 0
-"""
-_RELEASE = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
 """
 
@@ -76,4 +72,4 @@ def cluster_job(redis_url: str, name: str) -> Iterator[None]:
         stop.set()
         t.join()
         with contextlib.suppress(Exception):
-            r.register_script(_RELEASE)(keys=[key], args=[holder])
+            r.register_script(RELEASE_IF_OWNER)(keys=[key], args=[holder])

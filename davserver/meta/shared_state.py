@@ -18,6 +18,13 @@ from davserver.errors import DavServerError, UserError
 #: Seconds a client is told to wait when the shared state service does not answer.
 RETRY_AFTER = 10
 
+#: Lua for "delete the key if it still holds my token": a holder never frees a lease
+#: that expired and was taken by another (WebDAV lock mutex, job lock, commit locks).
+RELEASE_IF_OWNER = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+
 
 class SharedStateUnavailable(DavServerError):
     """shared state service (Redis) is not reachable; try again shortly"""
