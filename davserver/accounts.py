@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from davserver.errors import UserError
 from davserver.instance import Instance
-from davserver.vault import convert
+from davserver.vault import convert_mounts
 from davserver.vault.userkeys import rewrap_files
 
 Progress = Callable[[int, int], None] | None
@@ -107,8 +107,16 @@ def disable_recovery(inst: Instance, recovery_password: str, progress: Progress 
     return result
 
 
+def file_forms(inst: Instance) -> list[dict]:
+    """Encrypted and plaintext files per storage: homes and team folders, then each
+    external mount (encryption:status; disable and disable-master-key refuse while any
+    storage still holds encrypted files, as decrypt-all covers all of them)."""
+    homes = [u.name for u in inst.users.list()] + inst.teamfolders.owners()
+    return convert_mounts.count_forms(inst.vault, homes, inst.dav_vault)
+
+
 def encrypted_file_count(inst: Instance) -> int:
-    return convert.count_forms(inst.vault, [u.name for u in inst.users.list()])[0]
+    return sum(s["encryptedFiles"] for s in file_forms(inst))
 
 
 def disable_master_key(inst: Instance) -> None:

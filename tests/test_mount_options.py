@@ -181,9 +181,20 @@ def test_encrypt_all_decrypt_all_and_scan_cover_mounts(srv, kind, request):
         enc.put_raw("deep/er.txt", b"deeper plaintext")
         plain.put_raw("keep.txt", b"stays plaintext")
 
+        before = json.loads(srv.run_cli("encryption:status", "--output", "json").stdout)
+        by_mount = {s["mountId"]: s for s in before["storages"]}
+        assert by_mount[m_enc]["plaintextFiles"] == 2 and by_mount[m_enc]["encryptedFiles"] == 0
+        assert by_mount[m_plain]["plaintextFiles"] == 1
+        assert before["plaintextFiles"] == sum(s["plaintextFiles"] for s in before["storages"])
         out = json.loads(srv.run_cli("encryption:encrypt-all", "--yes", "--output",
                                      "json").stdout)
         assert out["failed"] == [] and out["converted"] >= 2
+        after = json.loads(srv.run_cli("encryption:status", "--output", "json").stdout)
+        by_mount = {s["mountId"]: s for s in after["storages"]}
+        assert by_mount[m_enc]["encryptedFiles"] == 2 and by_mount[m_enc]["plaintextFiles"] == 0
+        assert by_mount[m_plain] == {**by_mount[m_plain], "encryptedFiles": 0,
+                                     "plaintextFiles": 1}
+        assert "/ConvEnc: 2 encrypted, 0 plaintext" in srv.run_cli("encryption:status").stdout
         raw = enc.raw("by-hand.txt")
         assert hdr.is_encrypted(raw[:64]) and b"placed by another tool" not in raw
         assert hdr.is_encrypted(enc.raw("deep/er.txt")[:64])

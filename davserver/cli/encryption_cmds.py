@@ -35,20 +35,23 @@ def _confirm(args, question: str) -> None:
         raise UserError("cancelled")
 
 
-def _count_files(inst) -> tuple[int, int]:
-    return convert.count_forms(inst.vault, [u.name for u in inst.users.list()])
-
-
 def cmd_status(args) -> int:
     """Show whether encryption is enabled, the mode, the key storage root, file counts and
     jobs in progress."""
     inst = instance_from(args)
-    enc, plain = _count_files(inst)
+    storages = accounts.file_forms(inst)
     jobs = inst.jobs_in_progress()
     data = {"enabled": inst.encryption_enabled(), "defaultModule": inst.db.get_setting(S_MODULE),
-            "mode": inst.mode(), "keyStorageRoot": inst.key_root, "encryptedFiles": enc,
-            "plaintextFiles": plain, "maintenance": inst.maintenance(), "jobsInProgress": jobs}
-    emit(args, data, "\n".join(f"  - {k}: {v}" for k, v in data.items()))
+            "mode": inst.mode(), "keyStorageRoot": inst.key_root,
+            "encryptedFiles": sum(s["encryptedFiles"] for s in storages),
+            "plaintextFiles": sum(s["plaintextFiles"] for s in storages),
+            "maintenance": inst.maintenance(), "jobsInProgress": jobs, "storages": storages}
+    lines = [f"  - {k}: {v}" for k, v in data.items() if k != "storages"]
+    if len(storages) > 1:
+        lines.append("  - storages:")
+        lines += [f"    - {s['storage']}: {s['encryptedFiles']} encrypted, "
+                  f"{s['plaintextFiles']} plaintext" for s in storages]
+    emit(args, data, "\n".join(lines))
     return 0
 
 
@@ -67,7 +70,7 @@ def cmd_enable(args) -> int:
 def cmd_disable(args) -> int:
     """Disable encryption; refused while encrypted files remain (run decrypt-all first)."""
     inst = instance_from(args)
-    enc, _plain = _count_files(inst)
+    enc = accounts.encrypted_file_count(inst)
     if enc:
         raise UserError(f"{enc} files are still encrypted; run 'davserver encryption:decrypt-all' "
                         "first (it disables encryption when it is done)")

@@ -44,6 +44,21 @@ def targets(home, homes: list[str], mv: MountedVault, *, encrypt: bool | None,
     return out
 
 
+def count_forms(home, homes: list[str], mv: MountedVault) -> list[dict]:
+    """(encrypted, plaintext) files per storage: the homes, then every mount. Used by
+    encryption:status and by encryption:disable, which must not switch off while a mount
+    still holds encrypted files (decrypt-all covers mounts, so its count must too)."""
+    out = []
+    jobs = [(home, homes, "home", None)] + [
+        (mv.vault_for_job(m), [m.root], m.mount_point, m.id)
+        for m in mounts_for_job(mv, encrypt=None, user=None)]
+    for vault, roots, name, mount_id in jobs:
+        enc, plain = convert.count_forms(vault, roots)
+        out.append({"storage": name, "mountId": mount_id, "encryptedFiles": enc,
+                    "plaintextFiles": plain})
+    return out
+
+
 def plan(jobs: list[Target]) -> list[tuple[str, int]]:
     return [f for vault, roots in jobs for f in convert.plan(vault, roots)]
 
