@@ -29,6 +29,7 @@ import argparse
 import hashlib
 import http.client
 import json
+import math
 import os
 import random
 import re
@@ -69,9 +70,10 @@ def answer_text(body: bytes) -> str:
     return " ".join(text.split())[:300]
 
 
-def random_size(rng: random.Random) -> int:
-    """1 B .. 1 MiB, log-uniform so small files (the common case) dominate."""
-    return max(1, min(MAX_SIZE, int(2 ** rng.uniform(0, 20))))
+def random_size(rng: random.Random, lo: int = 1, hi: int = MAX_SIZE) -> int:
+    """lo .. hi bytes (default 1 B .. 1 MiB), log-uniform so small files (the common
+    case) dominate."""
+    return max(lo, min(hi, int(2 ** rng.uniform(math.log2(lo), math.log2(hi)))))
 
 
 @dataclass
@@ -79,10 +81,22 @@ class Stats:
     ops: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    seconds: dict[str, list[float]] = field(default_factory=dict)  # per op, for p50/p99
 
-    def count(self, op: str) -> None:
+    def count(self, op: str, seconds: float = 0.0) -> None:
         with self.lock:
             self.ops[op] = self.ops.get(op, 0) + 1
+            self.seconds.setdefault(op, []).append(seconds)
+
+    def percentiles(self) -> dict[str, tuple[float, float]]:
+        """(p50, p99) in milliseconds per operation."""
+        out = {}
+        with self.lock:
+            for op, xs in sorted(self.seconds.items()):
+                xs = sorted(xs)
+                out[op] = (round(xs[len(xs) // 2] * 1000, 1),
+                           round(xs[min(len(xs) - 1, int(len(xs) * 0.99))] * 1000, 1))
+        return out
 
     def error(self, msg: str) -> None:
         with self.lock:
@@ -149,7 +163,8 @@ class Client(threading.Thread):
     """One simulated user session working in ``c<N>/`` and in ``shared/``."""
 
     def __init__(self, n: int, base: str, port: int, auth: dict, stop_at: float,
-                 stats: Stats, shared: SharedVersions, seed: int) -> None:
+                 stats: Stats, shared: SharedVersions, seed: int,
+                 sizes: tuple[int, int] = (1, MAX_SIZE)) -> None:
         super().__init__(name=f"soak-client-{n}", daemon=True)
         self.n = n
         self.base = base
@@ -159,6 +174,7 @@ class Client(threading.Thread):
         self.stats = stats
         self.shared = shared
         self.rng = random.Random(seed)
+        self.sizes = sizes
         self.files: dict[str, tuple[int, int]] = {}  # rel path -> (seed, size)
         self.dirs: set[str] = {self.folder}
         self.counter = 0
@@ -190,7 +206,7 @@ class Client(threading.Thread):
         else:
             rel = self.new_name()
             ok = (201,)
-        seed, size = self.new_seed(), random_size(self.rng)
+        seed, size = self.new_seed(), random_size(self.rng, *self.sizes)
         st, _, body = self.conn.request("PUT", self.url(rel), content(seed, size))
         if self.expect("PUT", st, ok, rel, body):
             self.files[rel] = (seed, size)
@@ -325,7 +341,7 @@ class Client(threading.Thread):
             if st == 200:
                 self.stats.error(f"client {self.n} LOCK {rel}: no Lock-Token header")
             return
-        seed, size = self.new_seed(), random_size(self.rng)
+        seed, size = self.new_seed(), random_size(self.rng, *self.sizes)
         st, _, body = self.conn.request("PUT", self.url(rel), content(seed, size),
                                         {"If": f"({token})"})
         if self.expect("PUT with lock", st, (204, 201), rel, body):
@@ -337,7 +353,7 @@ class Client(threading.Thread):
 
     def op_shared_put(self) -> None:
         name = f"shared/s{self.rng.randrange(SHARED_NAMES)}.bin"
-        seed, size = self.new_seed(), random_size(self.rng) // 4 + 1
+        seed, size = self.new_seed(), random_size(self.rng, *self.sizes) // 4 + 1
         self.shared.add(name, seed, size)  # before the PUT: a reader may see it at once
         st, _, body = self.conn.request("PUT", self.url(name), content(seed, size))
         # 423: another client holds a lock on it right now (shared_lock): legal contention
@@ -359,7 +375,7 @@ class Client(threading.Thread):
             return  # somebody else holds it: contention, as intended
         if not self.expect("shared LOCK", st, (200, 201), name, body) or not token:
             return
-        seed, size = self.new_seed(), random_size(self.rng) // 4 + 1
+        seed, size = self.new_seed(), random_size(self.rng, *self.sizes) // 4 + 1
         self.shared.add(name, seed, size)
         st, _, body = self.conn.request("PUT", self.url(name), content(seed, size),
                                         {"If": f"({token})"})
@@ -375,12 +391,13 @@ class Client(threading.Thread):
         self.expect("MKCOL", st, (201,), self.folder, body)
         while time.monotonic() < self.stop_at:
             op = self.rng.choices(names, weights)[0]
+            t0 = time.perf_counter()
             try:
                 getattr(self, f"op_{op}")()
             except Exception as e:  # noqa: BLE001 - every failure is counted, the run goes on
                 self.stats.error(f"client {self.n} {op}: {e!r}")
                 self.conn.close()
-            self.stats.count(op)
+            self.stats.count(op, time.perf_counter() - t0)
 
     def verify(self) -> int:
         """Read back every file this client must have; return how many were checked."""

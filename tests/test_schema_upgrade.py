@@ -87,3 +87,29 @@ def test_newer_database_refused(tmp_path):
         assert res.stderr.strip().endswith(
             f"database is at version {schema_version.CURRENT + 1}, newer than this code "
             f"({schema_version.CURRENT}): install the davserver that upgraded it")
+
+
+def test_object_names_blob_column_repaired_by_upgrade(tmp_path):
+    """Version 2 databases on PostgreSQL had object_names.blob created as a column named
+    "bytea" (the type translation matched the column name), so S3 primary storage by file
+    ID failed on PostgreSQL at the first stat; upgrade to 3 renames it, data kept."""
+    inst = make_instance(tmp_path)
+    on_pg = inst.db.path.startswith("postgresql")
+    with inst.db.tx() as c:
+        if on_pg:
+            c.execute("ALTER TABLE object_names RENAME COLUMN blob TO bytea")
+        c.execute("INSERT INTO object_names(path, parent, is_dir, "
+                  + ("bytea" if on_pg else "blob") + ", size, mtime) VALUES(?, ?, ?, ?, ?, ?)",
+                  ("alice/x", "alice", 0, "b1", 3, 1.0))
+        c.execute(schema_version.stamp_sql(), (schema_version.VERSION_KEY, "2"))
+    inst.close()
+    res = _cli(tmp_path, "upgrade")
+    assert res.returncode == 0, res.stderr
+    assert f"version 2 -> 3: {schema_version.MIGRATIONS[1].what}" in res.stdout
+    inst = make_instance(tmp_path)
+    try:
+        assert inst.db.schema_version() == schema_version.CURRENT
+        assert inst.db.query("SELECT blob FROM object_names WHERE path = ?",
+                             ("alice/x",)) == [("b1",)]
+    finally:
+        inst.close()

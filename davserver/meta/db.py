@@ -238,6 +238,9 @@ class MetaDB:
         """One migration statement (SQLite dialect) inside ``conn``'s transaction."""
         conn.execute(sql)
 
+    def run_native_postgresql(self, conn: sqlite3.Connection, sql: str) -> None:
+        """A PostgreSQL-only migration step: nothing to do on SQLite."""
+
     # --- connections -------------------------------------------------------------------
 
     def _conn(self) -> sqlite3.Connection:

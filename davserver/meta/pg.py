@@ -335,6 +335,9 @@ class PgMetaDB(MetaDB):
         for statement in pg_dialect.schema(sql):
             conn.raw.execute(statement)
 
+    def run_native_postgresql(self, conn: PgConnection, sql: str) -> None:
+        conn.raw.execute(sql)
+
     # --- what SQLite does with PRAGMAs -------------------------------------------------
 
     def add_pending(self, file_id: bytes, path: str, *, plain: bool = False,

@@ -26,12 +26,20 @@ class Migration:
     version: int  # the version the database is at after this step
     what: str  # shown by `davserver upgrade`
     statements: tuple[str, ...]  # SQLite dialect; PostgreSQL gets them translated
+    #: PostgreSQL's own dialect, run only there (repairs of what a translation got wrong)
+    postgresql: tuple[str, ...] = ()
 
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "index group members by user (group lookups at login)",
               ("CREATE INDEX IF NOT EXISTS local_group_members_user "
                "ON local_group_members(user)",)),
+    Migration(3, "PostgreSQL: object_names.blob was created under the name bytea "
+              "(S3 primary storage by file ID)", (),
+              postgresql=("DO $$ BEGIN IF EXISTS (SELECT 1 FROM information_schema.columns "
+                          "WHERE table_schema = current_schema() AND table_name = "
+                          "'object_names' AND column_name = 'bytea') THEN ALTER TABLE "
+                          "object_names RENAME COLUMN bytea TO blob; END IF; END $$",)),
 )
 
 #: The version this code needs. Each migration's index is also in the schema strings, so
@@ -86,6 +94,8 @@ def upgrade(db) -> list[str]:
                 continue
             for sql in m.statements:
                 db.run_ddl(c, sql)
+            for sql in m.postgresql:
+                db.run_native_postgresql(c, sql)
             c.execute(stamp_sql(), (VERSION_KEY, str(m.version)))
         done.append(f"version {m.version - 1} -> {m.version}: {m.what}")
     db.open_schema(check=True)  # tables added since (CREATE IF NOT EXISTS)
