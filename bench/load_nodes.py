@@ -62,6 +62,7 @@ def start_nodes(root: Path, n: int, pg: PgServer, redis: RedisServer,
     nodes = [first]
     for i in range(1, n):
         node = LiveServer(root / f"node{i}", users={}, config=config)
+        node.root.mkdir(parents=True, exist_ok=True)
         node.users = dict(first.users)
         if keys == "files":
             node.data_dir, node.config = first.data_dir, first.config
