@@ -194,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--workdir", default=None)
     p.add_argument("--results", default=os.path.join(HERE, "results"))
+    p.add_argument("--json", default=None, help="also write the figures here as JSON")
     args = p.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="davserver-load-", dir=args.workdir))
     os.chmod(root, 0o755)
@@ -215,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     out = os.path.join(args.results, time.strftime("load-nodes-%Y%m%dT%H%M%SZ.md",
                                                    time.gmtime()))
     Path(out).write_text(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
     shutil.rmtree(root, ignore_errors=True)
     ok = all(r["errors"] == 0 and r["files_verified"] == r["files_expected"]
              and r["scan_problems"] == 0 for r in results)
