@@ -101,12 +101,7 @@ def run_config(args, root: Path, n: int, pg, redis, moto) -> dict:
         clients = [soak.Client(i, base, port, auth, stop_at, stats, shared,
                                seed=args.seed * 1000 + i, sizes=(4 * KiB, args.max_size))
                    for i in range(args.clients)]
-        for c in clients:
-            c.start()
-        for c in clients:
-            c.join(max(0.0, stop_at - time.monotonic()) + 300)
-            if c.is_alive():
-                stats.error(f"client {c.n} still busy 5 minutes after the end (hang)")
+        soak.run_clients(clients, stop_at, stats)
         elapsed = time.monotonic() - t0
         for s in samplers:
             s.done.set()

@@ -419,6 +419,16 @@ class Client(threading.Thread):
         return checked
 
 
+def run_clients(clients: list[Client], stop_at: float, stats: Stats) -> None:
+    """Run the clients to ``stop_at``; one still busy 5 minutes later is a hang."""
+    for c in clients:
+        c.start()
+    for c in clients:
+        c.join(max(0.0, stop_at - time.monotonic()) + 300)
+        if c.is_alive():
+            stats.error(f"client {c.n} still busy 5 minutes after the end (hang)")
+
+
 # -- resource sampling -------------------------------------------------------------------
 def process_tree(root_pid: int) -> list[int]:
     """root_pid and all its descendants (from /proc; the node forks its workers)."""
@@ -509,12 +519,7 @@ def run(args: argparse.Namespace) -> dict:
         stop_at = t0 + args.minutes * 60
         clients = [Client(i, node.base, node.port, auth, stop_at, stats, shared,
                           seed=args.seed * 1000 + i) for i in range(args.clients)]
-        for c in clients:
-            c.start()
-        for c in clients:
-            c.join(max(0.0, stop_at - time.monotonic()) + 300)
-            if c.is_alive():
-                stats.error(f"client {c.n} still busy 5 minutes after the end (hang)")
+        run_clients(clients, stop_at, stats)
         elapsed = time.monotonic() - t0
         sampler.done.set()
         sampler.join(30)
