@@ -8,6 +8,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,7 @@ from davserver.instance import open_instance
 from davserver.meta import settings
 from davserver.meta.keydocs_db import DbKeyDocs
 from davserver.vault import check, context, keyroot
+from davserver.vault.keydocs import open_keydocs
 from davserver.vault.keystore import KeyStore, parse_key_file
 from davserver.vault.shares import USER
 from tests import instances
@@ -198,7 +202,9 @@ class Boom(Exception):
 
 
 @pytest.mark.parametrize("direction", ["dir->db", "db->dir"])
-def test_interrupted_move_resumes_and_refuses_another_target(tmp_path, direction):
+def test_interrupted_move_resumes_and_refuses_another_target(tmp_path, direction,
+                                                             monkeypatch):
+    monkeypatch.setattr(keyroot, "COPY_BATCH", 2)  # interrupted between two batches
     start = "dir" if direction == "dir->db" else "db"
     inst = _instance(tmp_path, start, user_mode=False)
     try:
@@ -216,6 +222,8 @@ def test_interrupted_move_resumes_and_refuses_another_target(tmp_path, direction
         with pytest.raises(Boom):
             keyroot.change_key_storage_root(inst.db, source, target, fsync=False,
                                             settle_seconds=0, progress=dying)
+        partial = open_keydocs(target, inst.db, fsync=False)
+        assert 0 < sum(1 for _ in partial.names()) < total  # cut off mid-copy
         # Nothing switched: the old store is still the one named, and complete.
         assert inst.db.get_setting(settings.JOB_KEY_ROOT)
         assert inst.key_root == source
@@ -234,6 +242,66 @@ def test_interrupted_move_resumes_and_refuses_another_target(tmp_path, direction
         else:
             assert DbKeyDocs(inst.db).is_empty()
         _read_back(inst)
+    finally:
+        inst.close()
+
+
+KILLER = r"""
+import os, signal, sys
+from davserver.meta.keydocs_db import DbKeyDocs
+from davserver.vault.keydocs import DirKeyDocs
+owner, name, when = {"mid-copy": (DbKeyDocs, "write_many", "after"),
+                     "switched": (DirKeyDocs, "remove_all", "before"),
+                     "removed": (DirKeyDocs, "remove_all", "after")}[sys.argv[1]]
+orig = getattr(owner, name)
+
+def hooked(*a, **k):
+    if when == "before":
+        os.kill(os.getpid(), signal.SIGKILL)
+    orig(*a, **k)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+setattr(owner, name, hooked)
+from davserver.cli.main import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("point", ["mid-copy", "switched", "removed"])
+def test_move_into_the_database_killed_and_resumed(tmp_path, point):
+    """SIGKILL of the CLI at each step of a move into the database: the store the DB
+    names is complete at that instant, and the same command finishes the move."""
+    inst = _instance(tmp_path, "dir", user_mode=False)
+    many = {f"alice/many/k{i:03d}": i.to_bytes(2, "big") for i in range(300)}
+    try:
+        inst.vault.make_dir("alice/many")
+        for rel, data in many.items():
+            inst.vault.write_bytes(rel, data)
+        _write(inst)
+        old, total = inst.key_root, sum(1 for _ in inst.keys.docs.names())
+        assert total > keyroot.COPY_BATCH  # so that the copy takes two batches
+        db_docs = DbKeyDocs(inst.db)
+        args = ["encryption:change-key-storage-root", "db:", "--yes", "--config",
+                inst.config.path, "--data-dir", inst.config.data_dir]
+        res = subprocess.run([sys.executable, "-c", KILLER, point, *args],
+                             capture_output=True, text=True, timeout=120)
+        assert res.returncode == -signal.SIGKILL, res.stderr
+        copied = db_docs.count()
+        assert copied == (keyroot.COPY_BATCH if point == "mid-copy" else total)
+        inst.refresh()
+        assert inst.key_root == (old if point == "mid-copy" else "db:")
+        assert os.path.exists(old) is (point != "removed")
+        assert sum(1 for _ in inst.keys.docs.names()) == total  # the named one is whole
+        _read_back(inst)
+        assert inst.db.get_setting(settings.JOB_KEY_ROOT)  # unfinished: said so
+        res = subprocess.run([sys.executable, "-m", "davserver", *args], capture_output=True,
+                             text=True, timeout=300)
+        assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
+        inst.refresh()
+        assert inst.key_root == "db:" and db_docs.count() == total
+        assert not os.path.exists(old) and inst.db.get_setting(settings.JOB_KEY_ROOT) is None
+        _read_back(inst)
+        assert inst.vault.read_all("alice/many/k299") == many["alice/many/k299"]
     finally:
         inst.close()
 

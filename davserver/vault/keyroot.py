@@ -24,6 +24,9 @@ from davserver.vault.keydocs import KeyDocs, canonical, is_db, location_is_empty
 S_KEY_ROOT = settings.KEY_ROOT
 S_JOB = settings.JOB_KEY_ROOT
 
+#: Documents copied per write_many: one transaction (and sync) each into the database.
+COPY_BATCH = 256
+
 
 def _shown(location: str) -> str:
     return "the database" if is_db(location) else location
@@ -70,14 +73,27 @@ def change_key_storage_root(db, current: str, target: str, *, fsync: bool = True
     if not switched:
         src = open_keydocs(source, db, fsync=fsync)
         names = list(src.names())
+        batch: list[tuple[str, bytes]] = []
+        sizes: list[int] = []
+
+        def flush() -> None:
+            dst.write_many(batch)
+            for size in sizes:
+                if progress:
+                    progress(1, size)
+            batch.clear()
+            sizes.clear()
+
         for name in names:
             data = src.get(name)
             if data is None:
                 continue  # deleted meanwhile (the servers keep running)
             if _differs(src, dst, name, data):
-                dst.write(name, data)
-            if progress:
-                progress(1, len(data))
+                batch.append((name, data))
+            sizes.append(len(data))
+            if len(sizes) >= COPY_BATCH:
+                flush()
+        flush()
         missing = [n for n in names if src.exists(n) and _differs(src, dst, n)]
         if missing:
             raise DavServerError(f"verification failed for {len(missing)} key files; "
