@@ -5,6 +5,7 @@ backup, restore and offline recovery. On SQLite and PostgreSQL metadata."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -430,3 +431,34 @@ def test_user_key_recover_from_the_database(server_factory, tmp_path, metadata_u
     assert "password" in wrong.stderr.lower()
     r = requests.get(srv.url("alice", "a.txt"), auth=srv.auth("alice"), timeout=30)
     assert r.content == UPLOADS["a.txt"]
+
+
+# --- two nodes that share no key directory ------------------------------------------------
+
+def test_two_nodes_with_separate_data_dirs_share_keys_through_the_database(
+        server_factory, tmp_path, metadata_url):
+    """Node B has a data dir of its own (its own run/ and no keys/), only the files are
+    shared (as S3 would share them): with the keys in PostgreSQL it reads what A wrote
+    and A reads what B wrote, in user-key mode."""
+    if not metadata_url:
+        pytest.skip("nodes on separate data dirs share PostgreSQL metadata, not a SQLite file")
+    a = server_factory(users={"alice": None}, config=_config("db"))
+    _cli(a, "encryption:disable-master-key", "--yes")
+    a.restart()
+    b = copy.copy(a)
+    b.proc, b.port = None, 0
+    b.data_dir = str(tmp_path / "node-b")
+    b.log_path = tmp_path / "node-b.log"
+    os.makedirs(b.data_dir, mode=0o700)
+    os.symlink(Path(a.data_dir) / "files", Path(b.data_dir) / "files")
+    b.start()
+    try:
+        _put_all(a, "alice", {"from-a.bin": UPLOADS["big.bin"]})
+        _assert_served(b, "alice", {"from-a.bin": UPLOADS["big.bin"]})
+        _put_all(b, "alice", {"from-b.txt": b"written on node b"})
+        _assert_served(a, "alice", {"from-b.txt": b"written on node b"})
+        for node in (a, b):
+            assert _disk_key_files(node.data_dir) == []
+        assert {"users/alice.json"} <= set(_db_names(a))
+    finally:
+        b.stop()
