@@ -373,8 +373,18 @@ def test_backup_restore_and_recover_with_keys_in_the_database(server_factory, tm
     res = _jcli(srv, "recover", "--data", srv.data_dir, "--keys", "db:", "--database-url",
                 db, "--secret-file", str(srv.etc / "secret"), "--out", str(out))
     assert res["failed"] == [] and _recovered(out) == UPLOADS
-    bad = _cli(srv, "recover", "--data", srv.data_dir, "--keys", "db:", "--secret-file",
-               str(srv.etc / "secret"), "--out", str(tmp_path / "x"), ok=False)
+    # --keys db: alone reads the database the config names ...
+    out = tmp_path / "out-config"
+    res = _jcli(srv, "recover", "--data", srv.data_dir, "--keys", "db:", "--secret-file",
+                str(srv.etc / "secret"), "--out", str(out))
+    assert res["failed"] == [] and _recovered(out) == UPLOADS
+    # ... and without a config says what to give.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DAVSERVER_")}
+    bad = subprocess.run([sys.executable, "-m", "davserver", "recover", "--data", srv.data_dir,
+                          "--keys", "db:", "--secret-file", str(srv.etc / "secret"), "--out",
+                          str(tmp_path / "x")], capture_output=True, text=True, env=env,
+                         timeout=60, cwd=tmp_path)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
     assert "--database-url" in bad.stderr
     if metadata_url:
         return  # backup:restore of PostgreSQL metadata is pg_restore's job

@@ -76,6 +76,12 @@ def cmd_recover(args) -> int:
         return _recover_remote(args, password, recovery)
     if not args.data:
         raise UserError("give --data DIR (or --mounts to read external storage)")
+    database_url = args.database_url
+    if args.keys and args.keys.strip().lower() in ("db:", "db", "database") \
+            and not database_url and (args.config or os.environ.get("DAVSERVER_CONFIG")):
+        # The keys are in the database the config names (database.url, or the
+        # environment's DAVSERVER_DATABASE_URL, as the server reads it).
+        database_url = offline.database_of(config_mod.load(args.config, args.data_dir))
     files = offline.plan(args.data, args.user)
     with progress_bar("recovering", len(files), sum(s for _p, s in files),
                       quiet=args.output == "json") as advance:
@@ -83,7 +89,7 @@ def cmd_recover(args) -> int:
                                  secret_file=args.secret_file, backup_file=args.backup,
                                  passphrase=_passphrase(args), user=args.user,
                                  password=password, recovery_password=recovery,
-                                 database_url=args.database_url, progress=advance)
+                                 database_url=database_url, progress=advance)
     emit(args, report.as_dict(),
          f"recovered {report.decrypted} encrypted and {report.copied_plaintext} plaintext files "
          f"({report.bytes} bytes) into {args.out}; {len(report.failed)} could not be decrypted"
@@ -151,7 +157,8 @@ def register(sub, common) -> None:
                    "db: with --database-url when the keys are kept in the database")
     p.add_argument("--database-url", metavar="URL",
                    help="read the keys from this database (the SQLite file davserver.db or a "
-                   "postgresql:// URL), read-only, when they are kept there (db:)")
+                   "postgresql:// URL), read-only, when they are kept there (db:); "
+                   "default with --keys db: and --config: the config's database")
     p.add_argument("--secret-file", metavar="FILE", help="instance secret")
     p.add_argument("--backup", metavar="FILE", help="archive from backup:create")
     p.add_argument("--passphrase-from-env", action="store_true", help=f"read ${PASS_ENV}")

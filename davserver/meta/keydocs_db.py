@@ -230,6 +230,8 @@ def open_offline(url_or_path: str, run_dir: str) -> DbKeyDocs:
 
         db = PgMetaDB(url_or_path, run_dir, check_version=False, pool_size=1)
         return _Owning(db)
+    if url_or_path.startswith("sqlite:///"):
+        url_or_path = url_or_path[len("sqlite://"):]
     if not os.path.isfile(url_or_path):
         raise UserError(f"database {url_or_path} not found")
     db = _ReadOnlySqlite(url_or_path)

@@ -23,6 +23,7 @@ from functools import partial
 from davserver.crypto import header as hdr
 from davserver.crypto import stream
 from davserver.errors import DavServerError, FormatError, IntegrityError, KeyNotFound, UserError
+from davserver.meta.connect import is_postgres
 from davserver.meta.keydocs_db import DbKeyDocs, open_offline
 from davserver.vault import backup
 from davserver.vault.keydocs import DirKeyDocs, is_db
@@ -89,6 +90,13 @@ def recover(data: str, out: str, *, keys: str | None = None, secret_file: str | 
         finally:
             if isinstance(store.docs, DbKeyDocs):
                 store.docs.close()
+
+
+def database_of(cfg) -> str:
+    """The database a config names, as ``--database-url`` takes it: a PostgreSQL URL, or
+    the SQLite file (``recover --keys db:`` without ``--database-url``)."""
+    url = cfg.database_url.strip()
+    return url if is_postgres(url) else cfg.db_path
 
 
 def _key_docs(keys: str | None, database_url: str | None, tmp: str):
