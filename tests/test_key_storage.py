@@ -472,3 +472,16 @@ def test_two_nodes_with_separate_data_dirs_share_keys_through_the_database(
         assert {"users/alice.json"} <= set(_db_names(a))
     finally:
         b.stop()
+
+
+def test_a_new_key_directory_is_private(tmp_path):
+    inst = _instance(tmp_path, "db", user_mode=False)
+    try:
+        _write(inst)
+        target = tmp_path / "new" / "keys"
+        keyroot.change_key_storage_root(inst.db, "db:", str(target), fsync=False,
+                                        settle_seconds=0)
+        assert target.stat().st_mode & 0o777 == 0o700
+        assert (target / "files").stat().st_mode & 0o777 == 0o700
+    finally:
+        inst.close()

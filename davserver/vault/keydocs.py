@@ -78,6 +78,7 @@ class DirKeyDocs:
     def __init__(self, root: str, *, fsync: bool = True) -> None:
         self.root = self.location = os.path.abspath(root)
         self.fsync = fsync
+        os.makedirs(self.root, mode=0o700, exist_ok=True)  # makedirs' mode: the leaf only
         os.makedirs(os.path.join(self.root, "files"), mode=0o700, exist_ok=True)
 
     def describe(self) -> str:
