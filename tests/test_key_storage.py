@@ -151,7 +151,10 @@ def test_cli_moves_keys_into_the_database_and_out_while_serving(server_factory, 
     srv = server_factory(users={"alice": None}, config=_config("dir"))
     _put_all(srv, "alice", UPLOADS)
     old = Path(srv.data_dir) / "keys"
-    rep = _jcli(srv, "encryption:change-key-storage-root", "db:", "--yes")
+    bad = _cli(srv, "encryption:change-key-storage-root", " ", "--yes", ok=False)
+    assert "key storage root is empty" in bad.stderr
+    assert _jcli(srv, "encryption:status")["jobsInProgress"] == []
+    rep = _jcli(srv, "encryption:change-key-storage-root", "database", "--yes")  # = db:
     assert rep["target"] == "db:" and rep["key_files"] == len(UPLOADS) + 1  # + master
     assert not old.exists()
     _assert_served(srv, "alice", UPLOADS)  # the running server followed the switch

@@ -77,7 +77,7 @@ def cmd_recover(args) -> int:
     if not args.data:
         raise UserError("give --data DIR (or --mounts to read external storage)")
     database_url = args.database_url
-    if args.keys and args.keys.strip().lower() in ("db:", "db", "database") \
+    if args.keys and args.keys.strip().lower() in ("db:", "database") \
             and not database_url and (args.config or os.environ.get("DAVSERVER_CONFIG")):
         # The keys are in the database the config names (database.url, or the
         # environment's DAVSERVER_DATABASE_URL, as the server reads it).

@@ -21,7 +21,7 @@ from davserver.errors import UserError
 from davserver.meta.keydocs_db import LOCATION as DB_LOCATION
 from davserver.meta.keydocs_db import DbKeyDocs
 
-_DB_SPELLINGS = ("db:", "database", "db")
+_DB_SPELLINGS = ("db:", "database")  # a bare "db" stays a directory name
 
 
 class KeyDocs(Protocol):
