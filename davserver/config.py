@@ -287,7 +287,9 @@ backend = "local"           # where file contents go: "local" (files/ above), "s
 
 [encryption]
 secret_file = "{secret_file}"   # instance secret, 0600, keep it OUTSIDE the data dir
-key_storage_root = ""       # default: <data_dir>/keys (encryption:change-key-storage-root)
+key_storage_root = ""       # default: <data_dir>/keys; "db:" keeps the keys in the metadata
+                            # database (several nodes without a shared filesystem; the same
+                            # JSON documents); move with encryption:change-key-storage-root
 hpke_suite = "x25519"       # key wrapping: "x25519" or the post-quantum hybrid "mlkem768-x25519"
 kdf_time_cost = 3           # Argon2id for user keys (user-key mode) and the recovery key;
 kdf_memory_kib = 65536      # raising these re-seals a user's key at their next login

@@ -29,6 +29,7 @@ from davserver.meta.db import MetaDB
 from davserver.vault import context
 from davserver.vault.chunkstage import forget_all as forget_uploads
 from davserver.vault.files import Vault, ensure_home, remove_home
+from davserver.vault.keydocs import canonical, open_keydocs
 from davserver.vault.keystore import Identity, KeyStore, Recipient
 from davserver.vault.mounts import MountedVault, MountService, forget_shares, is_mount_path
 from davserver.vault.secret import read_secret, write_secret
@@ -64,7 +65,8 @@ class Instance:
         self._master_checked = -1e9
         self._has_master = False
         self.storage = make_storage(cfg, self.db)
-        self.keys = KeyStore(self.key_root, fsync=cfg.fsync)
+        self.keys = KeyStore(open_keydocs(self.key_root, self.db, fsync=cfg.fsync),
+                             fsync=cfg.fsync)
         self._master: Identity | None = None
         self.users = UserService(self.db, cache_seconds=cfg.auth_cache_seconds,
                                  on_create=lambda u: ensure_home(self.vault, u),
@@ -161,8 +163,14 @@ class Instance:
 
     @property
     def key_root(self) -> str:
-        return self._setting(S_KEY_ROOT) or self.config.key_storage_root \
-            or self.config.default_key_root
+        """Where the keys are: an absolute directory, or ``db:`` (the metadata DB)."""
+        return canonical(self._setting(S_KEY_ROOT) or self.config.key_storage_root
+                         or self.config.default_key_root)
+
+    @property
+    def key_storage(self) -> str:
+        """What encryption:status shows: the directory, or "database"."""
+        return self.keys.docs.describe()
 
     def encryption_enabled(self) -> bool:
         return self._setting(S_ENABLED) == "1"
@@ -194,8 +202,9 @@ class Instance:
         """Pick up settings other processes changed (admin commands, other nodes)."""
         root = self.key_root
         if root != self.keys.root:
-            log.info("key storage root is now %s", root)
-            self.keys.set_root(root)
+            docs = open_keydocs(root, self.db, fsync=self.config.fsync)
+            log.info("key storage is now %s", docs.describe())
+            self.keys.set_docs(docs)
 
     # --- keys --------------------------------------------------------------------------
 

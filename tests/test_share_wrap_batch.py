@@ -161,7 +161,7 @@ def test_batch_is_flushed_before_the_work_is_marked_done(tmp_path, monkeypatch, 
         events.append(f"append {len(items)}")
         return real_append(items, fsync=fsync)
 
-    monkeypatch.setattr("davserver.vault.keystore.append_many", append)
+    monkeypatch.setattr("davserver.vault.keydocs.append_many", append)
     inst.db._conn().set_trace_callback(
         lambda sql: events.append("done") if sql.startswith("DELETE FROM share_key_pending")
         else None)
@@ -184,7 +184,7 @@ def test_batch_is_flushed_before_the_work_is_marked_done(tmp_path, monkeypatch, 
 CHILD = r"""
 import os, signal, sys
 from pathlib import Path
-from davserver.vault import context, keystore, sharekeys, userkeys
+from davserver.vault import context, keydocs, sharekeys, userkeys
 from davserver.vault.shares import ALL, USER
 from tests.instances import make_instance
 
@@ -192,7 +192,7 @@ work, point = Path(sys.argv[1]), sys.argv[2]
 inst = make_instance(work, user_mode=True, fsync=True)
 alice = inst.userkeys.unlock("alice", "alice-password")
 userkeys.REWRAP_BATCH = 8
-real_append, calls = keystore.append_many, []
+real_append, calls = keydocs.append_many, []
 
 def dying_append(items, *, fsync=True):
     calls.append(1)
@@ -204,7 +204,7 @@ def dying_append(items, *, fsync=True):
         os.kill(os.getpid(), signal.SIGKILL)
     return real_append(items, fsync=fsync)
 
-keystore.append_many = dying_append
+keydocs.append_many = dying_append
 if point == "before-share-key":
     def die(*a, **k):
         os.kill(os.getpid(), signal.SIGKILL)

@@ -4,7 +4,7 @@ instead of the user's own (Nextcloud's login flow v2 and ``user:add-app-password
 An app password is random (about 149 bits), so it is kept as a plain SHA-256 hash: no
 slow KDF is needed against guessing, and checking one costs one indexed query. In
 user-key mode the user's private key is also sealed under each app password that was
-created while the key was unlocked (``<key root>/app-passwords/<user>/<id>.json``), so
+created while the key was unlocked (``app-passwords/<user>/<id>.json`` in the key store), so
 the device can open the user's files; revoking the password deletes that seal with the
 row. An app password created without the unlocked key logs in but cannot open files
 (403 KeyLocked), which the CLI prevents by asking for the user's password.
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import secrets
 import string
@@ -22,7 +21,6 @@ import time
 from base64 import b64decode, b64encode
 
 from davserver.crypto import keywrap, primitives
-from davserver.durable import write_atomic
 from davserver.errors import IntegrityError, NotFound, UserError, WrongPassword
 from davserver.vault.keystore import Identity
 from davserver.vault.userkeys import KeyLocked
@@ -50,8 +48,11 @@ class AppPasswords:
         self.db = instance.db
         self._instance = instance
 
-    def _seal_path(self, user: str, app_id: int) -> str:
-        return os.path.join(self._instance.keys.root, "app-passwords", user, f"{app_id}.json")
+    @staticmethod
+    def _seal_name(user: str, app_id: int) -> str:
+        if "/" in user or user in ("", ".", ".."):
+            raise UserError(f"invalid user name {user!r}")
+        return f"app-passwords/{user}/{int(app_id)}.json"
 
     def create(self, user: str, name: str, identity: Identity | None) -> tuple[int, str]:
         """A new app password for ``user``: (its ID, the password, shown once).
@@ -82,9 +83,8 @@ class AppPasswords:
                "public": b64encode(identity.public).decode(), "salt": b64encode(salt).decode(),
                "private_sealed": b64encode(keywrap.seal_private_key(
                    self._kek(user, app_id, token, salt), identity.private, kid)).decode()}
-        path = self._seal_path(user, app_id)
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        write_atomic(path, json.dumps(doc, indent=1).encode(), fsync=self._instance.config.fsync)
+        self._instance.keys.docs.write(self._seal_name(user, app_id),
+                                       json.dumps(doc, indent=1).encode())
 
     def find(self, user: str, token: str) -> int | None:
         """The ID of ``user``'s app password ``token``, or None."""
@@ -99,11 +99,10 @@ class AppPasswords:
         the user's key from its seal in user-key mode."""
         if self._instance.mode() == "master":
             return ()
-        try:
-            with open(self._seal_path(user, app_id), "rb") as f:
-                doc = json.load(f)
-        except FileNotFoundError:
-            raise KeyLocked() from None
+        raw = self._instance.keys.docs.get(self._seal_name(user, app_id))
+        if raw is None:
+            raise KeyLocked()
+        doc = json.loads(raw)
         current = self._instance.userkeys.public(user)
         if current is None or current.recipient != doc["recipient"]:
             raise KeyLocked()  # the user's key was replaced since
@@ -124,11 +123,9 @@ class AppPasswords:
         with self.db.tx() as c:
             gone = c.execute("DELETE FROM app_passwords WHERE user = ? AND id = ?",
                              (user, app_id)).rowcount
-        try:
-            os.unlink(self._seal_path(user, app_id))
-        except FileNotFoundError:
-            if not gone:
-                raise NotFound(f"app password {app_id} of {user}") from None
+        if not self._instance.keys.docs.delete(self._seal_name(user, app_id)) \
+                and not gone:
+            raise NotFound(f"app password {app_id} of {user}")
 
     def revoke_all(self, user: str) -> None:
         for row in self.list(user):

@@ -28,9 +28,11 @@ def cmd_create(args) -> int:
     $DAVSERVER_BACKUP_PASS."""
     inst = instance_from(args)
     result = backup.create(args.file, secret_file=inst.config.secret_file,
-                           config_file=inst.config.path, key_root=inst.key_root, db=inst.db,
+                           config_file=inst.config.path, key_root=inst.keys.docs, db=inst.db,
                            passphrase=_passphrase(args))
-    emit(args, result, f"backup written to {args.file} ({result['key_files']} key files"
+    emit(args, result, f"backup written to {args.file} ({result['key_files']} key files from "
+         f"the {result['key_store']}"
+         + ("" if result["database"] else ", no database: back up PostgreSQL with pg_dump")
          + (", encrypted" if result["encrypted"] else ", NOT encrypted: keep it safe") + ")")
     return 0
 
@@ -39,7 +41,8 @@ def cmd_restore(args) -> int:
     """Restore secret, key store and DB from a backup into this instance's locations.
     Stop the server first; --force overwrites an existing instance."""
     cfg = config_mod.load(args.config, args.data_dir)
-    key_root = cfg.key_storage_root or cfg.default_key_root
+    # Not configured: the store the backup came from (the database, or <data_dir>/keys).
+    key_root = cfg.key_storage_root or f"default:{cfg.default_key_root}"
     config_mod.check_owner(cfg.data_dir)
     if cfg.database_url.split("://", 1)[0].lower() in ("postgresql", "postgres"):
         raise UserError("the metadata is in PostgreSQL: restore it with pg_restore, and the "
@@ -60,7 +63,9 @@ def cmd_recover(args) -> int:
     Needs the data (files) and the key store, plus the instance secret or a backup archive
     (master-key mode), or a user's password / the recovery password (user-key mode). Every
     file is authenticated; a summary lists what could not be decrypted. --mounts reads the
-    external storage mounts of --backup from their S3/WebDAV stores instead."""
+    external storage mounts of --backup from their S3/WebDAV stores instead. Keys kept in
+    the database (key_storage_root db:) are read from --database-url, read-only, or from
+    --backup."""
     password = password_from_env() if args.password_from_env else None
     recovery = (password_from_env("DAVSERVER_RECOVERY_PASS")
                 if args.recovery_password_from_env else None)
@@ -71,6 +76,12 @@ def cmd_recover(args) -> int:
         return _recover_remote(args, password, recovery)
     if not args.data:
         raise UserError("give --data DIR (or --mounts to read external storage)")
+    database_url = args.database_url
+    if args.keys and args.keys.strip().lower() in ("db:", "database") \
+            and not database_url and (args.config or os.environ.get("DAVSERVER_CONFIG")):
+        # The keys are in the database the config names (database.url, or the
+        # environment's DAVSERVER_DATABASE_URL, as the server reads it).
+        database_url = offline.database_of(config_mod.load(args.config, args.data_dir))
     files = offline.plan(args.data, args.user)
     with progress_bar("recovering", len(files), sum(s for _p, s in files),
                       quiet=args.output == "json") as advance:
@@ -78,7 +89,7 @@ def cmd_recover(args) -> int:
                                  secret_file=args.secret_file, backup_file=args.backup,
                                  passphrase=_passphrase(args), user=args.user,
                                  password=password, recovery_password=recovery,
-                                 progress=advance)
+                                 database_url=database_url, progress=advance)
     emit(args, report.as_dict(),
          f"recovered {report.decrypted} encrypted and {report.copied_plaintext} plaintext files "
          f"({report.bytes} bytes) into {args.out}; {len(report.failed)} could not be decrypted"
@@ -142,7 +153,12 @@ def register(sub, common) -> None:
     p.add_argument("--primary", action="store_true",
                    help="instead of --data: the remote primary storage (S3, WebDAV) that the "
                    "config in --backup names, with the backup's database as the name index")
-    p.add_argument("--keys", metavar="DIR", help="key storage root (default: from --backup)")
+    p.add_argument("--keys", metavar="DIR", help="key storage root (default: from --backup); "
+                   "db: with --database-url when the keys are kept in the database")
+    p.add_argument("--database-url", metavar="URL",
+                   help="read the keys from this database (the SQLite file davserver.db or a "
+                   "postgresql:// URL), read-only, when they are kept there (db:); "
+                   "default with --keys db: and --config: the config's database")
     p.add_argument("--secret-file", metavar="FILE", help="instance secret")
     p.add_argument("--backup", metavar="FILE", help="archive from backup:create")
     p.add_argument("--passphrase-from-env", action="store_true", help=f"read ${PASS_ENV}")

@@ -43,6 +43,7 @@ def cmd_status(args) -> int:
     jobs = inst.jobs_in_progress()
     data = {"enabled": inst.encryption_enabled(), "defaultModule": inst.db.get_setting(S_MODULE),
             "mode": inst.mode(), "keyStorageRoot": inst.key_root,
+            "keyStorage": inst.key_storage,
             "encryptedFiles": sum(s["encryptedFiles"] for s in storages),
             "plaintextFiles": sum(s["plaintextFiles"] for s in storages),
             "maintenance": inst.maintenance(), "jobsInProgress": jobs, "storages": storages}
@@ -148,20 +149,21 @@ def cmd_decrypt_all(args) -> int:
 def cmd_show_key_root(args) -> int:
     """Show where the key store lives."""
     inst = instance_from(args)
-    emit(args, {"keyStorageRoot": inst.key_root}, f"key storage root: {inst.key_root}")
+    emit(args, {"keyStorageRoot": inst.key_root}, f"key storage root: {inst.key_storage}")
     return 0
 
 
 def cmd_change_key_root(args) -> int:
-    """Move the key store to an empty directory: copy, verify, switch, remove the old one.
-
-    Resumable: after an interruption run it again with the same directory."""
+    """Move the key store to an empty directory, or into the metadata database with db:
+    (nodes then need no shared filesystem for keys): copy, verify, switch, remove the
+    old one. Resumable: after an interruption run it again with the same target."""
     inst = instance_from(args)
-    _confirm(args, f"move the key store from {inst.key_root} to {args.dir}?")
+    _confirm(args, f"move the key store from {inst.key_storage} to {args.dir}?")
     with convert.maintenance_for(inst.db, "change-key-storage-root"):
         result = keyroot.change_key_storage_root(inst.db, inst.key_root, args.dir,
                                                  fsync=inst.config.fsync)
-    emit(args, result, f"key store moved to {result['target']} ({result['key_files']} files)")
+    where = "the database" if result["target"] == "db:" else result["target"]
+    emit(args, result, f"key store moved to {where} ({result['key_files']} files)")
     return 0
 
 
@@ -371,7 +373,7 @@ def register(sub, common) -> None:
         output=True)
     p = cmd("encryption:change-key-storage-root", cmd_change_key_root,
             "change the key storage root", output=True, yes=True)
-    p.add_argument("dir", metavar="DIR")
+    p.add_argument("dir", metavar="DIR", help="an empty directory, or db: (the database)")
     cmd("encryption:enable-master-key", cmd_enable_master_key, "enable master-key mode",
         yes=True)
     cmd("encryption:disable-master-key", cmd_disable_master_key, "disable master-key mode",

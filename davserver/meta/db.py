@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from davserver.meta import (
     chunkstage_schema,
+    keydocs_schema,
     layout_schema,
     mounts_schema,
     nextcloud_schema,
@@ -102,7 +103,7 @@ CREATE TABLE IF NOT EXISTS web_sessions(
 #: built side by side do not edit one string. Every statement is idempotent.
 SCHEMA_PARTS: list[str] = [objects_schema.SCHEMA, nextcloud_schema.SCHEMA,
                             nextcloud_schema.APP_SCHEMA, SHARES_SCHEMA, mounts_schema.SCHEMA,
-                            chunkstage_schema.SCHEMA,
+                            chunkstage_schema.SCHEMA, keydocs_schema.SCHEMA,
                             layout_schema.SCHEMA]  # last: its triggers name the others
 
 
@@ -181,7 +182,7 @@ class MetaDB:
         self.durable_markers = durable_markers
         self._local = threading.local()
         # Bumped after every settings change, by any process using this data directory.
-        run = os.path.join(os.path.dirname(os.path.abspath(path)), "run")
+        run = self.run_dir = os.path.join(os.path.dirname(os.path.abspath(path)), "run")
         self._settings_changes = ChangeCounter(os.path.join(run, "settings.version"))
         # Bumped after every write to users or login_failures. Every request reads a user
         # row and the throttle's failure counts; between such writes (rare) each process

@@ -1,92 +1,115 @@
 """change-key-storage-root: copy, verify, switch, remove — resumable at every step.
 
+The source and the target are key storage directories or the metadata database (``db:``,
+vault.keydocs), in any combination but the same: one protocol moves keys into the
+database for several nodes and back out to a directory.
+
 The job's target is recorded in the DB before anything is copied, so a re-run after a
-crash continues with the same target (and refuses a different one). Files are copied with
-atomic writes and compared byte for byte before the DB is switched; only then is the old
-copy removed. At any instant one complete key store is the one the DB names.
+crash continues with the same target (and refuses a different one). Documents are copied
+with atomic writes and compared byte for byte before the DB is switched; only then is the
+old copy removed. At any instant one complete key store is the one the DB names.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable
 
-from davserver.durable import write_atomic
 from davserver.errors import DavServerError, UserError
 from davserver.meta import settings
+from davserver.vault.keydocs import KeyDocs, canonical, is_db, location_is_empty, open_keydocs
 
 S_KEY_ROOT = settings.KEY_ROOT
 S_JOB = settings.JOB_KEY_ROOT
 
-
-def _files(root: str) -> list[str]:
-    out = []
-    for d, _dirs, names in os.walk(root):
-        for n in names:
-            if not n.startswith(".tmp-"):
-                out.append(os.path.relpath(os.path.join(d, n), root))
-    return sorted(out)
+#: Documents copied per write_many: one transaction (and sync) each into the database.
+COPY_BATCH = 256
 
 
-def _digest(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
+def _shown(location: str) -> str:
+    return "the database" if is_db(location) else location
+
+
+def _differs(source: KeyDocs, target: KeyDocs, name: str, data: bytes | None = None) -> bool:
+    if data is None:
+        data = source.get(name)
+    return target.get(name) != data
 
 
 def change_key_storage_root(db, current: str, target: str, *, fsync: bool = True,
                             settle_seconds: float = 2.5,
                             progress: Callable[[int, int], None] | None = None) -> dict:
-    target = os.path.abspath(target)
+    """Move the key store from ``current`` to ``target`` (a directory or ``db:``)."""
+    target = canonical(target)
     job = db.get_setting(S_JOB)
     if job:
         state = json.loads(job)
         if state["target"] != target:
-            raise UserError(f"an unfinished move to {state['target']} exists; re-run with that "
-                            "directory to finish it")
+            raise UserError(f"an unfinished move to {_shown(state['target'])} exists; re-run "
+                            "with that target to finish it")
         source = state["source"]
     else:
-        source = os.path.abspath(current)
+        source = canonical(current)
         if target == source:
             # Also the re-run of a move that finished but was killed before it said so.
-            return {"source": source, "target": target, "key_files": len(_files(target)),
-                    "already": True}
-        if os.path.commonpath([source, target]) in (source, target):
+            docs = open_keydocs(target, db, fsync=fsync)
+            return {"source": source, "target": target,
+                    "key_files": sum(1 for _ in docs.names()), "already": True}
+        if not is_db(source) and not is_db(target) \
+                and os.path.commonpath([source, target]) in (source, target):
             raise UserError("the new key storage root must not be inside the old one or "
                             "contain it")
-        if os.path.exists(target) and os.listdir(target):
-            raise UserError(f"{target} is not empty; choose an empty or new directory")
+        if not location_is_empty(target, db):
+            raise UserError(f"{_shown(target)} is not empty; choose an empty or new directory"
+                            if not is_db(target) else
+                            "the database already holds key documents (key_files); a "
+                            "move into it needs it empty")
         db.set_setting(S_JOB, json.dumps({"source": source, "target": target}))
-    os.makedirs(target, mode=0o700, exist_ok=True)
+    dst = open_keydocs(target, db, fsync=fsync)
     switched = (db.get_setting(S_KEY_ROOT) or "") == target
+    src_exists = is_db(source) or os.path.exists(source)
     if not switched:
-        names = _files(source)
-        for rel in names:
-            src, dst = os.path.join(source, rel), os.path.join(target, rel)
-            if not os.path.exists(dst) or _digest(dst) != _digest(src):
-                with open(src, "rb") as f:
-                    write_atomic(dst, f.read(), fsync=fsync)
-            if progress:
-                progress(1, os.path.getsize(src))
-        missing = [r for r in names if not os.path.exists(os.path.join(target, r))
-                   or _digest(os.path.join(target, r)) != _digest(os.path.join(source, r))]
+        src = open_keydocs(source, db, fsync=fsync)
+        names = list(src.names())
+        batch: list[tuple[str, bytes]] = []
+        sizes: list[int] = []
+
+        def flush() -> None:
+            dst.write_many(batch)
+            for size in sizes:
+                if progress:
+                    progress(1, size)
+            batch.clear()
+            sizes.clear()
+
+        for name in names:
+            data = src.get(name)
+            if data is None:
+                continue  # deleted meanwhile (the servers keep running)
+            if _differs(src, dst, name, data):
+                batch.append((name, data))
+            sizes.append(len(data))
+            if len(sizes) >= COPY_BATCH:
+                flush()
+        flush()
+        missing = [n for n in names if src.exists(n) and _differs(src, dst, n)]
         if missing:
             raise DavServerError(f"verification failed for {len(missing)} key files; "
                                  "nothing was switched, re-run to retry")
         db.set_setting(S_KEY_ROOT, target)
-    if os.path.exists(source):
+    if src_exists:
+        src = open_keydocs(source, db, fsync=fsync)
         # Running servers re-read the root within settle_seconds; anything they wrote to
-        # the old root meanwhile is carried over before the old root goes.
+        # the old store meanwhile is carried over before the old store goes.
         time.sleep(settle_seconds)
-        for rel in _files(source):
-            dst = os.path.join(target, rel)
-            if not os.path.exists(dst):
-                with open(os.path.join(source, rel), "rb") as f:
-                    write_atomic(dst, f.read(), fsync=fsync)
-        shutil.rmtree(source)
-    copied = len(_files(target))
+        for name in src.names():
+            if not dst.exists(name):
+                data = src.get(name)
+                if data is not None:
+                    dst.write(name, data)
+        src.remove_all()
+    copied = sum(1 for _ in dst.names())
     db.delete_setting(S_JOB)
     return {"source": source, "target": target, "key_files": copied}

@@ -1,4 +1,6 @@
-"""The key store: a directory of small JSON files, readable without the database.
+"""The key store: small JSON documents, in a directory readable without the database
+(the default) or in the metadata database (``db:``, for nodes without a shared
+filesystem); see vault.keydocs. The same names and bytes in both.
 
 Layout under the key storage root::
 
@@ -21,15 +23,14 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from davserver.crypto import keywrap
-from davserver.durable import TMP_PREFIX, append_many, write_atomic, write_new
 from davserver.errors import DavServerError, FormatError, IntegrityError, KeyNotFound
+from davserver.vault.keydocs import DirKeyDocs, KeyDocs
 
 KEY_FILE_FORMAT = "davserver-key/1"
 MASTER_FILE_FORMAT = "davserver-master/1"
@@ -82,28 +83,34 @@ class Recipient:
 
 
 class KeyStore:
-    def __init__(self, root: str, *, fsync: bool = True, cache_size: int = 4096) -> None:
-        self.root = root
+    def __init__(self, root: str | KeyDocs, *, fsync: bool = True,
+                 cache_size: int = 4096) -> None:
+        """``root``: the key documents, or a key storage directory."""
+        self.docs: KeyDocs = DirKeyDocs(root, fsync=fsync) if isinstance(root, str) else root
         self.fsync = fsync
-        os.makedirs(os.path.join(root, "files"), mode=0o700, exist_ok=True)
         # file ID -> (data key, recipients holding a wrap of it). Filled on read and on
         # write: a file just uploaded is the one most likely to be fetched next.
         self._cache: OrderedDict[bytes, tuple[bytes, frozenset[str]]] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
 
-    def set_root(self, root: str) -> None:
+    @property
+    def root(self) -> str:
+        """Where the documents are: a directory, or ``db:``."""
+        return self.docs.location
+
+    def set_docs(self, docs: KeyDocs) -> None:
         """Follow a change-key-storage-root made by another process."""
-        os.makedirs(os.path.join(root, "files"), mode=0o700, exist_ok=True)
-        self.root = root
+        self.docs = docs
+        with self._lock:
+            self._cache.clear()
 
     # --- master key --------------------------------------------------------------------
 
     def master_files(self) -> list[str]:
-        return sorted(
-            os.path.join(self.root, n) for n in os.listdir(self.root)
-            if n.startswith("master-") and n.endswith(".json")
-        )
+        """Names of the master key documents (``master-<kid>.json``)."""
+        return sorted(n for n in self.docs.names("master-")
+                      if "/" not in n and n.endswith(".json"))
 
     def create_master(self, instance_secret: bytes, suite: str = "x25519") -> Identity:
         private, public = keywrap.new_keypair(suite)
@@ -117,21 +124,21 @@ class KeyStore:
                 keywrap.seal_private_key(keywrap.master_kek(instance_secret), private, kid)
             ),
         }
-        write_atomic(os.path.join(self.root, f"master-{kid}.json"),
-                     json.dumps(doc, indent=1).encode(), fsync=self.fsync)
+        self.docs.write(f"master-{kid}.json", json.dumps(doc, indent=1).encode())
         return Identity(f"master:{kid}", suite, private, public)
 
     def load_master(self, instance_secret: bytes, kid: str | None = None) -> Identity:
         """Unlock the master key; with several, ``kid`` picks one (else the only one)."""
         files = self.master_files()
         if kid is not None:
-            files = [f for f in files if os.path.basename(f) == f"master-{kid}.json"]
+            files = [f for f in files if f == f"master-{kid}.json"]
         if not files:
             raise KeyNotFound("master key")
         if len(files) > 1:
             raise DavServerError("several master keys in the key store; name one")
-        with open(files[0], "rb") as f:
-            raw = f.read()
+        raw = self.docs.get(files[0])
+        if raw is None:
+            raise KeyNotFound("master key")
         try:
             doc = json.loads(raw)
             if not isinstance(doc, dict) or doc.get("format") != MASTER_FILE_FORMAT:
@@ -152,9 +159,14 @@ class KeyStore:
 
     # --- per-file wraps ----------------------------------------------------------------
 
-    def _path(self, file_id: bytes) -> str:
+    @staticmethod
+    def name_of(file_id: bytes) -> str:
         h = file_id.hex()
-        return os.path.join(self.root, "files", h[:2], f"{h}.json")
+        return f"files/{h[:2]}/{h}.json"
+
+    def _path(self, file_id: bytes) -> str:
+        """The key file's path (directory store only; tests look at the bytes)."""
+        return self.docs.path(self.name_of(file_id))
 
     @staticmethod
     def _document(file_id: bytes, wraps: list[Wrap]) -> bytes:
@@ -168,7 +180,7 @@ class KeyStore:
     def save(self, file_id: bytes, wraps: list[Wrap]) -> None:
         """Replace the wraps of an existing file ID (sharing, recovery, key rotation)."""
         self._forget(file_id)  # the recipients may have changed
-        write_atomic(self._path(file_id), self._document(file_id, wraps), fsync=self.fsync)
+        self.docs.write(self.name_of(file_id), self._document(file_id, wraps))
 
     @staticmethod
     def _wrap_line(w: Wrap) -> bytes:
@@ -181,54 +193,38 @@ class KeyStore:
         items = []
         for fid, wraps in batch:
             self._forget(fid)
-            items.append((self._path(fid),
+            items.append((self.name_of(fid),
                           b"".join(b"\n" + self._wrap_line(w) for w in wraps) + b"\n"))
-        gone = set(append_many(items, fsync=self.fsync))
-        return [fid for fid, _w in batch if self._path(fid) in gone]
+        gone = set(self.docs.append_many(items))
+        return [fid for fid, _w in batch if self.name_of(fid) in gone]
 
     def load(self, file_id: bytes) -> list[Wrap]:
-        try:
-            with open(self._path(file_id), "rb") as f:
-                raw = f.read()
-        except FileNotFoundError:
-            raise KeyNotFound(file_id.hex()) from None
+        raw = self.docs.get(self.name_of(file_id))
+        if raw is None:
+            raise KeyNotFound(file_id.hex())
         return parse_key_file(raw, file_id)
 
     def exists(self, file_id: bytes) -> bool:
-        return os.path.exists(self._path(file_id))
+        return self.docs.exists(self.name_of(file_id))
 
     def delete(self, file_id: bytes) -> None:
         self._forget(file_id)
-        try:
-            os.unlink(self._path(file_id))
-        except FileNotFoundError:
-            pass
+        self.docs.delete(self.name_of(file_id))
 
     def cleanup(self) -> int:
-        """Remove temp files that a crash left behind in write_atomic."""
-        n = 0
-        for d, _dirs, names in os.walk(self.root):
-            for name in names:
-                if name.startswith(TMP_PREFIX):
-                    try:
-                        os.unlink(os.path.join(d, name))
-                        n += 1
-                    except FileNotFoundError:
-                        pass
-        return n
+        """Remove what a crash left half-written (temp files of the directory store)."""
+        return self.docs.cleanup()
 
     def iter_file_ids(self) -> Iterator[bytes]:
-        base = os.path.join(self.root, "files")
-        for sub in sorted(os.listdir(base)):
-            d = os.path.join(base, sub)
-            if not os.path.isdir(d):
+        for name in self.docs.names("files/"):
+            parts = name.split("/")
+            if len(parts) != 3 or not parts[2].endswith(".json") \
+                    or parts[2].startswith("."):
                 continue
-            for name in sorted(os.listdir(d)):
-                if name.endswith(".json") and not name.startswith("."):
-                    try:
-                        yield bytes.fromhex(name[:-5])
-                    except ValueError:
-                        continue
+            try:
+                yield bytes.fromhex(parts[2][:-5])
+            except ValueError:
+                continue
 
     # --- recipes -----------------------------------------------------------------------
 
@@ -236,7 +232,7 @@ class KeyStore:
         """Store the key of a file ID just drawn: written in place, as no file names the
         ID before the commit renames it in (see durable.write_new)."""
         wraps = [r.wrap(data_key, file_id) for r in recipients]
-        write_new(self._path(file_id), self._document(file_id, wraps), fsync=self.fsync)
+        self.docs.write_new(self.name_of(file_id), self._document(file_id, wraps))
         self._remember(file_id, data_key, frozenset(r.recipient for r in recipients))
 
     def unwrap(self, file_id: bytes, identities: list[Identity],

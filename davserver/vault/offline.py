@@ -1,7 +1,10 @@
-"""Offline recovery: decrypt a copy of the data directory with no DB and no server.
+"""Offline recovery: decrypt a copy of the data directory with no server (and no DB
+unless the keys are kept in it).
 
 Inputs are exactly what the README tells people to back up: the files, the key store and
-the instance secret (or a backup archive holding the last two). Every file is
+the instance secret (or a backup archive holding the last two). A key store kept in the
+database (``db:``) is read from that database (``database_url``: the SQLite file or a
+postgresql:// URL), read-only. Every file is
 authenticated end to end; output is written as ``name.partial`` and renamed only after
 its last chunk verified, so nothing half-decrypted ever looks like a result.
 
@@ -20,7 +23,10 @@ from functools import partial
 from davserver.crypto import header as hdr
 from davserver.crypto import stream
 from davserver.errors import DavServerError, FormatError, IntegrityError, KeyNotFound, UserError
+from davserver.meta.connect import is_postgres
+from davserver.meta.keydocs_db import DbKeyDocs, open_offline
 from davserver.vault import backup
+from davserver.vault.keydocs import DirKeyDocs, is_db
 from davserver.vault.keystore import KeyStore
 from davserver.vault.secret import read_secret
 from davserver.vault.userkeys import UserKeys
@@ -70,7 +76,7 @@ def _files_root(data: str) -> str:
 def recover(data: str, out: str, *, keys: str | None = None, secret_file: str | None = None,
             backup_file: str | None = None, passphrase: str | None = None,
             user: str | None = None, password: str | None = None,
-            recovery_password: str | None = None,
+            recovery_password: str | None = None, database_url: str | None = None,
             progress: Progress | None = None) -> RecoverReport:
     """Decrypt with whatever keys the inputs unlock: the master key (secret), a user's key
     (user + password, user-key mode) and/or the recovery key (recovery password)."""
@@ -78,14 +84,38 @@ def recover(data: str, out: str, *, keys: str | None = None, secret_file: str | 
         store, identities, _members, _secret = open_keys(
             tmp, keys=keys, secret_file=secret_file, backup_file=backup_file,
             passphrase=passphrase, user=user, password=password,
-            recovery_password=recovery_password)
-        return _walk(store, identities, _files_root(data), out, user, progress)
+            recovery_password=recovery_password, database_url=database_url)
+        try:
+            return _walk(store, identities, _files_root(data), out, user, progress)
+        finally:
+            if isinstance(store.docs, DbKeyDocs):
+                store.docs.close()
+
+
+def database_of(cfg) -> str:
+    """The database a config names, as ``--database-url`` takes it: a PostgreSQL URL, or
+    the SQLite file (``recover --keys db:`` without ``--database-url``)."""
+    url = cfg.database_url.strip()
+    return url if is_postgres(url) else cfg.db_path
+
+
+def _key_docs(keys: str | None, database_url: str | None, tmp: str):
+    """The key documents to read: a directory, or the database's (``--keys db:`` or
+    ``--database-url`` alone)."""
+    if database_url and (not keys or is_db(keys)):
+        return open_offline(database_url, os.path.join(tmp, "run"))
+    if keys and is_db(keys):
+        raise UserError("--keys db: reads the keys from the database: give --database-url "
+                        "(the SQLite file or the postgresql:// URL)")
+    if not keys or not os.path.isdir(keys):
+        raise UserError(f"key store {keys!r} not found (give --keys DIR)")
+    return DirKeyDocs(keys, fsync=False)
 
 
 def open_keys(tmp: str, *, keys: str | None = None, secret_file: str | None = None,
               backup_file: str | None = None, passphrase: str | None = None,
               user: str | None = None, password: str | None = None,
-              recovery_password: str | None = None):
+              recovery_password: str | None = None, database_url: str | None = None):
     """(key store, identities, backup members or None, instance secret or None) from the
     inputs; the backup's secret and key store are unpacked into ``tmp``."""
     secret = None
@@ -95,16 +125,14 @@ def open_keys(tmp: str, *, keys: str | None = None, secret_file: str | None = No
         with open(os.path.join(tmp, "secret"), "wb") as f:
             f.write(members["secret"])
         secret = read_secret(os.path.join(tmp, "secret"))
-        if not keys:
+        if not keys and not database_url:
             keys = os.path.join(tmp, "keys")
             backup.extract_keys(members, keys)
     elif secret_file:
         secret = read_secret(secret_file)
     elif not (password or recovery_password):
         raise UserError("give --secret-file, --backup, or a user's / the recovery password")
-    if not keys or not os.path.isdir(keys):
-        raise UserError(f"key store {keys!r} not found (give --keys DIR)")
-    store = KeyStore(keys, fsync=False, cache_size=0)
+    store = KeyStore(_key_docs(keys, database_url, tmp), fsync=False, cache_size=0)
     identities = []
     if secret is not None:
         identities += [store.load_master(secret, _kid(f)) for f in store.master_files()]

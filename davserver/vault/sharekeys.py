@@ -1,6 +1,6 @@
 """User-key mode: one key pair per share (a lockbox), so granting access is one wrap.
 
-Files in the key store::
+Documents in the key store (a directory or the database, see vault.keydocs)::
 
     shares/<share_id>/v<n>.json   version n of the share's key pair: the public half, and
                                   the private half wrapped (HPKE) for each holder: the
@@ -32,7 +32,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from davserver.crypto import keywrap
-from davserver.durable import write_atomic
 from davserver.errors import FormatError, IntegrityError, KeyNotFound
 from davserver.meta.db import MetaDB
 from davserver.meta.interprocess import ChangeCounter
@@ -101,8 +100,8 @@ class ShareKeys:
         # what was opened from them can be kept in memory until the next change.
         self._changes: ChangeCounter | None = None
         if db is not None:  # None: reading a key store alone (offline tools)
-            run = os.path.join(os.path.dirname(os.path.abspath(db.path)), "run")
-            self._changes = ChangeCounter(os.path.join(run, "sharekeys.version"))
+            # The node's run/ folder (db.path is a URL with PostgreSQL).
+            self._changes = ChangeCounter(os.path.join(db.run_dir, "sharekeys.version"))
 
     @property
     def changes(self) -> int:
@@ -115,35 +114,35 @@ class ShareKeys:
 
     # --- files -------------------------------------------------------------------------
 
-    def _dir(self, share_id: int) -> str:
-        return os.path.join(self.store.root, "shares", str(int(share_id)))
+    @staticmethod
+    def _dir(share_id: int) -> str:
+        return f"shares/{int(share_id)}/"
 
     def _path(self, share_id: int, version: int) -> str:
-        return os.path.join(self._dir(share_id), f"v{int(version)}.json")
+        """The document's name in the key store."""
+        return f"{self._dir(share_id)}v{int(version)}.json"
 
     def versions(self, share_id: int) -> list[int]:
-        try:
-            names = os.listdir(self._dir(share_id))
-        except FileNotFoundError:
-            return []
+        prefix = self._dir(share_id)
+        names = [n[len(prefix):] for n in self.store.docs.names(prefix)]
         return sorted(int(n[1:-5]) for n in names
                       if n.startswith("v") and n.endswith(".json") and n[1:-5].isdigit())
 
     def load(self, share_id: int, version: int) -> ShareKeyDoc:
         path = self._path(share_id, version)
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            raise KeyNotFound(f"share key {share_id} v{version}") from None
-        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        stamp = self.store.docs.stamp(path)
+        if stamp is None:
+            raise KeyNotFound(f"share key {share_id} v{version}")
         with self._lock:
             hit = self._parsed.get(path)
             if hit and hit[0] == stamp:
                 return hit[1]
-        with open(path, "rb") as f:
-            doc = ShareKeyDoc.from_json(f.read(), path)
+        raw = self.store.docs.get(path)
+        if raw is None:
+            raise KeyNotFound(f"share key {share_id} v{version}")
+        doc = ShareKeyDoc.from_json(raw, path)
         with self._lock:
-            self._parsed[path] = (stamp, doc)
+            self._parsed[path] = (self.store.docs.stamp(path), doc)
         return doc
 
     def latest(self, share_id: int) -> ShareKeyDoc | None:
@@ -151,17 +150,12 @@ class ShareKeys:
         return self.load(share_id, v[-1]) if v else None
 
     def _save(self, doc: ShareKeyDoc) -> None:
-        os.makedirs(self._dir(doc.share_id), mode=0o700, exist_ok=True)
-        write_atomic(self._path(doc.share_id, doc.version), doc.to_json(),
-                     fsync=self.store.fsync)
+        self.store.docs.write(self._path(doc.share_id, doc.version), doc.to_json())
         self._changed()
 
     def share_ids(self) -> list[int]:
-        try:
-            return sorted(int(n) for n in os.listdir(os.path.join(self.store.root, "shares"))
-                          if n.isdigit())
-        except FileNotFoundError:
-            return []
+        return sorted({int(p[1]) for p in (n.split("/") for n in self.store.docs.names("shares/"))
+                       if len(p) == 3 and p[1].isdigit()})
 
     # --- making and opening ------------------------------------------------------------
 
@@ -255,14 +249,7 @@ class ShareKeys:
 
     def delete(self, share_id: int) -> None:
         for v in self.versions(share_id):
-            try:
-                os.unlink(self._path(share_id, v))
-            except FileNotFoundError:
-                pass
-        try:
-            os.rmdir(self._dir(share_id))
-        except OSError:
-            pass
+            self.store.docs.delete(self._path(share_id, v), prune=True)
         self._changed()
 
     # --- pending work ------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """User-key mode: per-user key pairs unlocked by the login password, and the recovery key.
 
-Files in the key store::
+Documents in the key store (a directory or the database, see vault.keydocs)::
 
     users/<user>.json        the user's key pair; private half sealed under
                              Argon2id(password, salt) with the parameters stored beside it
@@ -22,13 +22,11 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable
 
 from davserver.crypto import kdf, keywrap, primitives
-from davserver.durable import write_atomic
 from davserver.errors import (
     DavServerError,
     IntegrityError,
@@ -97,26 +95,29 @@ class UserKeys:
 
     # --- user key pairs ----------------------------------------------------------------
 
+    @staticmethod
+    def _user_name(user: str) -> str:
+        if "/" in user or user in ("", ".", ".."):
+            raise UserError(f"invalid user name {user!r}")
+        return f"users/{user}.json"
+
     def _user_path(self, user: str) -> str:
-        return os.path.join(self.store.root, "users", f"{user}.json")
+        """The key file's path (directory store only; tests look at the bytes)."""
+        return self.store.docs.path(self._user_name(user))
 
     def _load_user(self, user: str) -> dict | None:
-        try:
-            with open(self._user_path(user), "rb") as f:
-                return json.load(f)
-        except FileNotFoundError:
-            return None
+        raw = self.store.docs.get(self._user_name(user))
+        return None if raw is None else json.loads(raw)
 
     def _write_user(self, user: str, doc: dict) -> None:
-        write_atomic(self._user_path(user), json.dumps(doc, indent=1).encode(),
-                     fsync=self.store.fsync)
+        self.store.docs.write(self._user_name(user), json.dumps(doc, indent=1).encode())
 
     @staticmethod
     def _identity(user: str, doc: dict, private: bytes) -> Identity:
         return Identity(f"user:{user}:{doc['id']}", doc["suite"], private, _unb64(doc["public"]))
 
     def has_keys(self, user: str) -> bool:
-        return os.path.exists(self._user_path(user))
+        return self.store.docs.exists(self._user_name(user))
 
     def public(self, user: str) -> Recipient | None:
         doc = self._load_user(user)
@@ -184,13 +185,9 @@ class UserKeys:
         return self._identity(user, doc, private)
 
     def _stamp(self, user: str) -> tuple | None:
-        """Identity of the key file on disk: a cached key is only good while it is the
-        same file (the CLI or another node may have re-sealed or replaced it)."""
-        try:
-            st = os.stat(self._user_path(user))
-        except FileNotFoundError:
-            return None
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
+        """Identity of the stored key document: a cached key is only good while it is
+        the same (the CLI or another node may have re-sealed or replaced it)."""
+        return self.store.docs.stamp(self._user_name(user))
 
     def _open_user(self, user: str, password: str) -> tuple[dict, bytes]:
         doc = self._load_user(user)
@@ -237,23 +234,18 @@ class UserKeys:
 
     def delete(self, user: str) -> None:
         self.forget(user)
-        try:
-            os.unlink(self._user_path(user))
-        except FileNotFoundError:
-            pass
+        self.store.docs.delete(self._user_name(user))
 
     # --- recovery key ------------------------------------------------------------------
 
     def _recovery_files(self) -> list[str]:
-        return sorted(os.path.join(self.store.root, n) for n in os.listdir(self.store.root)
-                      if n.startswith("recovery-") and n.endswith(".json"))
+        return sorted(n for n in self.store.docs.names("recovery-")
+                      if "/" not in n and n.endswith(".json"))
 
     def _recovery_doc(self) -> dict | None:
         files = self._recovery_files()
-        if not files:
-            return None
-        with open(files[0], "rb") as f:
-            return json.load(f)
+        raw = self.store.docs.get(files[0]) if files else None
+        return None if raw is None else json.loads(raw)
 
     def recovery_public(self) -> Recipient | None:
         doc = self._recovery_doc()
@@ -267,8 +259,7 @@ class UserKeys:
                             "its password)")
         private, public = keywrap.new_keypair(self.suite)
         doc = self._seal_doc(RECOVERY_FORMAT, private, public, self.suite, password)
-        write_atomic(os.path.join(self.store.root, f"recovery-{doc['id']}.json"),
-                     json.dumps(doc, indent=1).encode(), fsync=self.store.fsync)
+        self.store.docs.write(f"recovery-{doc['id']}.json", json.dumps(doc, indent=1).encode())
         return doc["id"]
 
     def unlock_recovery(self, password: str) -> Identity:
@@ -284,13 +275,12 @@ class UserKeys:
     def change_recovery_password(self, old: str, new: str) -> None:
         ident = self.unlock_recovery(old)
         doc = self._seal_doc(RECOVERY_FORMAT, ident.private, ident.public, ident.suite, new)
-        write_atomic(self._recovery_files()[0], json.dumps(doc, indent=1).encode(),
-                     fsync=self.store.fsync)
+        self.store.docs.write(self._recovery_files()[0], json.dumps(doc, indent=1).encode())
 
     def remove_recovery(self, password: str) -> Identity:
         ident = self.unlock_recovery(password)
         for f in self._recovery_files():
-            os.unlink(f)
+            self.store.docs.delete(f)
         return ident
 
 
