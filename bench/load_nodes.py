@@ -6,8 +6,10 @@ every operation through a round-robin proxy for minutes lose nothing, see no err
 that a second node adds throughput. Each configuration runs on fresh services started
 here, the same ones the tests use (tests/pg_server.py, redis_server.py, s3_server.py,
 nginx_server.py, live.py): PostgreSQL metadata, Redis for locks/throttling/sessions,
-file contents on the moto S3 server (objects named by file ID), keys in the shared key
-store, and nginx in front (also with one node, so the proxy's cost is in both figures).
+file contents on the moto S3 server (objects named by file ID), the key store in
+PostgreSQL (``key_storage_root = "db:"``) and a data dir per node, so the nodes share
+nothing but those three services; and nginx in front (also with one node, so the
+proxy's cost is in both figures).
 
 The clients are bench/soak.py's (own folder each, plus a shared folder where all of them
 contend; PUT sizes log-uniform 4 KiB .. 10 MiB; PROPFIND, GET, Range, MOVE, COPY,
@@ -114,6 +116,8 @@ def run_config(args, root: Path, n: int, pg, redis, moto) -> dict:
         for node in nodes:
             if node.proc.poll() is not None:
                 stats.error(f"node on {node.port} exited: {node.log_tail(20)}")
+        key_files_on_disk = sum(1 for node in nodes
+                                for _p in (Path(node.data_dir) / "keys").rglob("*.json"))
         per_node = []
         for s in samplers:
             xs = s.samples
@@ -132,6 +136,7 @@ def run_config(args, root: Path, n: int, pg, redis, moto) -> dict:
                 "ops_per_s": round(ops / elapsed, 1), "errors": len(stats.errors),
                 "first_errors": stats.errors[:10], "files_expected": expected,
                 "files_verified": verified, "scan_problems": len(problems),
+                "key_files_on_disk": key_files_on_disk,
                 "latency_ms": stats.percentiles(), "ops_by_kind": dict(stats.ops),
                 "per_node": per_node, "load_end": os.getloadavg()[0],
                 "backends_used": len(proxy.backends_used())}
@@ -148,10 +153,12 @@ def report(results: list[dict], args) -> str:
              f"{os.cpu_count()} cores; PostgreSQL + Redis + moto S3 + nginx on the same "
              "machine, each node 2 worker processes.", "",
              "| nodes | ops/s | ops | errors | files verified | scan problems | "
-             "backends used | load at end |", "|---|---|---|---|---|---|---|---|"]
+             "key files on node disks | backends used | load at end |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['nodes']} | {r['ops_per_s']} | {r['ops']} | {r['errors']} | "
                      f"{r['files_verified']}/{r['files_expected']} | {r['scan_problems']} | "
+                     f"{r['key_files_on_disk']} | "
                      f"{r['backends_used']} | {r['load_end']:.1f} |")
     if len(results) == 2 and results[0]["ops_per_s"]:
         ratio = results[1]["ops_per_s"] / results[0]["ops_per_s"]
@@ -184,7 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=300)
     p.add_argument("--nodes", default="1,2", help="node counts to run, in order")
     p.add_argument("--max-size", type=int, default=10 * MiB)
-    p.add_argument("--keys", choices=("files", "db"), default="files")
+    p.add_argument("--keys", choices=("db", "files"), default="db",
+                   help="db: key store in PostgreSQL, a data dir per node (nothing shared "
+                   "on disk); files: one data dir with the key store shared by the nodes")
     p.add_argument("--sample", type=float, default=5.0)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--workdir", default=None)
@@ -215,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps(results, indent=1))
     shutil.rmtree(root, ignore_errors=True)
     ok = all(r["errors"] == 0 and r["files_verified"] == r["files_expected"]
-             and r["scan_problems"] == 0 for r in results)
+             and r["scan_problems"] == 0
+             and (args.keys == "files" or r["key_files_on_disk"] == 0) for r in results)
     return 0 if ok else 1
 
 

@@ -1,6 +1,7 @@
-"""bench/load_nodes.py in miniature: two nodes that share nothing on disk but the key
-store, on PostgreSQL + Redis + moto S3 behind nginx, a few clients for seconds: no error,
-every file read back through the proxy, both nodes served requests, scan clean.
+"""bench/load_nodes.py in miniature: two nodes that share nothing on disk (a data dir
+each, keys in PostgreSQL, file contents on moto S3, locks in Redis) behind nginx, a few
+clients for seconds: no error, every file read back through the proxy, both nodes served
+requests, scan clean, no key file on either node's disk.
 
 Throughput is not judged here (no wall-clock thresholds in tests); the real run is 50
 clients x 300 s with 1 and 2 nodes, see bench/results/load-nodes-*.md.
@@ -32,6 +33,7 @@ def test_two_nodes_behind_nginx_lose_nothing(tmp_path):
     assert run["errors"] == 0, run["first_errors"]
     assert run["files_expected"] > 0 and run["files_verified"] == run["files_expected"]
     assert run["scan_problems"] == 0
+    assert run["key_files_on_disk"] == 0
     for op in ("put", "get", "propfind", "move", "delete", "lock"):
         assert run["ops_by_kind"].get(op, 0) > 0, f"no {op} operation ran"
         p50, p99 = run["latency_ms"][op]
