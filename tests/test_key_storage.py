@@ -451,10 +451,9 @@ def test_user_key_recover_from_the_database(server_factory, tmp_path, metadata_u
 def test_two_nodes_with_separate_data_dirs_share_keys_through_the_database(
         server_factory, tmp_path, metadata_url):
     """Node B has a data dir of its own (its own run/ and no keys/), only the files are
-    shared (as S3 would share them): with the keys in PostgreSQL it reads what A wrote
-    and A reads what B wrote, in user-key mode."""
-    if not metadata_url:
-        pytest.skip("nodes on separate data dirs share PostgreSQL metadata, not a SQLite file")
+    shared (as S3 would share them) and the metadata (PostgreSQL, or A's SQLite file named
+    in B's config): with the keys in the database it reads what A wrote and A reads what B
+    wrote, in user-key mode."""
     a = server_factory(users={"alice": None}, config=_config("db"))
     _cli(a, "encryption:disable-master-key", "--yes")
     a.restart()
@@ -464,6 +463,12 @@ def test_two_nodes_with_separate_data_dirs_share_keys_through_the_database(
     b.log_path = tmp_path / "node-b.log"
     os.makedirs(b.data_dir, mode=0o700)
     os.symlink(Path(a.data_dir) / "files", Path(b.data_dir) / "files")
+    # B's own config dir: the same config and instance secret, and the database by name.
+    b.etc = tmp_path / "node-b-etc"
+    shutil.copytree(a.etc, b.etc)
+    b.config = str(b.etc / "davserver.toml")
+    b._config_doc = copy.deepcopy(a._config_doc)
+    b.write_config(database={"url": metadata_url or os.path.join(a.data_dir, "davserver.db")})
     b.start()
     try:
         _put_all(a, "alice", {"from-a.bin": UPLOADS["big.bin"]})
