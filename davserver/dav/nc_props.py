@@ -123,6 +123,9 @@ def values(db: MetaDB, user: str, names, nodes: list, listing: bool) -> dict[str
     if OC_SIZE in wanted:
         sizes = folder_sizes(db, nodes[0].path, listing) if nodes[0].is_dir else {}
         for n in nodes:
+            if n.is_dir and n.path not in sizes and n.path.rpartition("/")[0] != nodes[0].path:
+                # Not below the listed folder: a share mounted in it (another tree).
+                sizes.update(folder_sizes(db, n.path, False))
             out[n.path][OC_SIZE] = str(sizes.get(n.path, 0) if n.is_dir else n.size)
     if NC_HAS_PREVIEW in wanted:
         for n in nodes:

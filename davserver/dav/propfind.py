@@ -5,7 +5,9 @@ calls and builds an element tree; on a folder of 10,000 files that is over a sec
 Depth 0/1 requests for all properties or a list of them, with no If header and no lock
 anywhere on the way, this writes the same multistatus document straight from the vault's
 listing (sizes, ETags and times come from the index: nothing is decrypted), the dead
-properties of all members in one query, and quota once. Anything else (propname,
+properties of all members in one query, quota once per owner, the Nextcloud properties
+(dav.nc_props) and the sharing ones (dav.share_props) per listing, also for folders
+holding share mount points and inside mounts. Anything else (propname,
 include, Depth infinity, locks present, unparsable bodies) falls through to WsgiDAV,
 which stays the reference behaviour: litmus runs against both paths.
 """
@@ -25,7 +27,7 @@ from wsgidav.mw.base_mw import BaseMiddleware
 
 from davserver.dav import nc_props, share_props
 from davserver.dav.resources import content_type
-from davserver.vault.files import Node, storage_path
+from davserver.vault.files import Node
 
 _SAFE = "/" + "!*'()," + "$-_|."
 _MAX_BODY = 1 << 20
@@ -117,31 +119,45 @@ class FastPropfind(BaseMiddleware):
         owner, home_rel = provider._split(rel, environ)
         if owner is None or owner != user:
             raise _Fallback  # users root and foreign homes: WsgiDAV answers those
-        spath = self.shares.listable(owner, home_rel)
-        if spath is None:
-            raise _Fallback  # shares mounted in this folder: WsgiDAV's resources list them
-        if spath == storage_path(owner, home_rel):
-            spath = self.vault.resolve(owner, home_rel)  # external storage mounts
         if self._locks_near(prefix):
             raise _Fallback
         names = self._request(environ)
-        if names and not share_props.NAMES.isdisjoint(names):
-            raise _Fallback  # sharing properties: dav.share_props via WsgiDAV
+        # As HomeProvider.get_resource_inst and list_members resolve it: a path in a
+        # share mounted in the caller's tree, or their own (external storage mounted).
+        mounts = self.shares.mounts(owner)
+        target = self.shares.resolve(owner, home_rel, mounts)
+        spath = target.spath if target.mount is not None else self.vault.resolve(
+            owner, home_rel)
         node = self.vault.stat(spath)
         if node is None:
             raise _Fallback
+        if node.is_dir and target.mount is None and mounts:
+            node = self.shares.with_mounts_etag(owner, home_rel, node, mounts)
         entries = [(rel, node)]
-        if node.is_dir and depth == "1":
+        listing = node.is_dir and depth == "1"
+        members: dict | None = None
+        if listing:
             base = rel.rstrip("/")
-            entries += [(f"{base}/{n.name}", n) for n in self.vault.list_dir(spath)]
-        dead = self._dead_props(spath, node.is_dir and depth == "1")
-        quota = self._quota(spath.split("/", 1)[0]) if any(n.is_dir for _r, n in entries) else None
-        computed = nc_props.values(self.db, owner, names, [n for _r, n in entries],
-                                   node.is_dir and depth == "1") if names else {}
+            children = self.shares.listing(owner, home_rel, spath, mounts)
+            entries += [(f"{base}/{n.name}", n) for n in children]
+            members = ({name: t for name, t in self.shares.mounts_in(owner, home_rel, mounts)}
+                       if target.mount is None and mounts else {})
+        nodes = [n for _r, n in entries]
+        dead = self._dead_props(spath, listing, [n.path for n in nodes[1:]
+                                                 if n.path.rpartition("/")[0] != spath])
+        quotas: dict[str, tuple[str, str | None]] = {}
+        computed = nc_props.values(self.db, owner, names, nodes, listing) if names else {}
+        shared = share_props.listing_values(
+            self.shares, self.users, owner, names, target, nodes, members,
+            spath) if names else {}
         parts = ['<?xml version="1.0" encoding="utf-8" ?>\n<d:multistatus xmlns:d="DAV:">']
         for r, n in entries:
+            quota = None
+            if n.is_dir:
+                who = n.path.split("/", 1)[0]
+                quota = quotas.get(who) or quotas.setdefault(who, self._quota(who))
             parts.append(self._response(prefix, r, n, names, dead.get(n.path, {}), quota,
-                                        computed.get(n.path)))
+                                        computed.get(n.path), shared.get(n.path)))
         parts.append("</d:multistatus>")
         body = "".join(parts).encode("utf-8")
         start_response("207 Multi-Status", [
@@ -151,8 +167,17 @@ class FastPropfind(BaseMiddleware):
 
     # --- response ----------------------------------------------------------------------
 
-    def _dead_props(self, spath: str, children: bool) -> dict[str, dict[str, bytes]]:
+    def _dead_props(self, spath: str, children: bool,
+                    others: list[str]) -> dict[str, dict[str, bytes]]:
+        """Dead properties of ``spath`` (and its members), and of ``others``: entries
+        listed from elsewhere (share mount points)."""
         out: dict[str, dict[str, bytes]] = {}
+        for i in range(0, len(others), 500):
+            batch = others[i:i + 500]
+            for path, name, value in self.db.query(
+                    "SELECT path, name, value FROM props WHERE path IN "
+                    f"({','.join('?' * len(batch))})", tuple(batch)):
+                out.setdefault(path, {})[name] = value
         if children:
             rows = self.db.query(
                 "SELECT path, name, value FROM props WHERE path = ? OR "
@@ -189,7 +214,8 @@ class FastPropfind(BaseMiddleware):
             v["getcontenttype"] = _content_type(n.name)
         return v
 
-    def _response(self, prefix, rel, n: Node, names, dead, quota, computed=None) -> str:
+    def _response(self, prefix, rel, n: Node, names, dead, quota, computed=None,
+                  shared=None) -> str:
         href = _href(prefix + rel)
         if n.is_dir and not href.endswith("/"):
             href += "/"
@@ -205,6 +231,8 @@ class FastPropfind(BaseMiddleware):
                 found.append(_SUPPORTED_LOCK)
             elif name.startswith("{DAV:}") and name[6:] in live:
                 found.append(_clark_to_xml(name, live[name[6:]]))
+            elif shared and name in shared:  # before computed: share-aware permissions
+                found.append(_clark_to_xml(name, shared[name]))
             elif computed and name in computed:
                 found.append(_clark_to_xml(name, escape(computed[name])))
             elif name in dead:
