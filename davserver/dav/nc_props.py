@@ -94,9 +94,11 @@ def folder_sizes(db: MetaDB, folder: str, members: bool) -> dict[str, int]:
     it, from one pass over the index below ``folder``."""
     n = len(folder) + 2  # position of the first character below "folder/"
     rows = db.query(
-        "SELECT substr(path, ?, instr(substr(path, ?), '/') - 1), sum(size) FROM files "
-        "WHERE substr(path, 1, length(?) + 1) = ? || '/' AND instr(substr(path, ?), '/') > 0 "
-        "GROUP BY 1", (n, n, folder, folder, n)) if members else []
+        # Casts: PostgreSQL has no substr(text, smallint, bigint) (instr is BIGINT there).
+        "SELECT substr(path, CAST(? AS INTEGER), CAST(instr(substr(path, CAST(? AS INTEGER)), "
+        "'/') - 1 AS INTEGER)), sum(size) FROM files WHERE substr(path, 1, length(?) + 1) = "
+        "? || '/' AND instr(substr(path, CAST(? AS INTEGER)), '/') > 0 GROUP BY 1",
+        (n, n, folder, folder, n)) if members else []
     out = {f"{folder}/{name}": int(total) for name, total in rows}
     total = db.query("SELECT coalesce(sum(size), 0) FROM files WHERE "
                      "substr(path, 1, length(?) + 1) = ? || '/'", (folder, folder))
