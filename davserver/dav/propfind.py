@@ -38,6 +38,11 @@ _SUPPORTED_LOCK = (
     "<d:write/></d:locktype></d:lockentry><d:lockentry><d:lockscope><d:shared/></d:lockscope>"
     "<d:locktype><d:write/></d:locktype></d:lockentry></d:supportedlock>"
 )
+#: Namespaces of the Nextcloud properties, bound once in the multistatus element: a
+#: listing asks for a dozen of them per entry.
+_PREFIXES = {nc_props.OC: "oc", nc_props.NC: "nc"}
+_MULTISTATUS = ('<?xml version="1.0" encoding="utf-8" ?>\n<d:multistatus xmlns:d="DAV:" '
+                f'xmlns:oc="{nc_props.OC}" xmlns:nc="{nc_props.NC}">')
 _FILE_PROPS = ("resourcetype", "creationdate", "getcontentlength", "getcontenttype",
                "getlastmodified", "displayname", "getetag", "lockdiscovery", "supportedlock")
 _DIR_PROPS = ("resourcetype", "creationdate", "quota-used-bytes", "quota-available-bytes",
@@ -56,6 +61,9 @@ def _tags(name: str) -> tuple[str, str, str]:
         local = name[6:]
         return f"<d:{local}>", f"</d:{local}>", f"<d:{local}/>"
     ns, _, local = name[1:].partition("}")
+    prefix = _PREFIXES.get(ns)
+    if prefix is not None:  # bound on the multistatus element, not on every property
+        return f"<{prefix}:{local}>", f"</{prefix}:{local}>", f"<{prefix}:{local}/>"
     decl = f'xmlns:x="{escape(ns, {chr(34): "&quot;"})}"'
     return f"<x:{local} {decl}>", f"</x:{local}>", f"<x:{local} {decl}/>"
 
@@ -160,7 +168,7 @@ class FastPropfind(BaseMiddleware):
         shared = share_props.listing_values(
             self.shares, self.users, owner, names, target, nodes, members,
             spath) if names else {}
-        parts = ['<?xml version="1.0" encoding="utf-8" ?>\n<d:multistatus xmlns:d="DAV:">']
+        parts = [_MULTISTATUS]
         plans: dict[tuple, tuple[str, list]] = {}
         for r, n in entries:
             quota = None
@@ -183,10 +191,10 @@ class FastPropfind(BaseMiddleware):
     # --- response ----------------------------------------------------------------------
 
     def _dead_props(self, spath: str, children: bool,
-                    others: list[str]) -> dict[str, dict[str, bytes]]:
+                    others: list[str]) -> dict[str, dict[str, str]]:
         """Dead properties of ``spath`` (and its members), and of ``others``: entries
         listed from elsewhere (share mount points)."""
-        out: dict[str, dict[str, bytes]] = {}
+        out: dict[str, dict] = {}
         for i in range(0, len(others), 500):
             batch = others[i:i + 500]
             for path, name, value in self.db.query(
@@ -201,6 +209,10 @@ class FastPropfind(BaseMiddleware):
             rows = self.db.query("SELECT path, name, value FROM props WHERE path = ?", (spath,))
         for path, name, value in rows:
             out.setdefault(path, {})[name] = value
+        for props in out.values():  # XML text, decoded once for every use below
+            for name, value in props.items():
+                if isinstance(value, bytes):
+                    props[name] = value.decode("utf-8")
         return out
 
     def _quota(self, owner: str) -> tuple[str, str | None]:
@@ -249,7 +261,7 @@ class FastPropfind(BaseMiddleware):
             elif shared and name in shared:  # before computed: share-aware permissions
                 found.append(_clark_to_xml(name, shared[name]))
             elif computed and name in computed:
-                found.append(_clark_to_xml(name, _escape(computed[name])))
+                found.append(_clark_to_xml(name, computed[name]))
             elif name in dead:
                 value = dead[name]
                 found.append(value.decode("utf-8") if isinstance(value, bytes) else value)
@@ -281,7 +293,7 @@ class FastPropfind(BaseMiddleware):
             href += "/"
         live = self._live(rel, n, quota)
         srcs = (live, shared, computed, dead)
-        return fmt.format(href, *[_as_text(srcs[i][k], i) for i, k in getters])
+        return fmt.format(href, *[srcs[i][k] for i, k in getters])
 
     @staticmethod
     def _file_allprop(href: str, rel: str, n: Node) -> str:
@@ -295,14 +307,6 @@ class FastPropfind(BaseMiddleware):
             f"<d:displayname>{_escape(rel.rsplit('/', 1)[-1])}</d:displayname>"
             f"<d:getetag>{_escape(n.etag)}</d:getetag><d:lockdiscovery/>{_SUPPORTED_LOCK}"
             f"</d:prop><d:status>{_STATUS_OK}</d:status></d:propstat></d:response>")
-
-
-def _as_text(value, source: int) -> str:
-    if source == 2:
-        return _escape(value)  # computed: plain text
-    if source == 3:
-        return value.decode("utf-8") if isinstance(value, bytes) else value  # dead: XML
-    return value
 
 
 def _brace(text: str) -> str:

@@ -100,13 +100,15 @@ def listing_values(shares: sh.ShareService, users, user: str, names, target: sh.
     ``target``: what the request path resolved to; ``members``: node name -> Target of
     the mount points listed in the folder (the other members are the folder's own, or
     inside the same mount); ``folder``: the storage path whose members are listed.
-    Inner XML uses the prefix ``x`` that dav.propfind binds to the property's namespace.
+    Inner XML uses the prefix ``oc`` that dav.propfind binds in its multistatus element.
     """
     wanted = [n for n in names if n in NAMES]
     if not wanted or not nodes:
         return {}
     inside = (sh.Target("", target.permissions, target.mount) if target.mount is not None
               else sh.Target("", sh.ALL))
+    inside_letters = {d: _letters(inside, d) for d in (False, True)}
+    members = members or {}
     out: dict[str, dict[str, str]] = {}
     types = (shares.share_types(folder if members is not None else None,
                                 [n.path for n in nodes]) if SHARE_TYPES in wanted else {})
@@ -121,9 +123,10 @@ def listing_values(shares: sh.ShareService, users, user: str, names, target: sh.
                 names_of[owner] = escape(display_name(users, owner))
             v[OWNER_DISPLAY_NAME] = names_of[owner]
         if SHARE_TYPES in wanted:
-            v[SHARE_TYPES] = "".join(f"<x:share-type>{t}</x:share-type>"
-                                     for t in types.get(n.path, ()))
+            found = types.get(n.path)
+            v[SHARE_TYPES] = "".join(
+                f"<oc:share-type>{t}</oc:share-type>" for t in found) if found else ""
         if PERMISSIONS in wanted:
-            t = target if i == 0 else (members or {}).get(n.name, inside)
-            v[PERMISSIONS] = _letters(t, n.is_dir)
+            t = target if i == 0 else members.get(n.name)
+            v[PERMISSIONS] = inside_letters[n.is_dir] if t is None else _letters(t, n.is_dir)
     return out
