@@ -282,8 +282,11 @@ class FastPropfind(BaseMiddleware):
         """One response to a request naming its properties, from a template per kind
         of entry (a listing has few kinds: files, folders, those with dead properties),
         so each entry costs a format call, not a walk over the names."""
-        key = (n.is_dir, quota is not None and quota[1] is not None, tuple(dead),
-               tuple(computed), tuple(shared))
+        # computed and shared hold the same names for every entry of a request (each
+        # made in one pass for all), so they do not vary the template: only dead
+        # properties and the kind of entry do.
+        key = (n.is_dir, quota is not None and quota[1] is not None,
+               tuple(dead) if dead else ())
         plan = plans.get(key)
         if plan is None:
             plan = plans[key] = _named_plan(names, n.is_dir, key[1], dead, computed, shared)
