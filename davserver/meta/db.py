@@ -182,6 +182,8 @@ class MetaDB:
         self._local = threading.local()
         # Bumped after every settings change, by any process using this data directory.
         run = os.path.join(os.path.dirname(os.path.abspath(path)), "run")
+        #: This node's lock and change-counter files (the data dir's run/).
+        self.run_dir = run
         self._settings_changes = ChangeCounter(os.path.join(run, "settings.version"))
         # Bumped after every write to users or login_failures. Every request reads a user
         # row and the throttle's failure counts; between such writes (rare) each process

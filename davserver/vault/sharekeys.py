@@ -101,8 +101,9 @@ class ShareKeys:
         # what was opened from them can be kept in memory until the next change.
         self._changes: ChangeCounter | None = None
         if db is not None:  # None: reading a key store alone (offline tools)
-            run = os.path.join(os.path.dirname(os.path.abspath(db.path)), "run")
-            self._changes = ChangeCounter(os.path.join(run, "sharekeys.version"))
+            # db.run_dir, not a folder next to db.path: on PostgreSQL that is a URL, and
+            # the counter landed in a "postgresql:" folder in the working directory.
+            self._changes = ChangeCounter(os.path.join(db.run_dir, "sharekeys.version"))
 
     @property
     def changes(self) -> int:
