@@ -294,9 +294,9 @@ class FastPropfind(BaseMiddleware):
         href = _href(prefix + rel)
         if n.is_dir and not href.endswith("/"):
             href += "/"
-        live = self._live(rel, n, quota)
-        srcs = (live, shared, computed, dead)
-        return fmt.format(href, *[srcs[i][k] for i, k in getters])
+        srcs = (None, shared, computed, dead)
+        return fmt.format(href, *[_LIVE[k](rel, n, quota) if i == 0 else srcs[i][k]
+                                  for i, k in getters])
 
     @staticmethod
     def _file_allprop(href: str, rel: str, n: Node) -> str:
@@ -310,6 +310,20 @@ class FastPropfind(BaseMiddleware):
             f"<d:displayname>{_escape(rel.rsplit('/', 1)[-1])}</d:displayname>"
             f"<d:getetag>{_escape(n.etag)}</d:getetag><d:lockdiscovery/>{_SUPPORTED_LOCK}"
             f"</d:prop><d:status>{_STATUS_OK}</d:status></d:propstat></d:response>")
+
+
+#: Live property values as inner XML, one function each: a request naming three of
+#: them computes three (FastPropfind._live makes all of them, for allprop).
+_LIVE = {
+    "creationdate": lambda rel, n, quota: _times(n.mtime)[0],
+    "getlastmodified": lambda rel, n, quota: _times(n.mtime)[1],
+    "displayname": lambda rel, n, quota: _escape(rel.rstrip("/").rsplit("/", 1)[-1]),
+    "getetag": lambda rel, n, quota: _escape(n.etag),
+    "quota-used-bytes": lambda rel, n, quota: quota[0],
+    "quota-available-bytes": lambda rel, n, quota: quota[1],
+    "getcontentlength": lambda rel, n, quota: str(n.size),
+    "getcontenttype": lambda rel, n, quota: _content_type(n.name),
+}
 
 
 def _brace(text: str) -> str:
