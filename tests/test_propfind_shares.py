@@ -80,6 +80,10 @@ def world(request, tmp_path_factory, metadata_backend):
     for u, p in PW.items():
         inst.users.add(u, p)
     inst.users.set_quota("alice", 50_000_000)
+    # The share key change counter lives in the data dir (on PostgreSQL it once went to a
+    # "postgresql:/..." folder in the working directory).
+    assert inst.sharewraps.keys._changes.path.startswith(str(tmp / "data")), \
+        inst.sharewraps.keys._changes.path
     ids = {u: inst.unlock(u, p) for u, p in PW.items()} if mode == "user" else None
     inst.groups.add("staff")
     inst.groups.add_user("staff", "bob")
