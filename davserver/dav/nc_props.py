@@ -94,9 +94,11 @@ def folder_sizes(db: MetaDB, folder: str, members: bool) -> dict[str, int]:
     it, from one pass over the index below ``folder``."""
     n = len(folder) + 2  # position of the first character below "folder/"
     rows = db.query(
-        "SELECT substr(path, ?, instr(substr(path, ?), '/') - 1), sum(size) FROM files "
-        "WHERE substr(path, 1, length(?) + 1) = ? || '/' AND instr(substr(path, ?), '/') > 0 "
-        "GROUP BY 1", (n, n, folder, folder, n)) if members else []
+        # Casts: PostgreSQL has no substr(text, smallint, bigint) (instr is BIGINT there).
+        "SELECT substr(path, CAST(? AS INTEGER), CAST(instr(substr(path, CAST(? AS INTEGER)), "
+        "'/') - 1 AS INTEGER)), sum(size) FROM files WHERE substr(path, 1, length(?) + 1) = "
+        "? || '/' AND instr(substr(path, CAST(? AS INTEGER)), '/') > 0 GROUP BY 1",
+        (n, n, folder, folder, n)) if members else []
     out = {f"{folder}/{name}": int(total) for name, total in rows}
     total = db.query("SELECT coalesce(sum(size), 0) FROM files WHERE "
                      "substr(path, 1, length(?) + 1) = ? || '/'", (folder, folder))
@@ -105,28 +107,41 @@ def folder_sizes(db: MetaDB, folder: str, members: bool) -> dict[str, int]:
 
 
 def values(db: MetaDB, user: str, names, nodes: list, listing: bool) -> dict[str, dict]:
-    """path -> {property: inner XML text} for the computed ``names`` asked for.
+    """path -> {property: inner XML text} for the computed ``names`` asked for (digits,
+    letters and the instance ID: nothing to escape, so dav.propfind writes them as is).
     ``nodes``: vault Nodes, the first the target, the rest its members (``listing``)."""
     wanted = [n for n in names if n in NAMES]
     if not wanted or not nodes:
         return {}
-    out: dict[str, dict] = {n.path: {} for n in nodes}
+    ids = inst = None
     if OC_ID in wanted or OC_FILEID in wanted:
         ids = ids_for(db, [n.path for n in nodes], nodes[0].path if listing else None)
         inst = instance_id(db)
-        for n in nodes:
-            out[n.path][OC_FILEID] = str(ids[n.path])
-            out[n.path][OC_ID] = oc_id(ids[n.path], inst)
-    if OC_PERMISSIONS in wanted:
-        for n in nodes:
-            out[n.path][OC_PERMISSIONS] = permissions_for(user, n.path, n.is_dir)
+    sizes = None
     if OC_SIZE in wanted:
         sizes = folder_sizes(db, nodes[0].path, listing) if nodes[0].is_dir else {}
-        for n in nodes:
-            out[n.path][OC_SIZE] = str(sizes.get(n.path, 0) if n.is_dir else n.size)
-    if NC_HAS_PREVIEW in wanted:
-        for n in nodes:
-            out[n.path][NC_HAS_PREVIEW] = "false"
+    perms = OC_PERMISSIONS in wanted
+    preview = NC_HAS_PREVIEW in wanted
+    out: dict[str, dict] = {}
+    for n in nodes:  # one pass, one dict per entry: a listing has 10,000 of them
+        v: dict[str, str] = {}
+        if ids is not None:
+            fid = ids[n.path]
+            v[OC_FILEID] = str(fid)
+            v[OC_ID] = f"{fid:08d}{inst}"
+        if perms:
+            v[OC_PERMISSIONS] = permissions_for(user, n.path, n.is_dir)
+        if sizes is not None:
+            if not n.is_dir:
+                v[OC_SIZE] = str(n.size)
+            else:
+                if n.path not in sizes and n.path.rpartition("/")[0] != nodes[0].path:
+                    # Not below the listed folder: a share mounted in it (another tree).
+                    sizes.update(folder_sizes(db, n.path, False))
+                v[OC_SIZE] = str(sizes.get(n.path, 0))
+        if preview:
+            v[NC_HAS_PREVIEW] = "false"
+        out[n.path] = v
     return out
 
 

@@ -5,7 +5,9 @@ calls and builds an element tree; on a folder of 10,000 files that is over a sec
 Depth 0/1 requests for all properties or a list of them, with no If header and no lock
 anywhere on the way, this writes the same multistatus document straight from the vault's
 listing (sizes, ETags and times come from the index: nothing is decrypted), the dead
-properties of all members in one query, and quota once. Anything else (propname,
+properties of all members in one query, quota once per owner, the Nextcloud properties
+(dav.nc_props) and the sharing ones (dav.share_props) per listing, also for folders
+holding share mount points and inside mounts. Anything else (propname,
 include, Depth infinity, locks present, unparsable bodies) falls through to WsgiDAV,
 which stays the reference behaviour: litmus runs against both paths.
 """
@@ -25,7 +27,7 @@ from wsgidav.mw.base_mw import BaseMiddleware
 
 from davserver.dav import nc_props, share_props
 from davserver.dav.resources import content_type
-from davserver.vault.files import Node, storage_path
+from davserver.vault.files import Node
 
 _SAFE = "/" + "!*'()," + "$-_|."
 _MAX_BODY = 1 << 20
@@ -36,6 +38,11 @@ _SUPPORTED_LOCK = (
     "<d:write/></d:locktype></d:lockentry><d:lockentry><d:lockscope><d:shared/></d:lockscope>"
     "<d:locktype><d:write/></d:locktype></d:lockentry></d:supportedlock>"
 )
+#: Namespaces of the Nextcloud properties, bound once in the multistatus element: a
+#: listing asks for a dozen of them per entry.
+_PREFIXES = {nc_props.OC: "oc", nc_props.NC: "nc"}
+_MULTISTATUS = ('<?xml version="1.0" encoding="utf-8" ?>\n<d:multistatus xmlns:d="DAV:" '
+                f'xmlns:oc="{nc_props.OC}" xmlns:nc="{nc_props.NC}">')
 _FILE_PROPS = ("resourcetype", "creationdate", "getcontentlength", "getcontenttype",
                "getlastmodified", "displayname", "getetag", "lockdiscovery", "supportedlock")
 _DIR_PROPS = ("resourcetype", "creationdate", "quota-used-bytes", "quota-available-bytes",
@@ -46,13 +53,26 @@ class _Fallback(Exception):
     """Let WsgiDAV handle this request."""
 
 
-def _clark_to_xml(name: str, inner: str | None) -> str:
+@functools.lru_cache(maxsize=2048)
+def _tags(name: str) -> tuple[str, str, str]:
+    """(open, close, empty) element text of a Clark name: a listing asks the same few
+    names for every entry."""
     if name.startswith("{DAV:}"):
         local = name[6:]
-        return f"<d:{local}>{inner}</d:{local}>" if inner else f"<d:{local}/>"
+        return f"<d:{local}>", f"</d:{local}>", f"<d:{local}/>"
     ns, _, local = name[1:].partition("}")
-    return (f'<x:{local} xmlns:x="{escape(ns, {chr(34): "&quot;"})}">{inner}</x:{local}>'
-            if inner else f'<x:{local} xmlns:x="{escape(ns, {chr(34): "&quot;"})}"/>')
+    prefix = _PREFIXES.get(ns)
+    if prefix is not None:  # bound on the multistatus element, not on every property
+        return f"<{prefix}:{local}>", f"</{prefix}:{local}>", f"<{prefix}:{local}/>"
+    decl = f'xmlns:x="{escape(ns, {chr(34): "&quot;"})}"'
+    return f"<x:{local} {decl}>", f"</x:{local}>", f"<x:{local} {decl}/>"
+
+
+def _clark_to_xml(name: str, inner: str | None) -> str:
+    if inner:
+        o, c, _e = _tags(name)
+        return f"{o}{inner}{c}"
+    return _tags(name)[2]
 
 
 class FastPropfind(BaseMiddleware):
@@ -117,31 +137,50 @@ class FastPropfind(BaseMiddleware):
         owner, home_rel = provider._split(rel, environ)
         if owner is None or owner != user:
             raise _Fallback  # users root and foreign homes: WsgiDAV answers those
-        spath = self.shares.listable(owner, home_rel)
-        if spath is None:
-            raise _Fallback  # shares mounted in this folder: WsgiDAV's resources list them
-        if spath == storage_path(owner, home_rel):
-            spath = self.vault.resolve(owner, home_rel)  # external storage mounts
         if self._locks_near(prefix):
             raise _Fallback
         names = self._request(environ)
-        if names and not share_props.NAMES.isdisjoint(names):
-            raise _Fallback  # sharing properties: dav.share_props via WsgiDAV
+        # As HomeProvider.get_resource_inst and list_members resolve it: a path in a
+        # share mounted in the caller's tree, or their own (external storage mounted).
+        mounts = self.shares.mounts(owner)
+        target = self.shares.resolve(owner, home_rel, mounts)
+        spath = target.spath if target.mount is not None else self.vault.resolve(
+            owner, home_rel)
         node = self.vault.stat(spath)
         if node is None:
             raise _Fallback
+        if node.is_dir and target.mount is None and mounts:
+            node = self.shares.with_mounts_etag(owner, home_rel, node, mounts)
         entries = [(rel, node)]
-        if node.is_dir and depth == "1":
+        listing = node.is_dir and depth == "1"
+        members: dict | None = None
+        if listing:
             base = rel.rstrip("/")
-            entries += [(f"{base}/{n.name}", n) for n in self.vault.list_dir(spath)]
-        dead = self._dead_props(spath, node.is_dir and depth == "1")
-        quota = self._quota(spath.split("/", 1)[0]) if any(n.is_dir for _r, n in entries) else None
-        computed = nc_props.values(self.db, owner, names, [n for _r, n in entries],
-                                   node.is_dir and depth == "1") if names else {}
-        parts = ['<?xml version="1.0" encoding="utf-8" ?>\n<d:multistatus xmlns:d="DAV:">']
+            children = self.shares.listing(owner, home_rel, spath, mounts)
+            entries += [(f"{base}/{n.name}", n) for n in children]
+            members = ({name: t for name, t in self.shares.mounts_in(owner, home_rel, mounts)}
+                       if target.mount is None and mounts else {})
+        nodes = [n for _r, n in entries]
+        dead = self._dead_props(spath, listing, [n.path for n in nodes[1:]
+                                                 if n.path.rpartition("/")[0] != spath])
+        quotas: dict[str, tuple[str, str | None]] = {}
+        computed = nc_props.values(self.db, owner, names, nodes, listing) if names else {}
+        shared = share_props.listing_values(
+            self.shares, self.users, owner, names, target, nodes, members,
+            spath) if names else {}
+        parts = [_MULTISTATUS]
+        plans: dict[tuple, tuple[str, list]] = {}
         for r, n in entries:
-            parts.append(self._response(prefix, r, n, names, dead.get(n.path, {}), quota,
-                                        computed.get(n.path)))
+            quota = None
+            if n.is_dir:
+                who = n.path.split("/", 1)[0]
+                quota = quotas.get(who) or quotas.setdefault(who, self._quota(who))
+            d = dead.get(n.path, {})
+            if names is None:
+                parts.append(self._response(prefix, r, n, names, d, quota))
+            else:
+                parts.append(self._named(plans, names, prefix, r, n, d, quota,
+                                         computed.get(n.path) or {}, shared.get(n.path) or {}))
         parts.append("</d:multistatus>")
         body = "".join(parts).encode("utf-8")
         start_response("207 Multi-Status", [
@@ -151,8 +190,17 @@ class FastPropfind(BaseMiddleware):
 
     # --- response ----------------------------------------------------------------------
 
-    def _dead_props(self, spath: str, children: bool) -> dict[str, dict[str, bytes]]:
-        out: dict[str, dict[str, bytes]] = {}
+    def _dead_props(self, spath: str, children: bool,
+                    others: list[str]) -> dict[str, dict[str, str]]:
+        """Dead properties of ``spath`` (and its members), and of ``others``: entries
+        listed from elsewhere (share mount points)."""
+        out: dict[str, dict] = {}
+        for i in range(0, len(others), 500):
+            batch = others[i:i + 500]
+            for path, name, value in self.db.query(
+                    "SELECT path, name, value FROM props WHERE path IN "
+                    f"({','.join('?' * len(batch))})", tuple(batch)):
+                out.setdefault(path, {})[name] = value
         if children:
             rows = self.db.query(
                 "SELECT path, name, value FROM props WHERE path = ? OR "
@@ -161,6 +209,10 @@ class FastPropfind(BaseMiddleware):
             rows = self.db.query("SELECT path, name, value FROM props WHERE path = ?", (spath,))
         for path, name, value in rows:
             out.setdefault(path, {})[name] = value
+        for props in out.values():  # XML text, decoded once for every use below
+            for name, value in props.items():
+                if isinstance(value, bytes):
+                    props[name] = value.decode("utf-8")
         return out
 
     def _quota(self, owner: str) -> tuple[str, str | None]:
@@ -189,7 +241,8 @@ class FastPropfind(BaseMiddleware):
             v["getcontenttype"] = _content_type(n.name)
         return v
 
-    def _response(self, prefix, rel, n: Node, names, dead, quota, computed=None) -> str:
+    def _response(self, prefix, rel, n: Node, names, dead, quota, computed=None,
+                  shared=None) -> str:
         href = _href(prefix + rel)
         if n.is_dir and not href.endswith("/"):
             href += "/"
@@ -205,8 +258,10 @@ class FastPropfind(BaseMiddleware):
                 found.append(_SUPPORTED_LOCK)
             elif name.startswith("{DAV:}") and name[6:] in live:
                 found.append(_clark_to_xml(name, live[name[6:]]))
+            elif shared and name in shared:  # before computed: share-aware permissions
+                found.append(_clark_to_xml(name, shared[name]))
             elif computed and name in computed:
-                found.append(_clark_to_xml(name, escape(computed[name])))
+                found.append(_clark_to_xml(name, computed[name]))
             elif name in dead:
                 value = dead[name]
                 found.append(value.decode("utf-8") if isinstance(value, bytes) else value)
@@ -222,6 +277,27 @@ class FastPropfind(BaseMiddleware):
         out.append("</d:response>")
         return "".join(out)
 
+    def _named(self, plans, names, prefix, rel, n: Node, dead, quota, computed,
+               shared) -> str:
+        """One response to a request naming its properties, from a template per kind
+        of entry (a listing has few kinds: files, folders, those with dead properties),
+        so each entry costs a format call, not a walk over the names."""
+        # computed and shared hold the same names for every entry of a request (each
+        # made in one pass for all), so they do not vary the template: only dead
+        # properties and the kind of entry do.
+        key = (n.is_dir, quota is not None and quota[1] is not None,
+               tuple(dead) if dead else ())
+        plan = plans.get(key)
+        if plan is None:
+            plan = plans[key] = _named_plan(names, n.is_dir, key[1], dead, computed, shared)
+        fmt, getters = plan
+        href = _href(prefix + rel)
+        if n.is_dir and not href.endswith("/"):
+            href += "/"
+        srcs = (None, shared, computed, dead)
+        return fmt.format(href, *[_LIVE[k](rel, n, quota) if i == 0 else srcs[i][k]
+                                  for i, k in getters])
+
     @staticmethod
     def _file_allprop(href: str, rel: str, n: Node) -> str:
         created, modified = _times(n.mtime)
@@ -234,6 +310,67 @@ class FastPropfind(BaseMiddleware):
             f"<d:displayname>{_escape(rel.rsplit('/', 1)[-1])}</d:displayname>"
             f"<d:getetag>{_escape(n.etag)}</d:getetag><d:lockdiscovery/>{_SUPPORTED_LOCK}"
             f"</d:prop><d:status>{_STATUS_OK}</d:status></d:propstat></d:response>")
+
+
+#: Live property values as inner XML, one function each: a request naming three of
+#: them computes three (FastPropfind._live makes all of them, for allprop).
+_LIVE = {
+    "creationdate": lambda rel, n, quota: _times(n.mtime)[0],
+    "getlastmodified": lambda rel, n, quota: _times(n.mtime)[1],
+    "displayname": lambda rel, n, quota: _escape(rel.rstrip("/").rsplit("/", 1)[-1]),
+    "getetag": lambda rel, n, quota: _escape(n.etag),
+    "quota-used-bytes": lambda rel, n, quota: quota[0],
+    "quota-available-bytes": lambda rel, n, quota: quota[1],
+    "getcontentlength": lambda rel, n, quota: str(n.size),
+    "getcontenttype": lambda rel, n, quota: _content_type(n.name),
+}
+
+
+def _brace(text: str) -> str:
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+def _named_plan(names, is_dir: bool, available: bool, dead, computed,
+                shared) -> tuple[str, list[tuple[int, str]]]:
+    """(format string, value getters) answering ``names`` for one kind of entry, in the
+    order and with the statuses FastPropfind._response would give."""
+    live = set(_DIR_PROPS if is_dir else _FILE_PROPS)
+    if is_dir and not available:
+        live.discard("quota-available-bytes")
+    found: list[str] = []
+    missing: list[str] = []
+    getters: list[tuple[int, str]] = []
+    for name in names:
+        if name == "{DAV:}supportedlock":
+            found.append(_brace(_SUPPORTED_LOCK))
+        elif name.startswith("{DAV:}") and name[6:] in live:
+            local = name[6:]
+            if local == "resourcetype":
+                found.append(_brace(_clark_to_xml(name, "<d:collection/>" if is_dir else "")))
+            elif local == "lockdiscovery":
+                found.append(_brace(_clark_to_xml(name, None)))
+            else:
+                o, c, _e = _tags(name)
+                found.append(f"{_brace(o)}{{}}{_brace(c)}")
+                getters.append((0, local))
+        elif name in shared or name in computed:
+            o, c, _e = _tags(name)
+            found.append(f"{_brace(o)}{{}}{_brace(c)}")
+            getters.append((1 if name in shared else 2, name))
+        elif name in dead:
+            found.append("{}")
+            getters.append((3, name))
+        else:
+            missing.append(_brace(_clark_to_xml(name, None)))
+    out = ["<d:response><d:href>{}</d:href>"]
+    if found:
+        out.append(f"<d:propstat><d:prop>{''.join(found)}</d:prop>"
+                   f"<d:status>{_STATUS_OK}</d:status></d:propstat>")
+    if missing:
+        out.append(f"<d:propstat><d:prop>{''.join(missing)}</d:prop>"
+                   f"<d:status>{_STATUS_NOT_FOUND}</d:status></d:propstat>")
+    out.append("</d:response>")
+    return "".join(out), getters
 
 
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")

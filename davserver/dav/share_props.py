@@ -1,21 +1,29 @@
 """Nextcloud's sharing properties in PROPFIND: oc:share-types, oc:owner-id,
 oc:owner-display-name and oc:permissions with the caller's effective permissions.
 
-Computed from the share service per resource; WsgiDAV's PROPFIND asks for them (the
-direct PROPFIND leaves requests naming them to WsgiDAV).
+WsgiDAV's PROPFIND asks :func:`value` per resource; the direct PROPFIND (dav.propfind)
+asks :func:`listing_values` once per listing, which gives the same values from one query
+for the share types of all entries, one user lookup per owner and the permission letters
+of the listing's resolved share target (every entry of a folder inside a mount has the
+mount's permissions; mount points in a folder of one's own have their share's).
 """
 
 from __future__ import annotations
 
+import functools
 from xml.sax.saxutils import escape
 
 from davserver.vault import shares as sh
 
 OC = "http://owncloud.org/ns"
-NAMES = {f"{{{OC}}}share-types", f"{{{OC}}}owner-id", f"{{{OC}}}owner-display-name",
-         f"{{{OC}}}permissions"}
+SHARE_TYPES = f"{{{OC}}}share-types"
+OWNER_ID = f"{{{OC}}}owner-id"
+OWNER_DISPLAY_NAME = f"{{{OC}}}owner-display-name"
+PERMISSIONS = f"{{{OC}}}permissions"
+NAMES = {SHARE_TYPES, OWNER_ID, OWNER_DISPLAY_NAME, PERMISSIONS}
 
 
+@functools.lru_cache(maxsize=512)
 def permission_letters(bits: int, *, is_dir: bool, shared: bool, mount_root: bool) -> str:
     """Nextcloud's letters: S shared with me, R re-shareable, M mount point, G readable,
     D deletable, N renamable, V movable, W writable file, C/K create file/folder."""
@@ -53,9 +61,7 @@ def value(res, name: str) -> str | None:
     if local == "owner-id":
         return f"{tag}{escape(owner)}</oc:{local}>"
     if local == "owner-display-name":
-        rec = inst.users.get(owner)
-        return f"{tag}{escape(rec.display_name if rec and rec.display_name else owner)}" \
-               f"</oc:{local}>"
+        return f"{tag}{escape(display_name(inst.users, owner))}</oc:{local}>"
     if local == "share-types":
         types = sorted({s.share_type for s in inst.shares.shares_of_node(spath)})
         return tag + "".join(f"<oc:share-type>{t}</oc:share-type>" for t in types) + \
@@ -70,3 +76,57 @@ def value(res, name: str) -> str | None:
                                  shared=target.mount is not None,
                                  mount_root=target.is_mount_root)
     return f"{tag}{letters}</oc:{local}>"
+
+
+def display_name(users, owner: str) -> str:
+    rec = users.get(owner)
+    return rec.display_name if rec and rec.display_name else owner
+
+
+def _letters(target: sh.Target, is_dir: bool) -> str:
+    bits = target.permissions
+    if not is_dir and target.mount is not None:
+        bits &= sh.FILE_MASK
+    return permission_letters(bits, is_dir=is_dir, shared=target.mount is not None,
+                              mount_root=target.is_mount_root)
+
+
+def listing_values(shares: sh.ShareService, users, user: str, names, target: sh.Target,
+                   nodes: list, members: dict[str, sh.Target] | None,
+                   folder: str | None) -> dict[str, dict[str, str]]:
+    """spath -> {property: inner XML} of the sharing ``names`` asked for, for a PROPFIND
+    of ``nodes`` (the target first, then its members when ``members`` is not None).
+
+    ``target``: what the request path resolved to; ``members``: node name -> Target of
+    the mount points listed in the folder (the other members are the folder's own, or
+    inside the same mount); ``folder``: the storage path whose members are listed.
+    Inner XML uses the prefix ``oc`` that dav.propfind binds in its multistatus element.
+    """
+    wanted = [n for n in names if n in NAMES]
+    if not wanted or not nodes:
+        return {}
+    inside = (sh.Target("", target.permissions, target.mount) if target.mount is not None
+              else sh.Target("", sh.ALL))
+    inside_letters = {d: _letters(inside, d) for d in (False, True)}
+    members = members or {}
+    out: dict[str, dict[str, str]] = {}
+    types = (shares.share_types(folder if members is not None else None,
+                                [n.path for n in nodes]) if SHARE_TYPES in wanted else {})
+    names_of: dict[str, str] = {}
+    for i, n in enumerate(nodes):
+        v = out.setdefault(n.path, {})
+        owner = n.path.split("/", 1)[0]
+        if OWNER_ID in wanted:
+            v[OWNER_ID] = escape(owner)
+        if OWNER_DISPLAY_NAME in wanted:
+            if owner not in names_of:
+                names_of[owner] = escape(display_name(users, owner))
+            v[OWNER_DISPLAY_NAME] = names_of[owner]
+        if SHARE_TYPES in wanted:
+            found = types.get(n.path)
+            v[SHARE_TYPES] = "".join(
+                f"<oc:share-type>{t}</oc:share-type>" for t in found) if found else ""
+        if PERMISSIONS in wanted:
+            t = target if i == 0 else members.get(n.name)
+            v[PERMISSIONS] = inside_letters[n.is_dir] if t is None else _letters(t, n.is_dir)
+    return out

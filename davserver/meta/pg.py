@@ -210,6 +210,7 @@ class PgMetaDB(MetaDB):
         """``run_dir``: this node's lock and change-counter files (the data dir's run/)."""
         self.path = url
         self.url = url
+        self.run_dir = run_dir
         self.durable_markers = durable_markers
         self._local = threading.local()
         self.run_dir = run_dir

@@ -475,18 +475,47 @@ class ShareService:
                 return Target(m.share.spath + rel[len(m.path):], m.share.permissions, m)
         return Target(self.own_path(user, rel), ALL)
 
-    def mounts_in(self, user: str, folder_rel: str) -> list[tuple[str, Target]]:
+    def mounts_in(self, user: str, folder_rel: str,
+                  mounts: list[Mount] | None = None) -> list[tuple[str, Target]]:
         """Mount points that appear directly inside ``folder_rel`` of ``user``'s tree."""
         folder_rel = folder_rel.strip("/")
         return [(m.path.rsplit("/", 1)[-1], Target(m.share.spath, m.share.permissions, m))
-                for m in self.mounts(user) if parent_of(m.path) == folder_rel]
+                for m in (self.mounts(user) if mounts is None else mounts)
+                if parent_of(m.path) == folder_rel]
 
-    def listing(self, user: str, folder_rel: str, spath: str) -> list[Node]:
+    def share_types(self, folder: str | None, paths: list[str]) -> dict[str, list[int]]:
+        """Sorted share types of each of ``paths`` (oc:share-types), in at most two
+        queries: the members of ``folder`` by prefix, the rest by name. Expired shares
+        count, as in shares_of_node."""
+        wanted = set(paths)
+        found: dict[str, set[int]] = {}
+        rest = [p for p in paths if folder is None or parent_of(p) != folder]
+        rows: list = []
+        if folder is not None:
+            rows += self.db.query(
+                "SELECT n.path, s.share_type FROM shares s JOIN nodes n ON n.node_id = "
+                "s.node_id WHERE substr(n.path, 1, length(?) + 1) = ? || '/'",
+                (folder, folder))
+        for i in range(0, len(rest), 500):
+            batch = rest[i:i + 500]
+            rows += self.db.query(
+                "SELECT n.path, s.share_type FROM shares s JOIN nodes n ON n.node_id = "
+                f"s.node_id WHERE n.path IN ({','.join('?' * len(batch))})", tuple(batch))
+        for path, share_type in rows:
+            if path in wanted:
+                found.setdefault(path, set()).add(share_type)
+        return {p: sorted(t) for p, t in found.items()}
+
+    def listing(self, user: str, folder_rel: str, spath: str,
+                mounts: list[Mount] | None = None) -> list[Node]:
         """A folder's members as ``user`` sees them: its own, plus mount points (a mount
-        hides a real entry of the same name, as Nextcloud's mounts do)."""
+        hides a real entry of the same name, as Nextcloud's mounts do). ``mounts``: the
+        user's, when the caller has them already (one lookup per listing, not per folder)."""
         nodes = (self.lister or self.vault.list_dir)(spath)
+        if mounts is None:
+            mounts = self.mounts(user)
         extra = []
-        for name, t in self.mounts_in(user, folder_rel) if spath == storage_path(
+        for name, t in self.mounts_in(user, folder_rel, mounts) if spath == storage_path(
                 user, folder_rel) else ():
             n = self.node_stat(t.spath)
             if n is not None:
@@ -496,8 +525,8 @@ class ShareService:
             nodes = [n for n in nodes if n.name not in names] + extra
         if spath == storage_path(user, folder_rel):
             base = f"{folder_rel}/" if folder_rel else ""
-            nodes = [self.with_mounts_etag(user, base + n.name, n) if n.is_dir and
-                     n.path.split("/", 1)[0] == user else n for n in nodes]
+            nodes = [self.with_mounts_etag(user, base + n.name, n, mounts) if n.is_dir and
+                     n.path.split("/", 1)[0] == user else n for n in nodes] if mounts else nodes
         return nodes
 
     def with_mounts_etag(self, user: str, rel: str, node: Node,
