@@ -213,7 +213,6 @@ class PgMetaDB(MetaDB):
         self.run_dir = run_dir
         self.durable_markers = durable_markers
         self._local = threading.local()
-        self.run_dir = run_dir
         self._settings_changes = ChangeCounter(os.path.join(run_dir, "settings.version"))
         self._account_changes = ChangeCounter(os.path.join(run_dir, "accounts.version"))
         self._user_rows = _KeptAnswers()
