@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from davserver.meta import (
     chunkstage_schema,
@@ -107,9 +108,9 @@ SCHEMA_PARTS: list[str] = [objects_schema.SCHEMA, nextcloud_schema.SCHEMA,
                             layout_schema.SCHEMA]  # last: its triggers name the others
 
 
-@dataclass(frozen=True)
-class FileRecord:
-    """One indexed file. ``file_id`` is None for a plaintext (not yet encrypted) file."""
+class FileRecord(NamedTuple):
+    """One indexed file. ``file_id`` is None for a plaintext (not yet encrypted) file.
+    A NamedTuple (immutable, and quick to make: a listing makes one per row)."""
 
     path: str
     file_id: bytes | None

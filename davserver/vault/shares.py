@@ -519,7 +519,7 @@ class ShareService:
                 user, folder_rel) else ():
             n = self.node_stat(t.spath)
             if n is not None:
-                extra.append(replace(n, name=name))
+                extra.append(n._replace(name=name))
         if extra:
             names = {n.name for n in extra}
             nodes = [n for n in nodes if n.name not in names] + extra
@@ -544,7 +544,7 @@ class ShareService:
             n = self.node_stat(m.share.spath)
             parts.append(f"{m.path}\0{n.etag if n else ''}")
         digest = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:12]
-        return replace(node, etag=f"{node.etag}-s{digest}")
+        return node._replace(etag=f"{node.etag}-s{digest}")
 
     def touches(self, user: str, rel: str) -> bool:
         """Is ``rel`` inside a mount, or a folder holding one? (The direct paths leave
