@@ -2,12 +2,14 @@
 """encrypt-all / decrypt-all throughput: large files in MB/s, small files in files/s.
 
 Makes a fresh instance (master-key mode, fsync on as in production) in a scratch folder,
-places N large files of M MiB and K small 4 KiB files in a home as plaintext (as if
+places N large files of M MiB and K small 4 KiB files (and optionally bench/run's
+mixed tree) in a home as plaintext (as if
 written before encryption was enabled), then times the conversion both ways, once for the
 large set and once for the small set. The conversion runs in this process through
 vault.convert (what the CLI runs, minus its maintenance-mode settle sleep).
 
-    python3 bench/convert_bench.py --large 2 --large-mib 512 --small 5000 [--dir /tmp]
+    python3 bench/convert_bench.py --large 2 --large-mib 512 --small 5000 \
+        [--mixed-mib 2048] [--dir /tmp]
 
 Large files are read from the page cache (they were just written); the figure is the
 conversion's own speed, bounded by AES-GCM, copies and the durable writes.
@@ -23,6 +25,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(1, os.path.dirname(os.path.abspath(__file__)))
 
 from davserver import config as config_mod  # noqa: E402
 from davserver.instance import Instance, init_instance  # noqa: E402
@@ -45,6 +48,17 @@ def _instance(root: str) -> Instance:
     return inst
 
 
+def _place_mixed(inst: Instance, folder: str, total: int) -> tuple[int, int]:
+    """bench/run's encrypt-all tree: a quarter of the bytes in one file, a quarter in
+    four, a quarter in 1 MiB files, a fifth in 64 KiB files, the rest in 4 KiB files."""
+    from measure import make_mixed_tree
+
+    inst.vault.make_dir(f"bench/{folder}")
+    got = make_mixed_tree(os.path.join(inst.config.data_dir, "files", "bench", folder), total)
+    os.sync()
+    return got
+
+
 def _place(inst: Instance, folder: str, count: int, size: int) -> None:
     inst.vault.make_dir(f"bench/{folder}")
     base = os.path.join(inst.config.data_dir, "files", "bench", folder)
@@ -58,8 +72,10 @@ def _place(inst: Instance, folder: str, count: int, size: int) -> None:
     os.sync()
 
 
-def _timed(inst: Instance, encrypt: bool, workers: int | None) -> tuple[float, int, int]:
-    kw = {} if workers is None else {"workers": workers}
+def _timed(inst: Instance, encrypt: bool, args) -> tuple[float, int, int]:
+    kw = {} if args.workers is None else {"workers": args.workers}
+    if args.batch_workers is not None:
+        kw["batch_workers"] = args.batch_workers
     t0 = time.perf_counter()
     rep = convert.convert_all(inst.vault, ["bench"], encrypt=encrypt, **kw)
     secs = time.perf_counter() - t0
@@ -71,9 +87,12 @@ def _run_set(name: str, count: int, size: int, args) -> None:
     root = tempfile.mkdtemp(prefix=f"convbench-{name}-", dir=args.dir)
     try:
         inst = _instance(root)
-        _place(inst, name, count, size)
+        if name == "mixed":
+            _place_mixed(inst, name, size)
+        else:
+            _place(inst, name, count, size)
         for encrypt in (True, False):
-            secs, n, nbytes = _timed(inst, encrypt, args.workers)
+            secs, n, nbytes = _timed(inst, encrypt, args)
             verb = "encrypt-all" if encrypt else "decrypt-all"
             print(f"{name:5s} {verb}: {n} files, {nbytes / MiB:.0f} MiB in {secs:.2f} s = "
                   f"{nbytes / 1e6 / secs:.0f} MB/s, {n / secs:.0f} files/s", flush=True)
@@ -87,7 +106,11 @@ def main() -> None:
     ap.add_argument("--large", type=int, default=2, help="number of large files")
     ap.add_argument("--large-mib", type=int, default=512, help="size of each large file")
     ap.add_argument("--small", type=int, default=5000, help="number of 4 KiB files")
+    ap.add_argument("--mixed-mib", type=int, default=0,
+                    help="also a tree of mixed file sizes (bench/run's encrypt-all figure)")
     ap.add_argument("--workers", type=int, default=None, help="override convert workers")
+    ap.add_argument("--batch-workers", type=int, default=None,
+                    help="override convert batch workers (0: no batches)")
     ap.add_argument("--dir", default=None, help="scratch folder (default: system temp)")
     args = ap.parse_args()
     print(f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f}", flush=True)
@@ -95,6 +118,8 @@ def main() -> None:
         _run_set("large", args.large, args.large_mib * MiB, args)
     if args.small:
         _run_set("small", args.small, 4096, args)
+    if args.mixed_mib:
+        _run_set("mixed", 0, args.mixed_mib * MiB, args)
 
 
 if __name__ == "__main__":
