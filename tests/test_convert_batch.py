@@ -20,7 +20,8 @@ pytestmark = pytest.mark.pg  # metadata on SQLite and on PostgreSQL
 FILES = {f"alice/d{i % 3}/f{i}.bin": os.urandom(i * 331 % 20_000) for i in range(36)}
 #: Batches of this many files, so the job has several and a kill lands inside one.
 BATCH = 8
-#: The kill comes after this many renames of the batch path (inside the second batch).
+#: The kill comes after this many renames of the batch path (inside the second batch;
+#: the batch's renames run side by side, so some others of that batch may finish too).
 KILL_AFTER = BATCH + 3
 
 
@@ -104,7 +105,7 @@ def test_batch_stopped_among_its_renames(setup, monkeypatch, encrypt, how):
     # Mid-state, before any recovery: each file wholly in one form, and as many in the
     # new form as renames happened.
     forms = {p: _stored_encrypted(inst, p) for p in FILES}
-    assert sum(1 for enc in forms.values() if enc == encrypt) == KILL_AFTER
+    assert sum(1 for enc in forms.values() if enc == encrypt) == len(renames) >= KILL_AFTER
     # A fresh process (the server's start or the re-run) recovers; every file reads back.
     ids = context.current()
     inst.close()
@@ -118,8 +119,8 @@ def test_batch_stopped_among_its_renames(setup, monkeypatch, encrypt, how):
         assert _key_files(again) == sum(forms.values())  # no key leaked, none lost
         with context.acting_as(*ids):
             rep = convert.convert_all(again.vault, ["alice"], encrypt=encrypt)
-        assert rep.failed == [] and rep.converted == len(FILES) - KILL_AFTER
-        assert rep.skipped == KILL_AFTER
+        assert rep.failed == [] and rep.converted == len(FILES) - len(renames)
+        assert rep.skipped == len(renames)
         for path, data in FILES.items():
             assert _stored_encrypted(again, path) == encrypt
             assert again.vault.read_all(path) == data

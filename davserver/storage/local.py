@@ -14,7 +14,7 @@ import shutil
 import stat
 import threading
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from davserver.durable import fsync_dir, sync_filesystems
@@ -63,6 +63,21 @@ def _flush_pool() -> ThreadPoolExecutor:
         if _flusher is None:
             _flusher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="flush")
         return _flusher
+
+
+#: Renames of one batch (LocalStorage.commit_many) run on this many threads.
+PUBLISH_THREADS = 4
+
+_publisher: ThreadPoolExecutor | None = None
+
+
+def _publish_pool() -> ThreadPoolExecutor:
+    global _publisher
+    with _flusher_lock:
+        if _publisher is None:
+            _publisher = ThreadPoolExecutor(max_workers=PUBLISH_THREADS,
+                                            thread_name_prefix="publish")
+        return _publisher
 
 
 def _libc_sync_file_range():
@@ -281,13 +296,23 @@ class LocalStorage(Storage):
             for w in writers:
                 w.abort()
             raise
+        # Renames side by side: a rename over a file frees the old one's blocks, which
+        # on a file system mounted with discard waits for the device; freeing several at
+        # once overlaps those waits. Order does not matter: each file is durable already
+        # and has its own pending row.
+        futures = [_publish_pool().submit(w.publish) for w in writers]
+        wait(futures)
         errors: list[BaseException | None] = []
-        for w in writers:
-            try:
-                w.publish()
-                errors.append(None)
-            except (OSError, Conflict) as e:
+        fatal: BaseException | None = None
+        for f in futures:
+            e = f.exception()
+            if e is None or isinstance(e, (OSError, Conflict)):
                 errors.append(e)
+            else:
+                errors.append(e)
+                fatal = fatal or e
+        if fatal is not None:
+            raise fatal
         return errors
 
     def flush_names(self) -> None:
