@@ -120,6 +120,12 @@ def count_forms(vault, users: list[str]) -> tuple[int, int]:
     return enc, plain
 
 
+#: Bytes read and written per step when a large file is rewritten: 16 AEAD chunks per
+#: call, a quarter of the system calls and page-cache work of 1 MiB steps (1 GiB file,
+#: fsync on: encrypt-all 0.64-0.98 -> 1.1-1.3 GB/s, decrypt-all 0.81 -> 0.97-1.0 GB/s).
+REWRITE_BLOCK = 4 << 20
+
+
 def _rewrite(vault, path: str, *, encrypt: bool, mtime: float) -> int:
     """Re-store ``path`` in the other form through the atomic commit; returns bytes.
 
@@ -129,7 +135,7 @@ def _rewrite(vault, path: str, *, encrypt: bool, mtime: float) -> int:
     rec = vault.db.get_file(path)  # after open_read, which indexes files found by hand
     try:
         up = vault.begin_write(path, encrypt=encrypt)
-        pump(src, up)
+        pump(src, up, REWRITE_BLOCK)
     finally:
         src.close()
     done: FileRecord = up.commit(mtime=mtime, expect_generation=rec.generation if rec else 0)
