@@ -72,15 +72,15 @@ def _place(inst: Instance, folder: str, count: int, size: int) -> None:
     os.sync()
 
 
-def _timed(inst: Instance, encrypt: bool, args) -> tuple[float, int, int]:
+def _timed(inst: Instance, encrypt: bool, args) -> tuple[float, float, int, int]:
     kw = {} if args.workers is None else {"workers": args.workers}
     if args.batch_workers is not None:
         kw["batch_workers"] = args.batch_workers
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), os.times()
     rep = convert.convert_all(inst.vault, ["bench"], encrypt=encrypt, **kw)
-    secs = time.perf_counter() - t0
+    secs, c1 = time.perf_counter() - t0, os.times()
     assert not rep.failed, rep.failed
-    return secs, rep.converted, rep.bytes
+    return secs, (c1.user - c0.user) + (c1.system - c0.system), rep.converted, rep.bytes
 
 
 def _run_set(name: str, count: int, size: int, args) -> None:
@@ -92,10 +92,13 @@ def _run_set(name: str, count: int, size: int, args) -> None:
         else:
             _place(inst, name, count, size)
         for encrypt in (True, False):
-            secs, n, nbytes = _timed(inst, encrypt, args)
+            secs, cpu, n, nbytes = _timed(inst, encrypt, args)
             verb = "encrypt-all" if encrypt else "decrypt-all"
+            # CPU seconds (user + system, all threads): on a shared machine the wall time
+            # also counts other processes' turns on the cores.
             print(f"{name:5s} {verb}: {n} files, {nbytes / MiB:.0f} MiB in {secs:.2f} s = "
-                  f"{nbytes / 1e6 / secs:.0f} MB/s, {n / secs:.0f} files/s", flush=True)
+                  f"{nbytes / 1e6 / secs:.0f} MB/s, {n / secs:.0f} files/s; "
+                  f"CPU {cpu:.2f} s", flush=True)
         inst.close()
     finally:
         shutil.rmtree(root, ignore_errors=True)
