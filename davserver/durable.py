@@ -144,6 +144,21 @@ def append_many(items: list[tuple[str, bytes]], *, fsync: bool = True) -> list[s
     return missing
 
 
+def sync_filesystems(paths: list[str]) -> None:
+    """Make everything written so far on the file systems holding ``paths`` durable:
+    one ``syncfs`` per file system (several paths on one count once), new names
+    included, so a batch of files needs no fsync of each file and folder. Where the C
+    library has no syncfs, ``sync()`` (all file systems) does the same, more slowly."""
+    if _SYNCFS is None:
+        os.sync()
+        return
+    seen: dict[int, str] = {}
+    for path in paths:
+        seen.setdefault(os.stat(path).st_dev, path)
+    for path in seen.values():
+        _syncfs(path)
+
+
 def _syncfs(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:

@@ -429,8 +429,9 @@ def run_until_hook(srv: LiveServer, target: str, point: str, *args: str) -> None
     assert res.returncode == -signal.SIGKILL, f"hook {target} not reached:\n{res.stderr}"
 
 
+#: Small files go through batches (vault.convert_batch), the 2 MiB one alone, first.
 SMALL = {("alice", "a.txt"): b"alpha" * 1000, ("alice", "d/b.bin"): os.urandom(300_000),
-         ("bob", "c.txt"): b"c"}
+         ("bob", "c.txt"): b"c", ("alice", "d/big.bin"): os.urandom(2 * MIB)}
 
 HOOKS = [
     # encrypt-all: the pending row announces the key file before it is written
@@ -441,6 +442,17 @@ HOOKS = [
     # decrypt-all: plaintext in place and indexed, old key not yet deleted
     ("decrypt", "davserver.storage.local._FileWriter.commit", "after"),
     ("decrypt", "davserver.vault.keystore.KeyStore.delete", "before"),
+    # batches: pending rows of the batch before / after, keys written, nothing renamed
+    ("encrypt", "davserver.meta.db.MetaDB.add_pending_many", "before"),
+    ("encrypt", "davserver.meta.db.MetaDB.add_pending_many", "after"),
+    ("encrypt", "davserver.storage.local._FileWriter.close_unflushed", "after"),
+    ("decrypt", "davserver.meta.db.MetaDB.add_pending_many", "after"),
+    # the first file of a batch renamed in, the others not
+    ("encrypt", "davserver.storage.local._FileWriter.publish", "after"),
+    ("decrypt", "davserver.storage.local._FileWriter.publish", "after"),
+    # every file of the batch renamed in, the index not yet updated
+    ("encrypt", "davserver.storage.local.LocalStorage.flush_names", "before"),
+    ("decrypt", "davserver.storage.local.LocalStorage.flush_names", "before"),
 ]
 
 

@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from davserver.vault import convert
+from davserver.storage import local
+from davserver.vault import convert, convert_batch
 from tests.instances import make_instance
 
 FILES = {f"alice/d{i % 3}/f{i}.bin": os.urandom(i * 997 % 300_000) for i in range(40)}
@@ -61,7 +62,9 @@ def test_a_failing_file_is_reported_and_the_others_converted(inst):
 
 
 def test_an_error_that_is_not_per_file_stops_the_job(inst, monkeypatch):
+    """One file at a time (the path of files above convert_batch.SMALL_BYTES)."""
     _place_plain(inst)
+    monkeypatch.setattr(convert_batch, "SMALL_BYTES", -1)
     real = convert._rewrite
     calls = []
 
@@ -79,3 +82,32 @@ def test_an_error_that_is_not_per_file_stops_the_job(inst, monkeypatch):
     assert rep.failed == [] and rep.converted + rep.skipped == len(FILES)
     for path, data in FILES.items():
         assert inst.vault.read_all(path) == data
+
+
+def test_a_full_disk_stops_the_batches_and_no_file_is_half_done(inst, monkeypatch):
+    """In batches: the batch that hits the full disk leaves all its files as they were,
+    the later batches do not start, and a re-run converts the rest."""
+    _place_plain(inst)
+    monkeypatch.setattr(convert_batch, "BATCH_FILES", 5)
+    real = local.LocalStorage.commit_many
+    calls = []
+
+    def disk_full_on_third(self, writers, **kw):
+        calls.append(len(writers))
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        return real(self, writers, **kw)
+
+    monkeypatch.setattr(local.LocalStorage, "commit_many", disk_full_on_third)
+    with pytest.raises(OSError):
+        convert.convert_all(inst.vault, ["alice"], encrypt=True, batch_workers=2)
+    assert len(calls) <= 3 + 1  # at most the other worker's batch finished after it
+    assert inst.db.list_pending() == []  # the failed batch rolled back in-process
+    enc = [p for p in FILES if inst.vault.stat(p).encrypted]
+    assert len(enc) == 5 * (len(calls) - 1)
+    assert len(os.listdir(os.path.join(inst.keys.root, "files"))) > 0
+    rep = convert.convert_all(inst.vault, ["alice"], encrypt=True)
+    assert rep.failed == [] and (rep.converted, rep.skipped) == (len(FILES) - len(enc),
+                                                                 len(enc))
+    for path, data in FILES.items():
+        assert inst.vault.stat(path).encrypted and inst.vault.read_all(path) == data

@@ -69,16 +69,20 @@ def payload(name: str, size: int = 70_000) -> bytes:
 KILLER = r"""
 import os, signal, sys
 from davserver.storage import local
-calls, limit, orig = [0], int(sys.argv[1]), local._FileWriter.commit
+calls, limit = [0], int(sys.argv[1])
 
-def commit(self, *a, **k):
-    orig(self, *a, **k)
-    calls[0] += 1
-    if calls[0] >= limit:
-        sys.stdout.flush()
-        os.kill(os.getpid(), signal.SIGKILL)
+def counted(orig):
+    # commit: one file alone; publish: a file's rename within a batch of small files
+    def step(self, *a, **k):
+        orig(self, *a, **k)
+        calls[0] += 1
+        if calls[0] >= limit:
+            sys.stdout.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+    return step
 
-local._FileWriter.commit = commit
+local._FileWriter.commit = counted(local._FileWriter.commit)
+local._FileWriter.publish = counted(local._FileWriter.publish)
 from davserver.cli.main import main
 sys.exit(main(sys.argv[2:]))
 """

@@ -528,6 +528,24 @@ class MetaDB:
             if sync:
                 c.execute("PRAGMA synchronous=NORMAL")
 
+    def add_pending_many(self, rows: list[tuple[bytes, str, bool]], *,
+                         durable: bool) -> None:
+        """:meth:`add_pending` for a batch of commits (file ID, path, plain): one
+        transaction, synced once when ``durable`` (see there)."""
+        sync = self.durable_markers and durable
+        c = self._conn()
+        if sync:
+            c.execute("PRAGMA synchronous=FULL")
+        try:
+            now = time.time()
+            with self.tx() as tx:
+                tx.executemany(
+                    "INSERT INTO pending(file_id, path, created, plain) VALUES(?, ?, ?, ?)",
+                    [(f, p, now, int(plain)) for f, p, plain in rows])
+        finally:
+            if sync:
+                c.execute("PRAGMA synchronous=NORMAL")
+
     def pending_for(self, path: str, *, plain: bool = False) -> list[bytes]:
         return [r[0] for r in self.query(
             "SELECT file_id FROM pending WHERE path = ? AND plain = ?", (path, int(plain)))]

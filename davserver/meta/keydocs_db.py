@@ -43,6 +43,7 @@ class DbKeyDocs:
     """Named key documents in the ``key_files`` table of ``db`` (a MetaDB or PgMetaDB)."""
 
     location = LOCATION
+    sync_root = None
 
     def __init__(self, db, *, fsync: bool = True) -> None:
         self.db = db
@@ -84,7 +85,9 @@ class DbKeyDocs:
                       "ON CONFLICT(name) DO UPDATE SET content = excluded.content, "
                       "version = excluded.version", (name, bytes(data), _version()))
 
-    def write_new(self, name: str, data: bytes) -> None:
+    def write_new(self, name: str, data: bytes, *, flush: bool = True) -> None:
+        """``flush`` is the directory store's: a row is durable when its transaction
+        commits."""
         with self._writer() as c:
             cur = c.execute("INSERT INTO key_files(name, content, version) VALUES(?, ?, ?) "
                             "ON CONFLICT(name) DO NOTHING", (name, bytes(data), _version()))

@@ -341,6 +341,16 @@ class PgMetaDB(MetaDB):
 
     # --- what SQLite does with PRAGMAs -------------------------------------------------
 
+    def add_pending_many(self, rows: list[tuple[bytes, str, bool]], *,
+                         durable: bool) -> None:
+        import time
+
+        now = time.time()
+        with self.tx() as c:
+            for file_id, path, plain in rows:
+                c.execute("INSERT INTO pending(file_id, path, created, plain) "
+                          "VALUES(?, ?, ?, ?)", (file_id, path, now, int(plain)))
+
     def add_pending(self, file_id: bytes, path: str, *, plain: bool = False,
                     durable: bool = True) -> None:
         """A committed row is durable on PostgreSQL (synchronous_commit), so no PRAGMA."""

@@ -61,6 +61,8 @@ class Storage(ABC):
     #: folder is a key prefix and moving it copies every object: the vault then moves the
     #: folder's files one by one, keeping the index in step after each.
     atomic_dir_rename: bool = True
+    #: Has commit_many (one flush for a batch of blobs); only local files so far.
+    batch_commit: bool = False
 
     #: Does a committed blob survive a power loss of this machine (fsync)? Remote stores
     #: acknowledge a write once they hold it; their durability is theirs.

@@ -13,6 +13,7 @@ previous mode is remembered in the DB so a run killed half-way and re-run restor
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import threading
 import time
@@ -24,6 +25,7 @@ from davserver.crypto import header as hdr
 from davserver.errors import DavServerError, StorageNotFound
 from davserver.meta import settings
 from davserver.meta.db import FileRecord
+from davserver.vault import convert_batch
 from davserver.vault.files import pump
 
 log = logging.getLogger("davserver.convert")
@@ -118,6 +120,12 @@ def count_forms(vault, users: list[str]) -> tuple[int, int]:
     return enc, plain
 
 
+#: Bytes read and written per step when a large file is rewritten: 16 AEAD chunks per
+#: call, a quarter of the system calls and page-cache work of 1 MiB steps (1 GiB file,
+#: fsync on: encrypt-all 0.64-0.98 -> 1.1-1.3 GB/s, decrypt-all 0.81 -> 0.97-1.0 GB/s).
+REWRITE_BLOCK = 4 << 20
+
+
 def _rewrite(vault, path: str, *, encrypt: bool, mtime: float) -> int:
     """Re-store ``path`` in the other form through the atomic commit; returns bytes.
 
@@ -127,7 +135,7 @@ def _rewrite(vault, path: str, *, encrypt: bool, mtime: float) -> int:
     rec = vault.db.get_file(path)  # after open_read, which indexes files found by hand
     try:
         up = vault.begin_write(path, encrypt=encrypt)
-        pump(src, up)
+        pump(src, up, REWRITE_BLOCK)
     finally:
         src.close()
     done: FileRecord = up.commit(mtime=mtime, expect_generation=rec.generation if rec else 0)
@@ -141,13 +149,32 @@ def _rewrite(vault, path: str, *, encrypt: bool, mtime: float) -> int:
 WORKERS = 16
 
 
+#: Batches of small files converted at once (vault.convert_batch): two keep the disk
+#: busy with one batch's flush while the other is read and encrypted.
+BATCH_WORKERS = 2
+
+
 def convert_all(vault, users: list[str], *, encrypt: bool,
-                progress: Progress | None = None, workers: int = WORKERS) -> ConvertReport:
+                progress: Progress | None = None, workers: int = WORKERS,
+                batch_workers: int = BATCH_WORKERS) -> ConvertReport:
     vault.recover()
     report = ConvertReport()
     lock = threading.Lock()
 
     stop = threading.Event()  # set by an error that is not one file's (a full disk)
+
+    def record(size: int, *, done: int = 0, skipped: bool = False,
+               failed: tuple[str, str] | None = None) -> None:
+        with lock:
+            if failed:
+                report.failed.append(failed)
+            elif skipped:
+                report.skipped += 1
+            else:
+                report.converted += 1
+                report.bytes += done
+            if progress:
+                progress(1, size)
 
     def one(path: str, size: int) -> None:
         if stop.is_set():
@@ -170,24 +197,43 @@ def convert_all(vault, users: list[str], *, encrypt: bool,
         except BaseException:
             stop.set()
             raise
-        with lock:
-            if failed:
-                report.failed.append(failed)
-            elif skipped:
-                report.skipped += 1
-            else:
-                report.converted += 1
-                report.bytes += done
-            if progress:
-                progress(1, size)
+        record(size, done=done, skipped=bool(skipped), failed=failed)
+
+    def batch(files: list[tuple[str, int]]) -> None:
+        if stop.is_set():
+            return
+        try:
+            outcomes = convert_batch.convert_batch(vault, files, encrypt=encrypt)
+        except BaseException:
+            stop.set()
+            raise
+        for o in outcomes:
+            if not o.gone:
+                record(o.size, done=o.bytes, skipped=o.skipped,
+                       failed=(o.path, o.error) if o.error else None)
 
     files = plan(vault, users)
-    if workers <= 1 or len(files) <= 1:
-        for path, size in files:
-            one(path, size)
-        return report
+    small: list[tuple[str, int]] = []
+    if convert_batch.supported(vault) and batch_workers > 0:
+        small = [f for f in files if f[1] <= convert_batch.SMALL_BYTES]
+        files = [f for f in files if f[1] > convert_batch.SMALL_BYTES]
+    _run(stop, workers, [(one, f) for f in files])
+    _run(stop, batch_workers, [(batch, (b,)) for b in convert_batch.batches(small)])
+    return report
+
+
+def _run(stop: threading.Event, workers: int, calls: list) -> None:
+    """Run ``fn(*args)`` for each (fn, args) on ``workers`` threads; the first error that
+    is not one file's stops the rest and is raised."""
+    if workers <= 1 or len(calls) <= 1:
+        for fn, args in calls:
+            fn(*args)
+        return
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="convert") as pool:
-        pending = [pool.submit(one, path, size) for path, size in files]
+        # Each task in a copy of this context: the identities of acting_as (user-key
+        # mode: the recovery key) are context variables, which threads do not inherit.
+        pending = [pool.submit(contextvars.copy_context().run, fn, *args)
+                   for fn, args in calls]
         try:
             for f in pending:
                 f.result()  # re-raises what is not a per-file failure (a full disk, ...)
@@ -196,4 +242,3 @@ def convert_all(vault, users: list[str], *, encrypt: bool,
             for f in pending:
                 f.cancel()
             raise
-    return report

@@ -27,6 +27,9 @@ _DB_SPELLINGS = ("db:", "database")  # a bare "db" stays a directory name
 class KeyDocs(Protocol):
     location: str  # an absolute directory, or "db:"
     fsync: bool
+    #: the directory a batch of write_new(flush=False) is made durable by syncing (its
+    #: file system); None where each write is durable when it returns (the database)
+    sync_root: str | None
 
     def describe(self) -> str: ...
     def get(self, name: str) -> bytes | None: ...
@@ -34,7 +37,7 @@ class KeyDocs(Protocol):
     def stamp(self, name: str) -> tuple | None: ...
     def names(self, prefix: str = "") -> Iterator[str]: ...
     def write(self, name: str, data: bytes) -> None: ...
-    def write_new(self, name: str, data: bytes) -> None: ...
+    def write_new(self, name: str, data: bytes, *, flush: bool = True) -> None: ...
     def write_many(self, items: list[tuple[str, bytes]]) -> None: ...
     def append_many(self, items: list[tuple[str, bytes]]) -> list[str]: ...
     def delete(self, name: str, *, prune: bool = False) -> bool: ...
@@ -76,7 +79,7 @@ class DirKeyDocs:
     """Key documents as files under ``root`` (the key storage directory)."""
 
     def __init__(self, root: str, *, fsync: bool = True) -> None:
-        self.root = self.location = os.path.abspath(root)
+        self.root = self.location = self.sync_root = os.path.abspath(root)
         self.fsync = fsync
         os.makedirs(self.root, mode=0o700, exist_ok=True)  # makedirs' mode: the leaf only
         os.makedirs(os.path.join(self.root, "files"), mode=0o700, exist_ok=True)
@@ -107,8 +110,8 @@ class DirKeyDocs:
     def write(self, name: str, data: bytes) -> None:
         write_atomic(self.path(name), data, fsync=self.fsync)
 
-    def write_new(self, name: str, data: bytes) -> None:
-        write_new(self.path(name), data, fsync=self.fsync)
+    def write_new(self, name: str, data: bytes, *, flush: bool = True) -> None:
+        write_new(self.path(name), data, fsync=self.fsync and flush)
 
     def write_many(self, items: list[tuple[str, bytes]]) -> None:
         for name, data in items:  # each replaced atomically, as write()

@@ -228,11 +228,13 @@ class KeyStore:
 
     # --- recipes -----------------------------------------------------------------------
 
-    def wrap_new(self, file_id: bytes, data_key: bytes, recipients: list[Recipient]) -> None:
+    def wrap_new(self, file_id: bytes, data_key: bytes, recipients: list[Recipient], *,
+                 flush: bool = True) -> None:
         """Store the key of a file ID just drawn: written in place, as no file names the
-        ID before the commit renames it in (see durable.write_new)."""
+        ID before the commit renames it in (see durable.write_new). ``flush=False``: the
+        caller syncs the key store's file system before that rename (a batch of files)."""
         wraps = [r.wrap(data_key, file_id) for r in recipients]
-        self.docs.write_new(self.name_of(file_id), self._document(file_id, wraps))
+        self.docs.write_new(self.name_of(file_id), self._document(file_id, wraps), flush=flush)
         self._remember(file_id, data_key, frozenset(r.recipient for r in recipients))
 
     def unwrap(self, file_id: bytes, identities: list[Identity],
