@@ -17,11 +17,13 @@ DATABASE_URL = ""
 
 def make_instance(tmp_path: Path, *, admin_password: str = "adminpass1",
                   user_mode: bool = False, suite: str = "x25519",
-                  fsync: bool = False) -> Instance:
+                  fsync: bool = False, key_storage_root: str = "") -> Instance:
     conf = tmp_path / "etc" / "davserver.toml"
     conf.parent.mkdir(parents=True, exist_ok=True)
     if not conf.exists():
         conf.write_text(WEAK_KDF_TOML + f'hpke_suite = "{suite}"\n'
+                        + (f'key_storage_root = "{key_storage_root}"\n' if key_storage_root
+                           else "")
                         + (f'[database]\nurl = "{DATABASE_URL}"\n' if DATABASE_URL else ""))
     cfg = config_mod.load(str(conf), str(tmp_path / "data"))
     cfg.fsync = fsync  # off in most tests: crash safety is exercised by killing processes

@@ -1,7 +1,8 @@
 """encrypt-all / decrypt-all of small files in batches (vault.convert_batch): a batch
 interrupted among its renames leaves every file wholly old or wholly new and readable,
 recover() settles the rest, and a re-run converts each remaining file once; in master-key
-and user-key mode, on SQLite and PostgreSQL metadata."""
+and user-key mode, keys in a directory or in the database, on SQLite and PostgreSQL
+metadata."""
 
 from __future__ import annotations
 
@@ -29,10 +30,15 @@ class Killed(BaseException):
     """Stands for SIGKILL: not an error the job handles."""
 
 
-@pytest.fixture(params=["master", "user"])
+@pytest.fixture(params=[("master", "dir"), ("user", "dir"), ("master", "db"), ("user", "db")],
+                ids=lambda p: "-".join(p))
 def setup(request, tmp_path, metadata_url, monkeypatch):
-    mode = request.param
-    inst = make_instance(tmp_path, user_mode=mode == "user", fsync=True)
+    """An instance per key mode and key store (a directory, or the metadata database,
+    where a batch's keys are durable at commit instead of by the batch's syncfs)."""
+    mode, store = request.param
+    inst = make_instance(tmp_path, user_mode=mode == "user", fsync=True,
+                         key_storage_root="db:" if store == "db" else "")
+    assert (inst.keys.docs.sync_root is None) == (store == "db")
     inst.users.add("alice", "alicepass1")
     ids = inst.unlock("alice", "alicepass1")
     for d in ("d0", "d1", "d2"):
@@ -53,7 +59,7 @@ def _stored_encrypted(inst, path: str) -> bool:
 
 
 def _key_files(inst) -> int:
-    return sum(len(names) for _d, _s, names in os.walk(os.path.join(inst.keys.root, "files")))
+    return sum(1 for _id in inst.keys.iter_file_ids())
 
 
 def test_small_files_go_through_batches(setup, monkeypatch):
