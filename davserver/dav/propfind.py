@@ -267,15 +267,7 @@ class FastPropfind(BaseMiddleware):
                 found.append(value.decode("utf-8") if isinstance(value, bytes) else value)
             else:
                 missing.append(_clark_to_xml(name, None))
-        out = [f"<d:response><d:href>{href}</d:href>"]
-        if found:
-            out.append(f"<d:propstat><d:prop>{''.join(found)}</d:prop>"
-                       f"<d:status>{_STATUS_OK}</d:status></d:propstat>")
-        if missing:
-            out.append(f"<d:propstat><d:prop>{''.join(missing)}</d:prop>"
-                       f"<d:status>{_STATUS_NOT_FOUND}</d:status></d:propstat>")
-        out.append("</d:response>")
-        return "".join(out)
+        return _response_xml(href, found, missing)
 
     def _named(self, plans, names, prefix, rel, n: Node, dead, quota, computed,
                shared) -> str:
@@ -362,7 +354,12 @@ def _named_plan(names, is_dir: bool, available: bool, dead, computed,
             getters.append((3, name))
         else:
             missing.append(_brace(_clark_to_xml(name, None)))
-    out = ["<d:response><d:href>{}</d:href>"]
+    return _response_xml("{}", found, missing), getters
+
+
+def _response_xml(href: str, found: list[str], missing: list[str]) -> str:
+    """One <d:response>: the found properties with 200, the missing ones with 404."""
+    out = [f"<d:response><d:href>{href}</d:href>"]
     if found:
         out.append(f"<d:propstat><d:prop>{''.join(found)}</d:prop>"
                    f"<d:status>{_STATUS_OK}</d:status></d:propstat>")
@@ -370,7 +367,7 @@ def _named_plan(names, is_dir: bool, available: bool, dead, computed,
         out.append(f"<d:propstat><d:prop>{''.join(missing)}</d:prop>"
                    f"<d:status>{_STATUS_NOT_FOUND}</d:status></d:propstat>")
     out.append("</d:response>")
-    return "".join(out), getters
+    return "".join(out)
 
 
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
