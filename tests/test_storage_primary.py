@@ -188,9 +188,46 @@ def test_by_id_names_stay_home_and_folder_moves_copy_nothing(request, tmp_path):
         assert v.read_all(sp("Renamed/file-7.txt")) == b"x" * 7
         v.write_bytes(sp("Renamed/file-7.txt"), b"new")  # a new version: a new object
         after = sorted(remote.keys())
+        assert len(after) == 21  # the old version is kept for downloads in progress
+        assert inst.storage.sweep() == 0  # ... until keep_replaced_seconds is up
+        inst.storage.keep_replaced_seconds = 0
+        assert inst.storage.sweep() == 1
+        after = sorted(remote.keys())
         assert len(after) == 20 and after != before
-        v.delete(sp("Renamed"))
+        v.delete(sp("Renamed"))  # with nothing kept, deleted at once
         assert remote.keys() == []
+    finally:
+        inst.close()
+
+
+@pytest.mark.pg
+@pytest.mark.parametrize("change", ["overwrite", "delete"])
+def test_by_id_download_in_progress_outlives_a_new_version(request, tmp_path, change):
+    """A GET that began before another request replaced or deleted the file (on any
+    node) reads the version it began with to the end: the object is kept, as an open
+    file descriptor keeps a file on local disk."""
+    inst, remote = make_remote_inst("s3-by-id", request, tmp_path)
+    try:
+        v = inst.vault
+        old, new = os.urandom(3 << 20), os.urandom(1 << 20)
+        v.write_bytes(sp("f.bin"), old)
+        f = v.open_read(sp("f.bin"))
+        try:
+            assert f.read(100_000) == old[:100_000]
+            if change == "overwrite":
+                v.write_bytes(sp("f.bin"), new)
+            else:  # also what a MOVE onto it does first
+                v.delete(sp("f.bin"))
+            assert f.read() == old[100_000:]
+        finally:
+            f.close()
+        assert len(remote.keys()) == (1 if change == "delete" else 2)
+        inst.storage.keep_replaced_seconds = 0
+        assert inst.storage.sweep() == 1
+        assert len(remote.keys()) == (0 if change == "delete" else 1)
+        if change != "delete":
+            assert v.read_all(sp("f.bin")) == new
+        assert inst.vault.recover()["temps"] == 0  # nothing left for the crash cleanup
     finally:
         inst.close()
 

@@ -138,6 +138,10 @@ def test_config_builds_the_backend(tmp_path, monkeypatch):
     st = make_storage(_cfg(tmp_path, '[storage]\nbackend = "s3"\n[storage.s3]\nbucket = "b"\n'),
                       db)
     assert isinstance(st, IdNamedStorage) and isinstance(st.inner, S3Storage)
+    assert st.keep_replaced_seconds == 3600
+    st = make_storage(_cfg(tmp_path, '[storage]\nbackend = "s3"\n[storage.s3]\nbucket = "b"\n'
+                                     'keep_replaced_seconds = 0\n'), db)
+    assert st.keep_replaced_seconds == 0
     assert st.atomic_dir_rename and st.kind == "s3-by-id"
     st = make_storage(_cfg(tmp_path, '[storage]\nbackend = "webdav"\n[storage.webdav]\n'
                                      'url = "https://nas.example/dav/"\nuser = "u"\n'))
@@ -151,6 +155,10 @@ def test_config_builds_the_backend(tmp_path, monkeypatch):
     ('[storage]\nbackend = "s3"\n[storage.s3]\nendpoint = "http://x"\n', "bucket"),
     ('[storage]\nbackend = "webdav"\n[storage.webdav]\nurl = "nas/dav"\n', "http"),
     ('[storage]\nbackend = "s3"\n[storage.s3]\nbucket = "b"\nobjects_by = "name"\n', "objects_by"),
+    ('[storage]\nbackend = "s3"\n[storage.s3]\nbucket = "b"\nkeep_replaced_seconds = "1h"\n',
+     "keep_replaced_seconds"),
+    ('[storage]\nbackend = "s3"\n[storage.s3]\nbucket = "b"\nkeep_replaced_seconds = -1\n',
+     "keep_replaced_seconds"),
 ])
 def test_config_errors_are_user_errors(tmp_path, text, says):
     with pytest.raises(UserError) as e:

@@ -10,10 +10,13 @@ those IDs and holds the folders. So:
   is copied (``atomic_dir_rename = True``, unlike S3 by path).
 * Listing a folder is an index query, not an S3 LIST.
 * A new version is uploaded under a fresh ID, then the name is switched to it in one
-  transaction, then the old object is deleted. Objects that are not (yet, or any more)
-  named are recorded in ``object_blobs_pending`` first; :meth:`cleanup` deletes those a
-  crash left (replaced or deleted versions at once, unfinished uploads after
-  ``stale_seconds``, since a younger one may still be being written by another process).
+  transaction. The old object is kept ``keep_replaced_seconds`` more, then deleted: a
+  download that began before the switch (on this node or another) reads it by its ID to
+  the end instead of losing its object half-way, which on local disk an open file
+  descriptor gives for free. Objects that are not (yet, or any more) named are recorded
+  in ``object_blobs_pending`` first; writes sweep those whose time is up, and
+  :meth:`cleanup` deletes what a crash left (unfinished uploads after ``stale_seconds``,
+  since a younger one may still be being written by another process).
 * The store holds only opaque objects: no file or folder names leave this server.
 
 Files written to the bucket by other tools are not seen (there is no name for them), as
@@ -22,12 +25,13 @@ with Nextcloud's primary object storage.
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from contextlib import AbstractContextManager
 from typing import Protocol
 
-from davserver.errors import Conflict, StorageError, StorageNotFound
+from davserver.errors import Conflict, DavServerError, StorageError, StorageNotFound
 from davserver.storage.base import BlobReader, BlobWriter, Entry, Storage, checked_parts
 
 _UNDER = "(path = ? OR substr(path, 1, length(?) + 1) = ? || '/')"
@@ -99,8 +103,7 @@ class _IdWriter(BlobWriter):
         except BaseException:
             s._drop_blob(self._blob)
             raise
-        if old:
-            s._drop_blob(old)
+        s._retire(old)
 
     def abort(self) -> None:
         if self._done:
@@ -115,11 +118,18 @@ class IdNamedStorage(Storage):
     local_durability = False
     kind = "s3-by-id"
 
-    def __init__(self, inner: Storage, db: NameDB, *, stale_seconds: float = 24 * 3600.0):
+    #: Writes look for replaced objects whose time is up at most this often (seconds).
+    sweep_interval = 60.0
+
+    def __init__(self, inner: Storage, db: NameDB, *, stale_seconds: float = 24 * 3600.0,
+                 keep_replaced_seconds: float = 3600.0):
         self.inner = inner
         self.db = db
         self.stale_seconds = stale_seconds
+        self.keep_replaced_seconds = keep_replaced_seconds
         self.kind = f"{inner.kind}-by-id"
+        self._swept_at = time.monotonic()
+        self._sweep_lock = threading.Lock()
 
     # --- helpers -----------------------------------------------------------------------
 
@@ -153,6 +163,37 @@ class IdNamedStorage(Storage):
         except StorageError:
             return  # stays in object_blobs_pending for cleanup()
         self._forget_pending(blob)
+
+    def _retire(self, blob: str | None) -> None:
+        """An object no name points to any more (already recorded as doomed): deleted now
+        if nothing may still be reading it, else left for a later sweep."""
+        if blob and self.keep_replaced_seconds <= 0:
+            self._drop_blob(blob)
+        self._sweep_due()
+
+    def _sweep_due(self) -> None:
+        now = time.monotonic()
+        if now - self._swept_at < min(self.sweep_interval, self.keep_replaced_seconds):
+            return
+        if not self._sweep_lock.acquire(blocking=False):
+            return  # another thread of this process is at it
+        try:
+            self._swept_at = now
+            self.sweep()
+        except DavServerError:
+            pass  # the store or the index is busy: the next write tries again
+        finally:
+            self._sweep_lock.release()
+
+    def sweep(self, limit: int = 500) -> int:
+        """Delete replaced or deleted objects kept longer than ``keep_replaced_seconds``.
+        Nodes may sweep at once: deleting an object twice is harmless."""
+        rows = self.db.query("SELECT blob FROM object_blobs_pending WHERE doomed = 1 "
+                             "AND created < ? LIMIT ?",
+                             (time.time() - self.keep_replaced_seconds, limit))
+        for (blob,) in rows:
+            self._drop_blob(blob)
+        return len(rows)
 
     # --- the interface -----------------------------------------------------------------
 
@@ -201,7 +242,7 @@ class IdNamedStorage(Storage):
             c.execute("INSERT INTO object_blobs_pending(blob, doomed, created) "
                       "VALUES(?, 1, ?) ON CONFLICT(blob) DO UPDATE SET doomed = 1, "
                       "created = excluded.created", (row[1], time.time()))
-        self._drop_blob(row[1])
+        self._retire(row[1])
 
     def make_dir(self, key: str) -> None:
         path = self._path(key)
@@ -253,8 +294,8 @@ class IdNamedStorage(Storage):
         now = time.time()
         rows = self.db.query("SELECT blob, doomed, created FROM object_blobs_pending")
         for blob, doomed, created in rows:
-            if not doomed and now - created < self.stale_seconds:
-                continue  # may be an upload in progress in another process
+            if now - created < (self.keep_replaced_seconds if doomed else self.stale_seconds):
+                continue  # may be read (doomed) or written (not) by a request in progress
             named = self.db.query("SELECT 1 FROM object_names WHERE blob = ?", (blob,))
             if named:
                 self._forget_pending(blob)

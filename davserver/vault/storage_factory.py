@@ -56,6 +56,10 @@ def make_storage(cfg: Config, db=None) -> Storage:
 
         opts = _options(cfg, kind)
         naming = opts.pop("objects_by", "id")
+        keep = opts.pop("keep_replaced_seconds", 3600.0)
+        if isinstance(keep, bool) or not isinstance(keep, int | float) or keep < 0:
+            raise UserError(f"{where}: keep_replaced_seconds = {keep!r}: use a number of "
+                            "seconds >= 0")
         store = S3Storage(_settings(S3Settings, opts, where))
         if naming == "path":
             return store
@@ -65,7 +69,8 @@ def make_storage(cfg: Config, db=None) -> Storage:
             raise UserError(f"{where}: objects named by ID need the instance database")
         from davserver.storage.by_id import IdNamedStorage
 
-        return IdNamedStorage(store, db, stale_seconds=store.s.stale_upload_seconds)
+        return IdNamedStorage(store, db, stale_seconds=store.s.stale_upload_seconds,
+                              keep_replaced_seconds=float(keep))
     if kind == "webdav":
         from davserver.storage.webdav import WebDavSettings, WebDavStorage
 
