@@ -132,6 +132,17 @@ class StorageUnavailable(StorageError):
         super().__init__(f" ({detail})" if detail else "")
 
 
+class StorageChanged(StorageUnavailable):
+    """the storage backend is unavailable; try again later{detail}
+
+    An object replaced between two reads of one download (the store refused the second
+    read by ETag). Before anything was sent the vault opens the new version instead;
+    after, the client's retry does.
+    """
+
+    RETRY_AFTER = 1
+
+
 class MaintenanceMode(DavServerError):
     """server is in maintenance mode{detail}"""
 

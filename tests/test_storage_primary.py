@@ -246,3 +246,40 @@ def test_by_id_interrupted_upload_is_cleaned_up(request, tmp_path):
         assert remote.keys() == []
     finally:
         inst.close()
+
+
+@pytest.mark.parametrize("kind", ["local", "s3-by-id", "s3", "webdav"])
+def test_a_version_replaced_between_open_and_first_read_is_not_taken_for_a_rollback(
+        request, tmp_path, kind):
+    """A GET opens the stored file, then another request commits a new version before
+    the GET reads the header (on an object store the name is resolved by one request and
+    read by the next). The header then names the previous version, which the index no
+    longer does: that is a superseded read, answered with the new version, not a rolled
+    back file refused with 500."""
+    if kind == "local":
+        inst = make_instance(tmp_path)
+        inst.users.add("alice", "alicepass1")
+    else:
+        inst, _remote = make_remote_inst(kind, request, tmp_path)
+    try:
+        v = inst.vault
+        v.write_bytes(sp("f.bin"), b"old" * 1000)
+        store = v.storage
+        opened = []
+        real_open = store.open_reader
+
+        def open_then_overwrite(key):
+            reader = real_open(key)
+            if not opened:
+                opened.append(key)
+                v.write_bytes(sp("f.bin"), b"new" * 2000)
+            return reader
+
+        store.open_reader = open_then_overwrite
+        try:
+            assert v.read_all(sp("f.bin")) == b"new" * 2000
+        finally:
+            del store.open_reader
+        assert opened
+    finally:
+        inst.close()

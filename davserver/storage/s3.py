@@ -33,7 +33,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from davserver.errors import Conflict, StorageError, StorageNotFound, StorageUnavailable
+from davserver.errors import (
+    Conflict,
+    StorageChanged,
+    StorageError,
+    StorageNotFound,
+    StorageUnavailable,
+)
 from davserver.storage.base import BlobReader, BlobWriter, Entry, Storage, checked_parts
 from davserver.storage.readahead import Guarded, Window
 
@@ -103,7 +109,7 @@ def s3_errors(what: str) -> Iterator[None]:
                                      "InternalError", "503"):
             raise StorageUnavailable(f"S3 {code} on {what}") from None
         if code in ("412", "PreconditionFailed"):
-            raise StorageUnavailable(f"{what} was replaced while it was read") from None
+            raise StorageChanged(f"{what} was replaced while it was read") from None
         raise StorageError(f"S3 {code or status} on {what}") from None
     except (ConnectionError, HTTPClientError) as e:
         raise StorageUnavailable(f"S3 not reachable on {what}: {type(e).__name__}") from None

@@ -26,7 +26,13 @@ from urllib.parse import quote, unquote, urlsplit
 
 from defusedxml import ElementTree
 
-from davserver.errors import Conflict, StorageError, StorageNotFound, StorageUnavailable
+from davserver.errors import (
+    Conflict,
+    StorageChanged,
+    StorageError,
+    StorageNotFound,
+    StorageUnavailable,
+)
 from davserver.storage.base import BlobReader, BlobWriter, Entry, Storage, checked_parts
 from davserver.storage.readahead import Guarded, Window
 
@@ -93,7 +99,7 @@ class _DavReader(BlobReader):
                         break
                 return bytes(out[offset:offset + length])
             if r.status_code == 412:
-                raise StorageUnavailable(f"{self._key} was replaced while it was read")
+                raise StorageChanged(f"{self._key} was replaced while it was read")
             self._store._raise_for(r, self._key)
             raise StorageError(f"GET {self._key}: HTTP {r.status_code}")
         finally:
@@ -106,7 +112,7 @@ class _DavReader(BlobReader):
         r = self._store._request("GET", self._key, headers=headers, stream=True)
         if r.status_code == 412:
             r.close()
-            raise StorageUnavailable(f"{self._key} was replaced while it was read")
+            raise StorageChanged(f"{self._key} was replaced while it was read")
         if r.status_code not in (200, 206):
             r.close()
             self._store._raise_for(r, self._key)

@@ -36,6 +36,7 @@ from davserver.errors import (
     KeyNotFound,
     NotFound,
     QuotaExceeded,
+    StorageChanged,
     StorageNotFound,
     VersionMismatch,
 )
@@ -314,7 +315,7 @@ class Vault:
             reader = self.storage.open_reader(path)
             try:
                 return self._open_checked(path, reader, as_of)
-            except _Superseded:
+            except (_Superseded, StorageChanged):  # a commit came between open and read
                 reader.close()
                 as_of = None  # the caller's stat is older still
                 if attempt == _OPEN_ATTEMPTS - 1:
@@ -348,6 +349,11 @@ class Vault:
                 rec = now  # a commit finished between the header read and the index read
             elif now is None or now.file_id != rec.file_id:
                 raise _Superseded()  # the index moved on: open the newest version again
+            elif self._stored_file_id(path) == rec.file_id:
+                # This reader had reached the previous version, which a commit replaced
+                # before its header was read (on an object store the name is resolved
+                # before the first read): what the name holds now is the indexed version.
+                raise _Superseded()
             else:
                 self._refuse(path, f"stored file ID {h.file_id.hex()} is not the indexed "
                              f"{rec.file_id.hex()} (swapped or rolled back)")
