@@ -13,6 +13,8 @@ import secrets
 import string
 import weakref
 
+from davserver.dav import propcols
+from davserver.dav.propcols import Column
 from davserver.meta.db import MetaDB
 
 OC = "http://owncloud.org/ns"
@@ -106,43 +108,45 @@ def folder_sizes(db: MetaDB, folder: str, members: bool) -> dict[str, int]:
     return out
 
 
-def values(db: MetaDB, user: str, names, nodes: list, listing: bool) -> dict[str, dict]:
-    """path -> {property: inner XML text} for the computed ``names`` asked for (digits,
+def columns(db: MetaDB, user: str, names, nodes: list, listing: bool) -> dict[str, Column]:
+    """property -> Column over ``nodes`` for the computed ``names`` asked for (digits,
     letters and the instance ID: nothing to escape, so dav.propfind writes them as is).
     ``nodes``: vault Nodes, the first the target, the rest its members (``listing``)."""
     wanted = [n for n in names if n in NAMES]
     if not wanted or not nodes:
         return {}
-    ids = inst = None
+    out: dict[str, Column] = {}
     if OC_ID in wanted or OC_FILEID in wanted:
         ids = ids_for(db, [n.path for n in nodes], nodes[0].path if listing else None)
         inst = instance_id(db)
-    sizes = None
+        if OC_FILEID in wanted:
+            out[OC_FILEID] = propcols.each({p: str(fid) for p, fid in ids.items()})
+        if OC_ID in wanted:
+            out[OC_ID] = propcols.each({p: f"{fid:08d}{inst}" for p, fid in ids.items()})
+    if OC_PERMISSIONS in wanted:
+        out[OC_PERMISSIONS] = propcols.Column(permissions_for(user, "", False),
+                                              permissions_for(user, "", True))
     if OC_SIZE in wanted:
         sizes = folder_sizes(db, nodes[0].path, listing) if nodes[0].is_dir else {}
-    perms = OC_PERMISSIONS in wanted
-    preview = NC_HAS_PREVIEW in wanted
-    out: dict[str, dict] = {}
-    for n in nodes:  # one pass, one dict per entry: a listing has 10,000 of them
-        v: dict[str, str] = {}
-        if ids is not None:
-            fid = ids[n.path]
-            v[OC_FILEID] = str(fid)
-            v[OC_ID] = f"{fid:08d}{inst}"
-        if perms:
-            v[OC_PERMISSIONS] = permissions_for(user, n.path, n.is_dir)
-        if sizes is not None:
+        top = nodes[0].path
+        text: dict[str, str] = {}
+        for n in nodes:
             if not n.is_dir:
-                v[OC_SIZE] = str(n.size)
+                text[n.path] = str(n.size)
             else:
-                if n.path not in sizes and n.path.rpartition("/")[0] != nodes[0].path:
+                if n.path not in sizes and n.path.rpartition("/")[0] != top:
                     # Not below the listed folder: a share mounted in it (another tree).
                     sizes.update(folder_sizes(db, n.path, False))
-                v[OC_SIZE] = str(sizes.get(n.path, 0))
-        if preview:
-            v[NC_HAS_PREVIEW] = "false"
-        out[n.path] = v
+                text[n.path] = str(sizes.get(n.path, 0))
+        out[OC_SIZE] = propcols.each(text)
+    if NC_HAS_PREVIEW in wanted:
+        out[NC_HAS_PREVIEW] = propcols.same("false")
     return out
+
+
+def values(db: MetaDB, user: str, names, nodes: list, listing: bool) -> dict[str, dict]:
+    """path -> {property: inner XML text}: :func:`columns` per entry."""
+    return propcols.rows(columns(db, user, names, nodes, listing), nodes)
 
 
 def file_id_of(db: MetaDB, spath: str) -> tuple[int, str]:

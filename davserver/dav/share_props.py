@@ -2,7 +2,7 @@
 oc:owner-display-name and oc:permissions with the caller's effective permissions.
 
 WsgiDAV's PROPFIND asks :func:`value` per resource; the direct PROPFIND (dav.propfind)
-asks :func:`listing_values` once per listing, which gives the same values from one query
+asks :func:`listing_columns` once per listing, which gives the same values from one query
 for the share types of all entries, one user lookup per owner and the permission letters
 of the listing's resolved share target (every entry of a folder inside a mount has the
 mount's permissions; mount points in a folder of one's own have their share's).
@@ -13,6 +13,8 @@ from __future__ import annotations
 import functools
 from xml.sax.saxutils import escape
 
+from davserver.dav import propcols
+from davserver.dav.propcols import Column
 from davserver.vault import shares as sh
 
 OC = "http://owncloud.org/ns"
@@ -91,11 +93,11 @@ def _letters(target: sh.Target, is_dir: bool) -> str:
                               mount_root=target.is_mount_root)
 
 
-def listing_values(shares: sh.ShareService, users, user: str, names, target: sh.Target,
-                   nodes: list, members: dict[str, sh.Target] | None,
-                   folder: str | None) -> dict[str, dict[str, str]]:
-    """spath -> {property: inner XML} of the sharing ``names`` asked for, for a PROPFIND
-    of ``nodes`` (the target first, then its members when ``members`` is not None).
+def listing_columns(shares: sh.ShareService, users, user: str, names, target: sh.Target,
+                    nodes: list, members: dict[str, sh.Target] | None,
+                    folder: str | None) -> dict[str, Column]:
+    """property -> Column of the sharing ``names`` asked for, for a PROPFIND of ``nodes``
+    (the target first, then its members when ``members`` is not None).
 
     ``target``: what the request path resolved to; ``members``: node name -> Target of
     the mount points listed in the folder (the other members are the folder's own, or
@@ -105,28 +107,35 @@ def listing_values(shares: sh.ShareService, users, user: str, names, target: sh.
     wanted = [n for n in names if n in NAMES]
     if not wanted or not nodes:
         return {}
-    inside = (sh.Target("", target.permissions, target.mount) if target.mount is not None
-              else sh.Target("", sh.ALL))
-    inside_letters = {d: _letters(inside, d) for d in (False, True)}
-    members = members or {}
-    out: dict[str, dict[str, str]] = {}
-    types = (shares.share_types(folder if members is not None else None,
-                                [n.path for n in nodes]) if SHARE_TYPES in wanted else {})
-    names_of: dict[str, str] = {}
-    for i, n in enumerate(nodes):
-        v = out.setdefault(n.path, {})
-        owner = n.path.split("/", 1)[0]
+    out: dict[str, Column] = {}
+    if OWNER_ID in wanted or OWNER_DISPLAY_NAME in wanted:
+        owners = {n.path: n.path.partition("/")[0] for n in nodes}
+        names_of = {o: None for o in owners.values()}
         if OWNER_ID in wanted:
-            v[OWNER_ID] = escape(owner)
+            out[OWNER_ID] = _by_owner(owners, {o: escape(o) for o in names_of})
         if OWNER_DISPLAY_NAME in wanted:
-            if owner not in names_of:
-                names_of[owner] = escape(display_name(users, owner))
-            v[OWNER_DISPLAY_NAME] = names_of[owner]
-        if SHARE_TYPES in wanted:
-            found = types.get(n.path)
-            v[SHARE_TYPES] = "".join(
-                f"<oc:share-type>{t}</oc:share-type>" for t in found) if found else ""
-        if PERMISSIONS in wanted:
-            t = target if i == 0 else members.get(n.name)
-            v[PERMISSIONS] = inside_letters[n.is_dir] if t is None else _letters(t, n.is_dir)
+            out[OWNER_DISPLAY_NAME] = _by_owner(
+                owners, {o: escape(display_name(users, o)) for o in names_of})
+    if SHARE_TYPES in wanted:
+        types = shares.share_types(folder if members is not None else None,
+                                   [n.path for n in nodes])
+        out[SHARE_TYPES] = propcols.Column("", "", {
+            path: "".join(f"<oc:share-type>{t}</oc:share-type>" for t in found)
+            for path, found in types.items() if found})
+    if PERMISSIONS in wanted:
+        inside = (sh.Target("", target.permissions, target.mount)
+                  if target.mount is not None else sh.Target("", sh.ALL))
+        own = {nodes[0].path: _letters(target, nodes[0].is_dir)}
+        if members:
+            own.update((n.path, _letters(members[n.name], n.is_dir))
+                       for n in nodes[1:] if n.name in members)
+        out[PERMISSIONS] = propcols.Column(_letters(inside, False), _letters(inside, True),
+                                           own)
     return out
+
+
+def _by_owner(owners: dict[str, str], text: dict[str, str]) -> Column:
+    """One value when every entry has one owner (the usual listing), else per entry."""
+    if len(text) == 1:
+        return propcols.same(next(iter(text.values())))
+    return propcols.each({path: text[o] for path, o in owners.items()})
