@@ -269,6 +269,8 @@ backend = "local"           # where file contents go: "local" (files/ above), "s
 # objects_by = "id"         # "id": objects urn:oid:<id>, names and folders in the index
 #                           #   (renames are metadata-only, no names on the store);
 #                           # "path": objects named by path (browsable with other tools)
+# keep_replaced_seconds = 3600  # objects_by = "id": a replaced or deleted version stays
+#                           #   this long, so downloads that began before finish; 0 = delete at once
 # region = "us-east-1"
 # access_key = ""           # or env DAVSERVER_S3_ACCESS_KEY (empty: boto3's own lookup)
 # secret_key = ""           # or env DAVSERVER_S3_SECRET_KEY
