@@ -167,8 +167,10 @@ class IdNamedStorage(Storage):
     def _retire(self, blob: str | None) -> None:
         """An object no name points to any more (already recorded as doomed): deleted now
         if nothing may still be reading it, else left for a later sweep."""
-        if blob and self.keep_replaced_seconds <= 0:
-            self._drop_blob(blob)
+        if self.keep_replaced_seconds <= 0:
+            if blob:
+                self._drop_blob(blob)
+            return  # nothing is ever kept: no sweep query on every write
         self._sweep_due()
 
     def _sweep_due(self) -> None:
